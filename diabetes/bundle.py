@@ -1,0 +1,107 @@
+"""A trained model on disk: one folder per version, and a `current` link that
+names the version being served.
+
+    build/models/
+        20261129T040000Z-1a2b3c4d/   model.ubj  metadata.json  predictions.csv
+        current -> 20261129T040000Z-1a2b3c4d
+
+Models are stored in XGBoost's own format (never pickled) and are refused when
+the file does not match the sha256 recorded in its metadata.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+from diabetes.features import FEATURE_NAMES, to_model_input
+
+MODEL_FILE = "model.ubj"
+METADATA_FILE = "metadata.json"
+CURRENT_LINK = "current"
+
+
+class ModelRefused(Exception):
+    """The model on disk cannot be trusted or used; the message says why."""
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_version_id(model_bytes: bytes) -> str:
+    """Sortable by training time, and unique to the model's content."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{sha256_of(model_bytes)[:8]}"
+
+
+def publish_version(booster: xgb.Booster, metadata: dict, models_dir, extra_files=()) -> Path:
+    """Write a new version and make it the current one.
+
+    The version folder is complete before it gets its final name, and the
+    `current` link is swapped with a rename: a reader sees the old version or
+    the new one, never half of one. `extra_files` are (name, writer) pairs,
+    each writer called with the path to write."""
+    models_dir = Path(models_dir)
+    model_bytes = bytes(booster.save_raw(raw_format="ubj"))
+    version = new_version_id(model_bytes)
+    metadata = {**metadata, "version": version, "model_file": MODEL_FILE,
+                "model_sha256": sha256_of(model_bytes)}
+
+    staging = models_dir / f".{version}.partial"
+    staging.mkdir(parents=True)
+    (staging / MODEL_FILE).write_bytes(model_bytes)
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    for name, write in extra_files:
+        write(staging / name)
+    version_dir = models_dir / version
+    staging.rename(version_dir)
+
+    next_link = models_dir / f".{CURRENT_LINK}.next"
+    next_link.unlink(missing_ok=True)
+    next_link.symlink_to(version, target_is_directory=True)
+    next_link.rename(models_dir / CURRENT_LINK)
+    return version_dir
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    booster: xgb.Booster
+    metadata: dict
+
+    @property
+    def version(self) -> str:
+        return self.metadata["version"]
+
+    def predict_proba(self, rows) -> np.ndarray:
+        """Probability of diabetes (class 1) for each row of 8 raw values."""
+        return self.booster.inplace_predict(to_model_input(rows))
+
+
+def load_bundle(model_dir) -> ModelBundle:
+    """Load a version folder (or the `current` link), refusing a model whose
+    file does not match its recorded sha256 or whose features differ."""
+    model_dir = Path(model_dir)
+    try:
+        metadata = json.loads((model_dir / METADATA_FILE).read_text())
+        model_bytes = (model_dir / metadata["model_file"]).read_bytes()
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelRefused(f"cannot read the model in {model_dir}: {error}") from error
+    if sha256_of(model_bytes) != metadata.get("model_sha256"):
+        raise ModelRefused(f"{model_dir / metadata['model_file']} does not match the sha256 in its metadata")
+    if tuple(metadata.get("feature_names", ())) != FEATURE_NAMES:
+        raise ModelRefused(f"the model in {model_dir} expects features {metadata.get('feature_names')}, "
+                           f"this code sends {list(FEATURE_NAMES)}")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(model_bytes))
+    except xgb.core.XGBoostError as error:
+        raise ModelRefused(f"XGBoost cannot load {model_dir}: {error}") from error
+    # One thread per prediction: the server runs several workers, and XGBoost's
+    # default of one OpenMP thread per core would make them fight for the cores.
+    booster.set_param({"nthread": 1})
+    return ModelBundle(booster, metadata)

@@ -1,0 +1,44 @@
+"""The model's inputs: names, meaning and units, in the order the model reads them."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    meaning: str
+    unit: str
+    zero_means_missing: bool = False
+
+
+# Names as the original endpoint spelled them (serum_insuling included); the
+# data set records "not measured" as 0 for five of them.
+FEATURES = (
+    Feature("times_pregnant", "number of times pregnant", "count"),
+    Feature("glucose", "plasma glucose, 2 h oral glucose tolerance test", "mg/dl", True),
+    Feature("blood_pressure", "diastolic blood pressure", "mm Hg", True),
+    Feature("skin_fold_thick", "triceps skin fold thickness", "mm", True),
+    Feature("serum_insuling", "2-hour serum insulin", "mu U/ml", True),
+    Feature("mass_index", "body mass index", "kg/m^2", True),
+    Feature("diabetes_pedigree", "diabetes pedigree function", "score"),
+    Feature("age", "age", "years"),
+)
+FEATURE_NAMES = tuple(feature.name for feature in FEATURES)
+LABEL_NAME = "class_var"
+
+_ZERO_MEANS_MISSING = np.array([feature.zero_means_missing for feature in FEATURES])
+
+
+def to_model_input(rows) -> np.ndarray:
+    """Rows of the 8 raw values, as the model reads them: float32, with the
+    zeros that mean "not measured" turned into NaN, which XGBoost treats as
+    missing and routes down the branch it learned for missing values."""
+    matrix = np.array(rows, dtype=np.float32, ndmin=2)
+    if matrix.shape[1] != len(FEATURES):
+        raise ValueError(f"expected {len(FEATURES)} values per row, got {matrix.shape[1]}")
+    matrix[:, _ZERO_MEANS_MISSING] = np.where(
+        matrix[:, _ZERO_MEANS_MISSING] == 0, np.nan, matrix[:, _ZERO_MEANS_MISSING]
+    )
+    return matrix
