@@ -82,12 +82,16 @@ class ModelBundle:
         return self.booster.inplace_predict(to_model_input(rows))
 
 
+def load_metadata(model_dir) -> dict:
+    return json.loads((Path(model_dir) / METADATA_FILE).read_text())
+
+
 def load_bundle(model_dir) -> ModelBundle:
     """Load a version folder (or the `current` link), refusing a model whose
     file does not match its recorded sha256 or whose features differ."""
     model_dir = Path(model_dir)
     try:
-        metadata = json.loads((model_dir / METADATA_FILE).read_text())
+        metadata = load_metadata(model_dir)
         model_bytes = (model_dir / metadata["model_file"]).read_bytes()
     except (OSError, ValueError, KeyError) as error:
         raise ModelRefused(f"cannot read the model in {model_dir}: {error}") from error

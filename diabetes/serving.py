@@ -1,9 +1,8 @@
 """Start a generated endpoint script under gunicorn, the production WSGI server."""
 
 import builtins
-import importlib
-
-from gunicorn.app.base import BaseApplication
+import os
+import sys
 
 
 def running_in_notebook() -> bool:
@@ -12,32 +11,23 @@ def running_in_notebook() -> bool:
     return hasattr(builtins, "__IPYTHON__")
 
 
-class _Gunicorn(BaseApplication):
-    def __init__(self, app_uri: str, options: dict):
-        self.app_uri = app_uri
-        self.options = options
-        super().__init__()
+def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers: int):
+    """Replace this process with a gunicorn master serving `app_name` from the
+    script at `script_path`, with `workers` processes on host:port.
 
-    def load_config(self):
-        for name, value in self.options.items():
-            self.cfg.set(name, value)
-
-    def load(self):
-        # Imported here, in each worker, rather than in the master: a worker
-        # started later (after a crash or a reload) loads the script and the
-        # model as they are on disk then.
-        module_name, app_name = self.app_uri.split(":")
-        return getattr(importlib.import_module(module_name), app_name)
-
-
-def serve_with_gunicorn(app_uri: str, host: str, port: int, workers: int, timeout: int = 30):
-    """Run `module:app` with `workers` processes on host:port until stopped."""
-    _Gunicorn(app_uri, {
-        "bind": f"{host}:{port}",
-        "workers": workers,
-        "timeout": timeout,
-        "proc_name": app_uri.split(":")[0],
-        "accesslog": "-",
-        # gunicorn would otherwise open a control socket in the user's home.
-        "control_socket_disable": True,
-    }).run()
+    The master is a fresh process that never loads the model: each worker
+    imports the script itself. XGBoost's OpenMP thread pool does not survive
+    a fork (a worker forked from a process that has predicted hangs on its
+    first prediction), and a worker that starts later, after a crash or a
+    reload, loads the script and the model as they are on disk then. The
+    process keeps its pid, so PM2 keeps supervising it."""
+    script_dir, script_file = os.path.split(os.path.abspath(script_path))
+    module = os.path.splitext(script_file)[0]
+    os.execv(sys.executable, [
+        sys.executable, "-m", "gunicorn", f"{module}:{app_name}",
+        "--config", "python:diabetes.gunicorn_config",
+        "--pythonpath", script_dir,
+        "--bind", f"{host}:{port}",
+        "--workers", str(workers),
+        "--name", module,
+    ])

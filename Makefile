@@ -1,0 +1,150 @@
+# A notebook-first diabetes API: `make serve` publishes it, `make test` proves it.
+# `make` alone lists the verbs.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
+
+# ---- Settings (override on the command line: make train TRAIN_PARAMS="...") --
+VENV         := .venv
+# Parameter files of the training notebook, applied in order (later wins).
+TRAIN_PARAMS := params/train.yaml
+# Model versions, and the `current` link to the one served.
+MODELS_DIR   := build/models
+# Executed notebooks and reports of the latest runs.
+RUNS_DIR     := build/runs
+# PM2's state (never the user's global ~/.pm2) and the service's logs.
+PM2_HOME     := $(CURDIR)/build/pm2
+LOG_DIR      := $(CURDIR)/build/logs
+# The service's settings are the endpoint notebook's parameters, overridable
+# from the environment: DIABETES_PORT=8080 DIABETES_HOST=0.0.0.0 make serve
+DIABETES_MODEL_DIR ?= $(abspath $(MODELS_DIR))/current
+
+# ---- Variables ----------------------------------------------------------------
+APP       := diabetes-api# the app's name in ecosystem.config.js
+PYTHON    := $(VENV)/bin/python
+PM2       := node_modules/.bin/pm2
+NEWMAN    := node_modules/.bin/newman
+PAPERMILL := $(PYTHON) -m papermill -k python3 --no-progress-bar
+NBCONVERT := $(PYTHON) -m nbconvert
+MODEL     := $(MODELS_DIR)/current/metadata.json
+DEPLOYED  := $(PM2_HOME)/deployed.stamp
+VENV_OK   := $(VENV)/.installed
+NODE_OK   := node_modules/.installed
+
+export PM2_HOME LOG_DIR DIABETES_MODEL_DIR
+# Kernels come from the project's venv only, never from the user's Jupyter.
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+export JUPYTER_PREFER_ENV_PATH := 1
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+# ---- Verbs --------------------------------------------------------------------
+.PHONY: help setup train scripts serve stop status logs monit postman test lab lock clean
+
+## help     list the verbs (the default)
+help:
+	@sed -n 's/^## /make /p' $(MAKEFILE_LIST)
+
+## setup    install Python packages in .venv and the Node tools (pm2, newman) in node_modules
+setup: $(VENV_OK) $(NODE_OK)
+
+## train    run notebooks/train.ipynb with papermill, publishing the model if it passes its gate
+train: $(MODEL)
+
+## scripts  convert the notebooks into scripts/*.py with nbconvert
+scripts: scripts/train.py scripts/serve.py
+
+## serve    install, train if needed, convert, and run the API under PM2 (reloads it after a change)
+serve: $(DEPLOYED)
+	@$(PM2) describe $(APP) > /dev/null 2>&1 || $(PM2) start ecosystem.config.js
+	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(DIABETES_MODEL_DIR)
+
+## stop     stop the API and the project's PM2 daemon
+stop:
+	@if [ -e $(PM2_HOME)/pm2.pid ]; then $(PM2) kill; else echo "PM2 is not running"; fi
+
+## status   show the API's process under PM2
+status: $(NODE_OK)
+	@$(PM2) status
+
+## logs     show the API's recent logs (access log and errors)
+logs: $(NODE_OK)
+	@$(PM2) logs $(APP) --nostream --lines 50
+
+## monit    watch the API's CPU, memory and logs live with pm2 monit
+monit: $(NODE_OK)
+	@$(PM2) monit
+
+## postman  run the Postman collection with newman against the running API
+postman: serve
+	@$(NEWMAN) run postman/diabetes-api.postman_collection.json \
+	    --environment postman/local.postman_environment.json \
+	    --env-var baseUrl=$$($(PYTHON) -m diabetes.probe --print-url)
+
+## test     run the whole test suite (trains, serves under PM2, runs newman; cleans up)
+test: setup
+	$(PYTHON) -m pytest
+
+## lab      open the notebooks in JupyterLab (installed on first use)
+lab: $(VENV_OK)
+	@$(PYTHON) -c "import jupyterlab" 2> /dev/null || $(PYTHON) -m pip install -r requirements-lab.txt
+	$(PYTHON) -m jupyterlab notebooks/
+
+## lock     re-pin requirements.txt from requirements.in in a clean venv
+lock:
+	rm -rf build/lock-venv
+	python3 -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet -r requirements.in
+	{ echo "# Pinned by \`make lock\` from requirements.in: edit that file, not this one."; \
+	  build/lock-venv/bin/pip freeze --exclude-editable; \
+	  echo "# The project's own shared code (diabetes/), importable by notebooks, scripts and tests"; \
+	  echo "-e ."; } > requirements.txt
+	rm -rf build/lock-venv
+
+## clean    stop the API and delete everything runs produced (build/, scripts/)
+clean: stop
+	rm -rf build scripts
+
+# ---- Files --------------------------------------------------------------------
+$(VENV_OK): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	@# Quiet kernels: no "running over TCP" warning, tracebacks without colour codes.
+	mkdir -p $(VENV)/etc/ipython
+	printf 'c.IPKernelApp.log_level = "ERROR"\nc.InteractiveShell.colors = "nocolor"\n' \
+	    > $(VENV)/etc/ipython/ipython_kernel_config.py
+	touch $@
+
+$(NODE_OK): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The executed notebook is the run's record even when the run fails, so it is
+# not a target: the model is. A failed gate publishes nothing.
+$(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
+          diabetes/features.py diabetes/bundle.py | $(VENV_OK)
+	@mkdir -p $(RUNS_DIR)
+	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
+	$(PAPERMILL) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \
+	    $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
+	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
+	cp $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/current/
+
+scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(VENV_OK)
+	$(NBCONVERT) --to python --no-prompt --log-level=WARN --output-dir scripts \
+	    --template-file notebooks/templates/generated_script.py.j2 \
+	    --TagRemovePreprocessor.remove_cell_tags='["notebook-only"]' $<
+
+# Before a new script or model goes live, the endpoint notebook runs under
+# papermill against it (loads the model, checks its sample prediction, answers
+# a test request): a model that fails is never deployed. A running service
+# then reloads with gunicorn's graceful SIGHUP: new workers load the new
+# script and model, old ones finish the requests they hold.
+$(DEPLOYED): scripts/serve.py $(MODEL) | $(VENV_OK) $(NODE_OK)
+	@mkdir -p $(RUNS_DIR) $(PM2_HOME)
+	$(PAPERMILL) notebooks/serve.ipynb $(RUNS_DIR)/serve.ipynb
+	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP); fi
+	touch $@
