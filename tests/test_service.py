@@ -1,0 +1,129 @@
+"""The service as a user runs it: `make serve` publishes the generated script
+under PM2 (gunicorn workers), it answers over HTTP on 127.0.0.1, newman runs
+the Postman collection against it, and `make stop` ends it all."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from conftest import PROJECT, clean_environment, free_port, make
+from diabetes.features import FEATURE_NAMES
+
+ROUTE = "/katana-ml/api/v1.0/diabetes"
+
+
+@pytest.fixture(scope="module")
+def service(workspace, trained):
+    """`make serve` in a PM2 home of the tests' own, on a free port."""
+    port = free_port()
+    variables = [*[f"{name}={value}" for name, value in trained["variables"].items()],
+                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
+    env = clean_environment(DIABETES_PORT=str(port))
+    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
+               "pm2_home": workspace / "pm2", "models_dir": trained["models_dir"]}
+    try:
+        service["first_serve"] = make("serve", *variables, env=env)
+        yield service
+    finally:
+        make("stop", *variables, env=env, check=False)
+
+
+def pm2(service, *arguments) -> str:
+    return subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), *arguments], capture_output=True, text=True,
+                          check=True, env={**service["env"], "PM2_HOME": str(service["pm2_home"])}).stdout
+
+
+def app_process(service) -> dict:
+    [app] = [app for app in json.loads(pm2(service, "jlist")) if app["name"] == "diabetes-api"]
+    return app
+
+
+def children_of(pid: int) -> list[int]:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(child) for child in children.split()]
+
+
+def test_pm2_runs_the_generated_script_with_the_projects_python_under_gunicorn(service):
+    app = app_process(service)
+    environment = app["pm2_env"]
+    assert environment["status"] == "online"
+    assert environment["pm_exec_path"] == str(PROJECT / "scripts" / "serve.py")
+    assert environment["exec_interpreter"] == str(PROJECT / ".venv" / "bin" / "python")
+    command = Path(f"/proc/{app['pid']}/cmdline").read_text().split("\0")
+    assert "gunicorn" in command and "serve:app" in command
+    assert len(children_of(app["pid"])) == 2, "expected the 2 gunicorn workers of the notebook's default"
+
+
+def test_the_article_request_over_http_answers_a_probability(service):
+    response = requests.post(service["url"] + ROUTE, json={"data": "1,106,70,28,135,34.2,0.142,22"}, timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/json"
+    assert 0 < response.json()["prediction"] < 1
+    assert response.headers["X-Model-Version"] == (service["models_dir"] / "current").resolve().name
+
+
+def test_every_row_of_the_data_set_is_served_as_the_training_notebook_predicted_it(service):
+    expected = pd.read_csv(service["models_dir"] / "current" / "predictions.csv")
+    with requests.Session() as session:
+        served = [session.post(service["url"] + ROUTE, json={"data": ",".join(map(str, row))}, timeout=5)
+                  .json()["prediction"] for row in expected[list(FEATURE_NAMES)].itertuples(index=False)]
+    assert len(served) == 768
+    assert abs(pd.Series(served) - expected["probability"]).max() < 1e-6
+
+
+def test_a_bad_request_over_http_answers_a_json_400(service):
+    response = requests.post(service["url"] + ROUTE, json={"data": "1,2"}, timeout=5)
+    assert response.status_code == 400
+    assert response.json()["code"] == "wrong_value_count"
+
+
+def test_a_second_make_serve_with_nothing_changed_is_a_no_op(service):
+    before = app_process(service)
+    started = time.monotonic()
+    result = make("serve", *service["variables"], env=service["env"])
+    elapsed = time.monotonic() - started
+    after = app_process(service)
+    assert "papermill" not in result.stdout and "nbconvert" not in result.stdout
+    assert after["pid"] == before["pid"]
+    assert after["pm2_env"]["restart_time"] == before["pm2_env"]["restart_time"]
+    assert len(json.loads(pm2(service, "jlist"))) == 1, "a second copy was started"
+    assert elapsed < 30
+
+
+def test_a_gunicorn_worker_killed_is_replaced_and_the_service_keeps_answering(service):
+    master = app_process(service)["pid"]
+    victim = children_of(master)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (victim in children_of(master) or len(children_of(master)) < 2):
+        time.sleep(0.1)
+    assert victim not in children_of(master) and len(children_of(master)) == 2
+    response = requests.post(service["url"] + ROUTE, json={"data": "1,106,70,28,135,34.2,0.142,22"}, timeout=5)
+    assert response.status_code == 200
+
+
+def test_newman_runs_the_postman_collection_against_the_service(service):
+    result = make("postman", *service["variables"], env=service["env"])
+    assert "AssertionError" not in result.stdout
+    assert service["url"] in result.stdout
+
+
+def test_make_stop_ends_the_service_and_the_projects_pm2_daemon(service):
+    daemon = int((service["pm2_home"] / "pm2.pid").read_text())
+    master = app_process(service)["pid"]
+    make("stop", *service["variables"], env=service["env"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in (daemon, master)):
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{daemon}"), "the PM2 daemon is still running"
+    assert not os.path.exists(f"/proc/{master}"), "the gunicorn master is still running"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", service["port"]), timeout=1).close()
