@@ -81,6 +81,12 @@ class ModelBundle:
         """Probability of diabetes (class 1) for each row of 8 raw values."""
         return self.booster.inplace_predict(to_model_input(rows))
 
+    def contributions(self, rows) -> np.ndarray:
+        """XGBoost's TreeSHAP for each row: one column per feature, then the
+        base value; each row sums to the margin (log-odds) of its prediction."""
+        matrix = xgb.DMatrix(to_model_input(rows), feature_names=list(FEATURE_NAMES), nthread=1)
+        return self.booster.predict(matrix, pred_contribs=True)
+
 
 def load_metadata(model_dir) -> dict:
     return json.loads((Path(model_dir) / METADATA_FILE).read_text())

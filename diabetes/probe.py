@@ -11,27 +11,19 @@ service itself reads them (DIABETES_HOST and DIABETES_PORT override them).
 """
 
 import argparse
-import ast
 import json
 import sys
 import time
 import urllib.error
 import urllib.request
 
-import papermill
-
 from diabetes.bundle import load_metadata
-from diabetes.settings import override_from_environment
-
-SERVE_NOTEBOOK = "notebooks/serve.ipynb"
-ARTICLE_PATH = "/katana-ml/api/v1.0/diabetes"
-ARTICLE_BODY = {"data": "1,106,70,28,135,34.2,0.142,22"}
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.settings import service_settings
 
 
-def service_url(notebook_path=SERVE_NOTEBOOK) -> str:
-    defaults = {name: ast.literal_eval(parameter["default"])
-                for name, parameter in papermill.inspect_notebook(notebook_path).items()}
-    settings = override_from_environment(defaults)
+def service_url() -> str:
+    settings = service_settings()
     host = "127.0.0.1" if settings["host"] in ("0.0.0.0", "") else settings["host"]
     return f"http://{host}:{settings['port']}"
 

@@ -1,6 +1,9 @@
 """Deployment settings: a notebook's parameters, overridable from the environment."""
 
+import ast
 import os
+
+SERVE_NOTEBOOK = "notebooks/serve.ipynb"
 
 ENVIRONMENT_PREFIX = "DIABETES_"
 
@@ -27,3 +30,16 @@ def override_from_environment(parameters: dict, prefix: str = ENVIRONMENT_PREFIX
         else:
             settings[name] = raw
     return settings
+
+
+def notebook_defaults(notebook_path: str = SERVE_NOTEBOOK) -> dict:
+    """The values of a notebook's parameters cell, read without running it."""
+    import papermill  # imported here: it takes a second, and only tools need it
+
+    return {name: ast.literal_eval(parameter["default"])
+            for name, parameter in papermill.inspect_notebook(notebook_path).items()}
+
+
+def service_settings() -> dict:
+    """The endpoint notebook's parameters as the service reads them."""
+    return override_from_environment(notebook_defaults(SERVE_NOTEBOOK))

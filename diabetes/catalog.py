@@ -1,0 +1,247 @@
+"""Example calls of every route: good ones, and one bad call of every class of
+bad input, each with the answer it must get.
+
+Declared once: the tests send each call to the app and to the PM2-served
+service, the Postman collection is generated from it (`make collection`), and
+the OpenAPI document takes its examples from here.
+
+A path may hold `{version}`, the served model's version, which the tests fill
+in and the Postman collection reads from the variable `modelVersion`.
+"""
+
+import json
+from dataclasses import dataclass
+
+from diabetes.features import FEATURE_NAMES
+
+ARTICLE_PATH = "/katana-ml/api/v1.0/diabetes"
+ARTICLE_VALUES = [1, 106, 70, 28, 135, 34.2, 0.142, 22]
+ARTICLE_BODY = {"data": ",".join(map(str, ARTICLE_VALUES))}
+EXAMPLE_RECORD = dict(zip(FEATURE_NAMES, ARTICLE_VALUES))
+CSV_HEADER = ",".join(FEATURE_NAMES)
+V2_INFER = "/v2/models/diabetes/infer"
+NO_BODY = object()
+
+
+def v2_request(data, shape=(1, 8), datatype="FP32", **members):
+    return {"inputs": [{"name": "features", "shape": list(shape), "datatype": datatype, "data": data}], **members}
+
+
+@dataclass(frozen=True)
+class Call:
+    what: str                      # a sentence, for test ids and Postman names
+    method: str
+    path: str
+    status: int
+    code: str | None = None        # the error's code, for a bad call
+    json: object = NO_BODY         # a JSON body, or
+    text: str | None = None        # a raw body,
+    content_type: str | None = "application/json"
+    field: str | None = None       # the error's expected field
+    postman_body: str | None = None  # a JavaScript expression for a body too big to store
+    postman_checks: tuple = ()     # extra pm.test lines for a good call
+
+    def body(self, max_rows: int, max_bytes: int) -> bytes | None:
+        if self.postman_body == "too_many_rows":
+            return json.dumps({"instances": [ARTICLE_VALUES] * (max_rows + 1)}).encode()
+        if self.postman_body == "too_large":
+            return json.dumps({"data": "1" * max_bytes}).encode()
+        if self.json is not NO_BODY:
+            return json.dumps(self.json).encode()
+        return None if self.text is None else self.text.encode()
+
+
+def _bad(what, method, path, status, code, field=None, **body):
+    return Call(what, method, path, status, code, field=field, **body)
+
+
+_POST_ARTICLE = ("POST", ARTICLE_PATH)
+_POST_PREDICT = ("POST", "/predict")
+_POST_V2 = ("POST", V2_INFER)
+_ROW_7 = ARTICLE_VALUES[:7]
+
+BAD_CALLS = [
+    # the article's route
+    _bad("the article route refuses too few values", *_POST_ARTICLE, 400, "wrong_value_count", "data",
+         json={"data": "1,106,70"}),
+    _bad("the article route refuses too many values", *_POST_ARTICLE, 400, "wrong_value_count", "data",
+         json={"data": ARTICLE_BODY["data"] + ",5"}),
+    _bad("the article route refuses a word", *_POST_ARTICLE, 400, "invalid_value", "data[1]",
+         json={"data": "1,abc,70,28,135,34.2,0.142,22"}),
+    _bad("the article route refuses NaN", *_POST_ARTICLE, 400, "invalid_value", "data[5]",
+         json={"data": "1,106,70,28,135,NaN,0.142,22"}),
+    _bad("the article route refuses infinity", *_POST_ARTICLE, 400, "invalid_value", "data[7]",
+         json={"data": "1,106,70,28,135,34.2,0.142,inf"}),
+    _bad("the article route refuses an empty value", *_POST_ARTICLE, 400, "invalid_value", "data[1]",
+         json={"data": "1,,70,28,135,34.2,0.142,22"}),
+    _bad("the article route refuses a boolean", *_POST_ARTICLE, 400, "invalid_value", "data[1]",
+         json={"data": [1, True, 70, 28, 135, 34.2, 0.142, 22]}),
+    _bad("the article route refuses null in its list", *_POST_ARTICLE, 400, "invalid_value", "data[1]",
+         json={"data": [1, None, 70, 28, 135, 34.2, 0.142, 22]}),
+    _bad("the article route refuses a number for data", *_POST_ARTICLE, 400, "invalid_type", "data",
+         json={"data": 1}),
+    _bad("the article route refuses null for data", *_POST_ARTICLE, 400, "invalid_type", "data",
+         json={"data": None}),
+    _bad("the article route refuses a body without data", *_POST_ARTICLE, 400, "missing_field", "data",
+         json={"values": ARTICLE_BODY["data"]}),
+    _bad("the article route refuses malformed JSON", *_POST_ARTICLE, 400, "invalid_json",
+         text='{"data": "1,106'),
+    _bad("the article route refuses an empty body", *_POST_ARTICLE, 400, "invalid_json", text=""),
+    _bad("the article route refuses plain text", *_POST_ARTICLE, 415, "unsupported_media_type",
+         text=ARTICLE_BODY["data"], content_type="text/plain"),
+    _bad("the article route refuses a body over the size limit", *_POST_ARTICLE, 413, "request_entity_too_large",
+         postman_body="too_large"),
+    _bad("the article route refuses GET", "GET", ARTICLE_PATH, 405, "method_not_allowed", content_type=None),
+    # named features, JSON
+    _bad("predict refuses a record missing a feature", *_POST_PREDICT, 400, "missing_feature", "age",
+         json={name: value for name, value in EXAMPLE_RECORD.items() if name != "age"}),
+    _bad("predict refuses an unknown feature", *_POST_PREDICT, 400, "unknown_feature", "height",
+         json={**EXAMPLE_RECORD, "height": 170}),
+    _bad("predict refuses a string value", *_POST_PREDICT, 400, "invalid_value", "glucose",
+         json={**EXAMPLE_RECORD, "glucose": "106"}),
+    _bad("predict refuses a boolean value", *_POST_PREDICT, 400, "invalid_value", "age",
+         json={**EXAMPLE_RECORD, "age": True}),
+    _bad("predict refuses a list as a value", *_POST_PREDICT, 400, "invalid_value", "mass_index",
+         json={**EXAMPLE_RECORD, "mass_index": [34.2]}),
+    _bad("predict refuses a number too large for the model", *_POST_PREDICT, 400, "invalid_value", "glucose",
+         json={**EXAMPLE_RECORD, "glucose": 1e39}),
+    _bad("predict refuses a null body", *_POST_PREDICT, 400, "invalid_body", json=None),
+    _bad("predict refuses a JSON string", *_POST_PREDICT, 400, "invalid_body", json="glucose=106"),
+    _bad("predict refuses an empty batch", *_POST_PREDICT, 400, "empty_batch", json=[]),
+    _bad("predict refuses a batch holding a non-record", *_POST_PREDICT, 400, "invalid_body", "[1]",
+         json=[EXAMPLE_RECORD, 5]),
+    _bad("predict refuses a batch whose second record misses a feature", *_POST_PREDICT, 400, "missing_feature",
+         "[1].age", json=[EXAMPLE_RECORD, {n: v for n, v in EXAMPLE_RECORD.items() if n != "age"}]),
+    _bad("predict refuses empty instances", *_POST_PREDICT, 400, "empty_batch", json={"instances": []}),
+    _bad("predict refuses an instance of 7 values", *_POST_PREDICT, 400, "wrong_value_count", "instances[0]",
+         json={"instances": [_ROW_7]}),
+    _bad("predict refuses a string in an instance", *_POST_PREDICT, 400, "invalid_value", "instances[1].glucose",
+         json={"instances": [ARTICLE_VALUES, [1, "x", 70, 28, 135, 34.2, 0.142, 22]]}),
+    _bad("predict refuses instances that are not a list", *_POST_PREDICT, 400, "invalid_body", "instances",
+         json={"instances": "1,106,70,28,135,34.2,0.142,22"}),
+    _bad("predict refuses a batch over the row limit", *_POST_PREDICT, 413, "too_many_rows",
+         postman_body="too_many_rows"),
+    _bad("predict refuses malformed JSON", *_POST_PREDICT, 400, "invalid_json", text="{glucose: 106}"),
+    _bad("predict refuses an unsupported content type", *_POST_PREDICT, 415, "unsupported_media_type",
+         text="glucose=106", content_type="application/x-www-form-urlencoded"),
+    _bad("predict refuses an explain option that is not true or false", "POST", "/predict?explain=maybe", 400,
+         "invalid_parameter", "explain", json=EXAMPLE_RECORD),
+    _bad("predict refuses a body over the size limit", *_POST_PREDICT, 413, "request_entity_too_large",
+         postman_body="too_large"),
+    _bad("predict refuses DELETE", "DELETE", "/predict", 405, "method_not_allowed", content_type=None),
+    # named features, CSV
+    _bad("predict refuses a CSV row of 7 values", *_POST_PREDICT, 400, "wrong_value_count", "line 1",
+         text="1,106,70,28,135,34.2,0.142\n", content_type="text/csv"),
+    _bad("predict refuses a word in CSV", *_POST_PREDICT, 400, "invalid_value", "line 3, glucose",
+         text=f"{CSV_HEADER}\n{ARTICLE_BODY['data']}\n1,high,70,28,135,34.2,0.142,22\n", content_type="text/csv"),
+    _bad("predict refuses NaN in CSV", *_POST_PREDICT, 400, "invalid_value", "line 1, age",
+         text="1,106,70,28,135,34.2,0.142,nan\n", content_type="text/csv"),
+    _bad("predict refuses a CSV header with an unknown name", *_POST_PREDICT, 400, "unknown_feature", "line 1",
+         text=CSV_HEADER.replace("age", "years") + "\n" + ARTICLE_BODY["data"] + "\n", content_type="text/csv"),
+    _bad("predict refuses an empty CSV body", *_POST_PREDICT, 400, "empty_batch", text="", content_type="text/csv"),
+    _bad("predict refuses a CSV header without rows", *_POST_PREDICT, 400, "empty_batch", text=CSV_HEADER + "\n",
+         content_type="text/csv"),
+    # Open Inference Protocol V2
+    _bad("V2 infer refuses an unknown model", "POST", "/v2/models/cancer/infer", 404, "model_not_found",
+         json=v2_request(ARTICLE_VALUES)),
+    _bad("V2 infer refuses another version", "POST", "/v2/models/diabetes/versions/0/infer", 404,
+         "model_not_found", json=v2_request(ARTICLE_VALUES)),
+    _bad("V2 infer refuses a request without inputs", *_POST_V2, 400, "invalid_body", "inputs", json={"id": "1"}),
+    _bad("V2 infer refuses two input tensors", *_POST_V2, 400, "invalid_tensor", "inputs",
+         json={"inputs": v2_request(ARTICLE_VALUES)["inputs"] * 2}),
+    _bad("V2 infer refuses an integer datatype", *_POST_V2, 400, "invalid_tensor", "inputs[0].datatype",
+         json=v2_request(ARTICLE_VALUES, datatype="INT32")),
+    _bad("V2 infer refuses a shape of 7 columns", *_POST_V2, 400, "invalid_tensor", "inputs[0].shape",
+         json=v2_request(_ROW_7, shape=(1, 7))),
+    _bad("V2 infer refuses data that does not fill its shape", *_POST_V2, 400, "invalid_tensor", "inputs[0].data",
+         json=v2_request(ARTICLE_VALUES, shape=(2, 8))),
+    _bad("V2 infer refuses an empty tensor", *_POST_V2, 400, "empty_batch", json=v2_request([], shape=(0, 8))),
+    _bad("V2 infer refuses a string in FP32 data", *_POST_V2, 400, "invalid_value",
+         "inputs[0].data[0].times_pregnant", json=v2_request(["1", *ARTICLE_VALUES[1:]])),
+    _bad("V2 infer refuses a boolean in FP32 data", *_POST_V2, 400, "invalid_value",
+         "inputs[0].data[0].glucose", json=v2_request([1, False, *ARTICLE_VALUES[2:]])),
+    _bad("V2 infer refuses null in FP32 data", *_POST_V2, 400, "invalid_value", "inputs[0].data[2]",
+         json=v2_request([1, 106, None, *ARTICLE_VALUES[3:]])),
+    _bad("V2 infer refuses an unknown output", *_POST_V2, 400, "invalid_tensor", "outputs",
+         json=v2_request(ARTICLE_VALUES, outputs=[{"name": "risk"}])),
+    _bad("V2 infer refuses malformed JSON", *_POST_V2, 400, "invalid_json", text='{"inputs": ['),
+    _bad("V2 infer refuses GET", "GET", V2_INFER, 405, "method_not_allowed", content_type=None),
+    _bad("V2 metadata of an unknown model is not found", "GET", "/v2/models/cancer", 404, "model_not_found",
+         content_type=None),
+    _bad("V2 readiness of an unknown model is not found", "GET", "/v2/models/cancer/ready", 404,
+         "model_not_found", content_type=None),
+    # anywhere
+    _bad("an unknown route is not found", "GET", "/katana-ml/api/v2.0/diabetes", 404, "not_found",
+         content_type=None),
+]
+
+
+def _good(what, method, path, checks=(), **body):
+    return Call(what, method, path, 200, postman_checks=tuple(checks), **body)
+
+
+_PROBABILITY_LIST = ['pm.test("answers one probability per row", () => {',
+                     '    const predictions = pm.response.json().predictions;',
+                     '    predictions.forEach(p => pm.expect(p.probability).to.be.within(0, 1));',
+                     '    pm.expect(pm.response.json().model_version).to.eql(pm.collectionVariables.get("modelVersion"));',
+                     '});']
+
+GOOD_CALLS = [
+    _good("the V2 model metadata names the served version", "GET", "/v2/models/diabetes", content_type=None,
+          checks=['pm.collectionVariables.set("modelVersion", pm.response.json().versions[0]);',
+                  'pm.test("declares an input of shape [-1, 8]", () =>',
+                  '    pm.expect(pm.response.json().inputs[0].shape).to.eql([-1, 8]));']),
+    _good("the article's request answers a probability", *_POST_ARTICLE, json=ARTICLE_BODY,
+          checks=['pm.test("the prediction is a probability", () =>',
+                  '    pm.expect(pm.response.json().prediction).to.be.within(0, 1));',
+                  'pm.collectionVariables.set("articlePrediction", pm.response.json().prediction);',
+                  'pm.test("names the model version in a header", () =>',
+                  '    pm.expect(pm.response.headers.get("X-Model-Version")).to.eql(pm.collectionVariables.get("modelVersion")));']),
+    _good("the article's values as a list answer the same", *_POST_ARTICLE, json={"data": ARTICLE_VALUES},
+          checks=['pm.test("answers the same prediction", () =>',
+                  '    pm.expect(pm.response.json().prediction).to.eql(pm.collectionVariables.get("articlePrediction")));']),
+    _good("predict answers one record", *_POST_PREDICT, json=EXAMPLE_RECORD, checks=_PROBABILITY_LIST),
+    _good("predict answers a list of records, with null for not measured", *_POST_PREDICT,
+          json=[EXAMPLE_RECORD, {**EXAMPLE_RECORD, "serum_insuling": None}], checks=_PROBABILITY_LIST),
+    _good("predict answers instances", *_POST_PREDICT, json={"instances": [ARTICLE_VALUES, ARTICLE_VALUES]},
+          checks=_PROBABILITY_LIST),
+    _good("predict answers CSV with a header", *_POST_PREDICT, content_type="text/csv",
+          text=f"{CSV_HEADER}\n{ARTICLE_BODY['data']}\n6,148,72,35,,33.6,0.627,50\n", checks=_PROBABILITY_LIST),
+    _good("predict answers CSV without a header", *_POST_PREDICT, content_type="text/csv",
+          text=ARTICLE_BODY["data"] + "\n", checks=_PROBABILITY_LIST),
+    _good("predict explains a prediction", "POST", "/predict?explain=true", json=EXAMPLE_RECORD,
+          checks=['pm.test("contributions and base value sum to the margin", () => {',
+                  '    const e = pm.response.json().predictions[0].explanation;',
+                  '    const sum = Object.values(e.contributions).reduce((a, b) => a + b, e.base_value);',
+                  '    pm.expect(sum).to.be.closeTo(e.margin, 1e-5);',
+                  '});']),
+    _good("V2 infer answers a request made as the protocol shows it", *_POST_V2,
+          json=v2_request([ARTICLE_VALUES], datatype="FP32", id="42"),
+          checks=['pm.test("answers the probability tensor", () => {',
+                  '    const body = pm.response.json();',
+                  '    pm.expect(body.id).to.eql("42");',
+                  '    const probability = body.outputs.find(o => o.name === "probability");',
+                  '    pm.expect(probability.shape).to.eql([1]);',
+                  '    pm.expect(probability.data[0]).to.be.closeTo(pm.collectionVariables.get("articlePrediction"), 1e-6);',
+                  '});']),
+    _good("V2 infer answers a versioned request of FP64 rows", "POST", "/v2/models/diabetes/versions/{version}/infer",
+          json=v2_request(ARTICLE_VALUES * 2, shape=(2, 8), datatype="FP64", outputs=[{"name": "label"}]),
+          checks=['pm.test("answers only the label tensor", () =>',
+                  '    pm.expect(pm.response.json().outputs.map(o => o.name)).to.eql(["label"]));']),
+    _good("V2 server metadata", "GET", "/v2", content_type=None),
+    _good("V2 liveness", "GET", "/v2/health/live", content_type=None,
+          checks=['pm.test("is live", () => pm.expect(pm.response.json().live).to.be.true);']),
+    _good("V2 readiness", "GET", "/v2/health/ready", content_type=None,
+          checks=['pm.test("is ready", () => pm.expect(pm.response.json().ready).to.be.true);']),
+    _good("V2 model readiness", "GET", "/v2/models/diabetes/ready", content_type=None),
+    _good("V2 versioned model metadata", "GET", "/v2/models/diabetes/versions/{version}", content_type=None),
+    _good("V2 versioned model readiness", "GET", "/v2/models/diabetes/versions/{version}/ready", content_type=None),
+    _good("the model card", "GET", "/metadata", content_type=None,
+          checks=['pm.test("lists the 8 features with their training ranges", () =>',
+                  '    pm.expect(pm.response.json().features.map(f => f.training_max).length).to.eql(8));']),
+    _good("the OpenAPI document", "GET", "/openapi.json", content_type=None,
+          checks=['pm.test("is OpenAPI 3", () => pm.expect(pm.response.json().openapi).to.match(/^3\\./));']),
+    _good("the docs page", "GET", "/docs", content_type=None,
+          checks=['pm.test("is Swagger UI served locally", () =>',
+                  '    pm.expect(pm.response.text()).to.include("/docs/swagger-ui-bundle.js"));']),
+]
