@@ -41,7 +41,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit postman test lab lock clean
+.PHONY: help setup train scripts serve stop status logs monit postman collection test lab lock clean
 
 ## help     list the verbs (the default)
 help:
@@ -82,6 +82,10 @@ postman: serve
 	@$(NEWMAN) run postman/diabetes-api.postman_collection.json \
 	    --environment postman/local.postman_environment.json \
 	    --env-var baseUrl=$$($(PYTHON) -m diabetes.probe --print-url)
+
+## collection  regenerate the Postman collection from diabetes/catalog.py
+collection: $(VENV_OK)
+	$(PYTHON) -m diabetes.postman
 
 ## test     run the whole test suite (trains, serves under PM2, runs newman; cleans up)
 test: setup

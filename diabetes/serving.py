@@ -31,3 +31,19 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
         "--workers", str(workers),
         "--name", module,
     ])
+
+
+def discard_unread_body(environ: dict, most_bytes: int = 64 * 1024 * 1024):
+    """Read and drop what the client is still sending of a refused body.
+
+    Answering 413 before a large body has arrived and then closing the
+    connection makes the client fail on a broken pipe before it can read the
+    answer; reading the rest first (without keeping it, and never more than
+    `most_bytes`) lets it get the JSON error."""
+    stream = environ.get("wsgi.input")
+    remaining = most_bytes
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(65536, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
