@@ -3,12 +3,17 @@ runs them, with every output (models, runs, logs, PM2's state) in a temporary
 folder so that the tests never touch the user's service or models."""
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
+
+from diabetes.catalog import Call
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
@@ -80,3 +85,79 @@ def served_module(scripts, trained):
 @pytest.fixture()
 def client(served_module):
     return served_module.app.test_client()
+
+
+class Target:
+    """Where the tests send a call: the app in process, or the PM2-served service."""
+
+    def __init__(self, send, version, limits):
+        self.send, self.version, self.limits = send, version, limits
+
+    def call(self, call: Call):
+        headers = {"Content-Type": call.content_type} if call.content_type else {}
+        body = call.body(self.limits["max_batch_rows"], self.limits["max_request_bytes"])
+        return self.send(call.method, call.path.format(version=self.version), body, headers)
+
+
+@pytest.fixture(scope="session")
+def limits():
+    from diabetes.settings import notebook_defaults
+    return notebook_defaults()
+
+
+@pytest.fixture(scope="session")
+def in_process(served_module, limits) -> Target:
+    client = served_module.app.test_client()
+
+    def send(method, path, body, headers):
+        with client.open(path, method=method, data=body, headers=headers) as response:
+            return response.status_code, response.headers, response.get_data()
+
+    return Target(send, served_module.bundle.version, limits)
+
+
+@pytest.fixture(scope="session")
+def service(workspace, trained):
+    """`make serve` in a PM2 home of the tests' own, on a free port. On the
+    way out, `make stop` must leave no PM2 daemon and no server behind."""
+    port = free_port()
+    variables = [*[f"{name}={value}" for name, value in trained["variables"].items()],
+                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
+    env = clean_environment(DIABETES_PORT=str(port))
+    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
+               "pm2_home": workspace / "pm2", "models_dir": trained["models_dir"]}
+    try:
+        make("serve", *variables, env=env)
+        yield service
+    finally:
+        daemon_pid = workspace / "pm2" / "pm2.pid"
+        daemon = int(daemon_pid.read_text()) if daemon_pid.exists() else None
+        make("stop", *variables, env=env, check=False)
+        deadline = time.monotonic() + 30
+        while daemon and Path(f"/proc/{daemon}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not (daemon and Path(f"/proc/{daemon}").exists()), "make stop left the PM2 daemon running"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@pytest.fixture(scope="session")
+def over_http(service, limits) -> Target:
+    session = requests.Session()
+    version = (service["models_dir"] / "current").resolve().name
+
+    def send(method, path, body, headers):
+        response = session.request(method, service["url"] + path, data=body, headers=headers, timeout=30)
+        return response.status_code, response.headers, response.content
+
+    yield Target(send, version, limits)
+    session.close()
+
+
+@pytest.fixture(scope="session", params=["in_process", "over_http"])
+def target(request) -> Target:
+    return request.getfixturevalue(request.param)
+
+
+def json_of(body: bytes):
+    return json.loads(body)

@@ -5,7 +5,6 @@ the Postman collection against it, and `make stop` ends it all."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,26 +13,10 @@ import pandas as pd
 import pytest
 import requests
 
-from conftest import PROJECT, clean_environment, free_port, make
+from conftest import PROJECT, make
 from diabetes.features import FEATURE_NAMES
 
 ROUTE = "/katana-ml/api/v1.0/diabetes"
-
-
-@pytest.fixture(scope="module")
-def service(workspace, trained):
-    """`make serve` in a PM2 home of the tests' own, on a free port."""
-    port = free_port()
-    variables = [*[f"{name}={value}" for name, value in trained["variables"].items()],
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
-    env = clean_environment(DIABETES_PORT=str(port))
-    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "pm2_home": workspace / "pm2", "models_dir": trained["models_dir"]}
-    try:
-        service["first_serve"] = make("serve", *variables, env=env)
-        yield service
-    finally:
-        make("stop", *variables, env=env, check=False)
 
 
 def pm2(service, *arguments) -> str:
@@ -114,16 +97,3 @@ def test_newman_runs_the_postman_collection_against_the_service(service):
     result = make("postman", *service["variables"], env=service["env"])
     assert "AssertionError" not in result.stdout
     assert service["url"] in result.stdout
-
-
-def test_make_stop_ends_the_service_and_the_projects_pm2_daemon(service):
-    daemon = int((service["pm2_home"] / "pm2.pid").read_text())
-    master = app_process(service)["pid"]
-    make("stop", *service["variables"], env=service["env"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in (daemon, master)):
-        time.sleep(0.2)
-    assert not os.path.exists(f"/proc/{daemon}"), "the PM2 daemon is still running"
-    assert not os.path.exists(f"/proc/{master}"), "the gunicorn master is still running"
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", service["port"]), timeout=1).close()
