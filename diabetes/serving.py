@@ -3,6 +3,8 @@
 import builtins
 import os
 import sys
+import time
+from contextlib import contextmanager
 
 
 def running_in_notebook() -> bool:
@@ -47,3 +49,23 @@ def discard_unread_body(environ: dict, most_bytes: int = 64 * 1024 * 1024):
         if not chunk:
             break
         remaining -= len(chunk)
+
+
+class StageTimer:
+    """Time spent in each stage of one request (parse, validate, predict,
+    serialize), sent back in a standard Server-Timing header, which browsers'
+    developer tools and `make bench` read."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.seconds.items())

@@ -90,11 +90,13 @@ def test_csv_that_the_csv_reader_cannot_read_answers_a_400(in_process):
 
 
 def test_an_unexpected_failure_answers_a_generic_json_500_without_internals(served_module, caplog):
-    """A real failure inside XGBoost: a booster trained on 3 features, asked about 8."""
+    """A real failure inside XGBoost: a booster trained on 3 features, asked about 8 (a batch large
+    enough to go to XGBoost; load_bundle refuses such a model, so only a test can build it)."""
     three_features = xgb.train({"objective": "binary:logistic"},
                                xgb.DMatrix(np.eye(3, dtype=np.float32), label=[0, 1, 0]), num_boost_round=1)
     mismatched = served_module.bundle.__class__(three_features, served_module.bundle.metadata)
-    response = served_module.create_app(mismatched).test_client().post(ARTICLE_PATH, json=ARTICLE_BODY)
+    response = served_module.create_app(mismatched).test_client().post(
+        "/predict", json={"instances": [ARTICLE_VALUES] * 100})
     assert response.status_code == 500
     assert response.get_json() == {"error": "internal error: the request could not be handled",
                                    "code": "internal_error", "status": 500, "field": None, "row": None}
