@@ -147,7 +147,7 @@ scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(V
 # a test request): a model that fails is never deployed. A running service
 # then reloads with gunicorn's graceful SIGHUP: new workers load the new
 # script and model, old ones finish the requests they hold.
-$(DEPLOYED): scripts/serve.py $(MODEL) | $(VENV_OK) $(NODE_OK)
+$(DEPLOYED): scripts/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(NODE_OK)
 	@mkdir -p $(RUNS_DIR) $(PM2_HOME)
 	$(PAPERMILL) notebooks/serve.ipynb $(RUNS_DIR)/serve.ipynb
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP); fi
