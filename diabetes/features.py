@@ -35,7 +35,7 @@ def to_model_input(rows) -> np.ndarray:
     """Rows of the 8 raw values, as the model reads them: float32, with the
     zeros that mean "not measured" turned into NaN, which XGBoost treats as
     missing and routes down the branch it learned for missing values."""
-    matrix = np.array(rows, dtype=np.float32, ndmin=2)
+    matrix = np.array(rows, dtype=np.float32, ndmin=2, order="C")
     if matrix.shape[1] != len(FEATURES):
         raise ValueError(f"expected {len(FEATURES)} values per row, got {matrix.shape[1]}")
     matrix[:, _ZERO_MEANS_MISSING] = np.where(
