@@ -11,7 +11,7 @@ MAKEFLAGS += --no-builtin-rules --warn-undefined-variables
 VENV         := .venv
 # Parameter files of the training notebook, applied in order (later wins).
 TRAIN_PARAMS := params/train.yaml
-# Model versions, and the `current` link to the one served.
+# Model versions, the `latest` link to the newest, the `current` link to the one served.
 MODELS_DIR   := build/models
 # Executed notebooks and reports of the latest runs.
 RUNS_DIR     := build/runs
@@ -29,7 +29,7 @@ PM2       := node_modules/.bin/pm2
 NEWMAN    := node_modules/.bin/newman
 PAPERMILL := $(PYTHON) -m papermill -k python3 --no-progress-bar
 NBCONVERT := $(PYTHON) -m nbconvert
-MODEL     := $(MODELS_DIR)/current/metadata.json
+MODEL     := $(MODELS_DIR)/latest/metadata.json
 DEPLOYED  := $(PM2_HOME)/deployed.stamp
 VENV_OK   := $(VENV)/.installed
 NODE_OK   := node_modules/.installed
@@ -41,7 +41,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit postman collection test lab lock clean
+.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test lab lock clean
 
 ## help     list the verbs (the default)
 help:
@@ -64,6 +64,16 @@ serve: $(DEPLOYED)
 ## stop     stop the API and the project's PM2 daemon
 stop:
 	@if [ -e $(PM2_HOME)/pm2.pid ]; then $(PM2) kill; else echo "PM2 is not running"; fi
+
+## models   list the model versions with their metrics (* marks the one served)
+models: $(VENV_OK)
+	@$(PYTHON) -m diabetes.models list $(MODELS_DIR)
+
+## rollback serve the version before the current one (checked first; reloads without downtime)
+rollback: $(VENV_OK) $(NODE_OK)
+	$(PYTHON) -m diabetes.models rollback $(MODELS_DIR)
+	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; \
+	    $(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(DIABETES_MODEL_DIR); fi
 
 ## status   show the API's process under PM2
 status: $(NODE_OK)
@@ -135,7 +145,7 @@ $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.
 	$(PAPERMILL) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \
 	    $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
 	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
-	cp $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/current/
+	cp $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
 
 scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(VENV_OK)
 	$(NBCONVERT) --to python --no-prompt --log-level=WARN --output-dir scripts \
@@ -143,12 +153,15 @@ scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(V
 	    --TagRemovePreprocessor.remove_cell_tags='["notebook-only"]' $<
 
 # Before a new script or model goes live, the endpoint notebook runs under
-# papermill against it (loads the model, checks its sample prediction, answers
-# a test request): a model that fails is never deployed. A running service
-# then reloads with gunicorn's graceful SIGHUP: new workers load the new
-# script and model, old ones finish the requests they hold.
+# papermill against them (loads the latest model, checks its sample
+# prediction, answers test requests), and the model is checked again as it is
+# promoted to `current`: a model that fails is never served, and the command
+# fails saying why. A running service then reloads with gunicorn's graceful
+# SIGHUP: new workers load the new script and model, old ones finish the
+# requests they hold.
 $(DEPLOYED): scripts/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(NODE_OK)
 	@mkdir -p $(RUNS_DIR) $(PM2_HOME)
-	$(PAPERMILL) notebooks/serve.ipynb $(RUNS_DIR)/serve.ipynb
-	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP); fi
+	DIABETES_MODEL_DIR=$(abspath $(MODELS_DIR))/latest $(PAPERMILL) notebooks/serve.ipynb $(RUNS_DIR)/serve.ipynb
+	$(PYTHON) -m diabetes.models promote $(MODELS_DIR) latest
+	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi
 	touch $@

@@ -1,9 +1,13 @@
-"""A trained model on disk: one folder per version, and a `current` link that
-names the version being served.
+"""A trained model on disk: one folder per version, a `latest` link to the
+newest version that passed its quality gate, and a `current` link to the
+version being served.
 
     build/models/
-        20261129T040000Z-1a2b3c4d/   model.ubj  metadata.json  predictions.csv
-        current -> 20261129T040000Z-1a2b3c4d
+        20261129T040000Z-1a2b3c4d/   model.ubj  metadata.json  predictions.csv  train.ipynb  train.html
+        20261129T050000Z-5e6f7a8b/   ...
+        latest  -> 20261129T050000Z-5e6f7a8b   (written by training)
+        current -> 20261129T040000Z-1a2b3c4d   (switched by a deploy or a rollback, once the version
+                                                loads and passes its sample check)
 
 Models are stored in XGBoost's own format (never pickled) and are refused when
 the file does not match the sha256 recorded in its metadata.
@@ -29,6 +33,7 @@ from diabetes.features import FEATURE_NAMES, to_model_input
 MODEL_FILE = "model.ubj"
 METADATA_FILE = "metadata.json"
 CURRENT_LINK = "current"
+LATEST_LINK = "latest"
 # Up to this many rows, Treelite's tree walker answers faster than XGBoost,
 # whose fixed cost per call (~140 us) dominates small batches; above it,
 # XGBoost's vectorised predictor wins (measured by `make bench`).
@@ -50,12 +55,12 @@ def new_version_id(model_bytes: bytes) -> str:
 
 
 def publish_version(booster: xgb.Booster, metadata: dict, models_dir, extra_files=()) -> Path:
-    """Write a new version and make it the current one.
+    """Write a new version and make it the latest one.
 
     The version folder is complete before it gets its final name, and the
-    `current` link is swapped with a rename: a reader sees the old version or
-    the new one, never half of one. `extra_files` are (name, writer) pairs,
-    each writer called with the path to write."""
+    link is swapped with a rename: a reader sees the old version or the new
+    one, never half of one. `extra_files` are (name, writer) pairs, each
+    writer called with the path to write."""
     models_dir = Path(models_dir)
     model_bytes = bytes(booster.save_raw(raw_format="ubj"))
     version = new_version_id(model_bytes)
@@ -70,12 +75,17 @@ def publish_version(booster: xgb.Booster, metadata: dict, models_dir, extra_file
         write(staging / name)
     version_dir = models_dir / version
     staging.rename(version_dir)
+    point_link(models_dir, LATEST_LINK, version)
+    return version_dir
 
-    next_link = models_dir / f".{CURRENT_LINK}.next"
+
+def point_link(models_dir, link: str, version: str):
+    """Make `models_dir/link` name `version`, atomically."""
+    models_dir = Path(models_dir)
+    next_link = models_dir / f".{link}.next"
     next_link.unlink(missing_ok=True)
     next_link.symlink_to(version, target_is_directory=True)
-    next_link.rename(models_dir / CURRENT_LINK)
-    return version_dir
+    next_link.rename(models_dir / link)
 
 
 class TreelitePredictor:
@@ -115,6 +125,11 @@ class ModelBundle:
     @cached_property
     def small_batch_predictor(self) -> "TreelitePredictor":
         return TreelitePredictor(treelite.frontend.from_xgboost(self.booster))
+
+    def sample_check_passes(self) -> bool:
+        """Does the model give the sample row the probability its training run recorded?"""
+        sample = self.metadata["sample"]
+        return abs(float(self.predict_proba([sample["values"]])[0]) - sample["probability"]) <= 1e-6
 
     def predict_proba(self, rows) -> np.ndarray:
         """Probability of diabetes (class 1) for each row of 8 raw values."""

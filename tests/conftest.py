@@ -69,7 +69,7 @@ def served_module(scripts, trained):
     """The generated endpoint script, imported as gunicorn's workers import it,
     serving the model the fast training run published."""
     saved = os.environ.get("DIABETES_MODEL_DIR")
-    os.environ["DIABETES_MODEL_DIR"] = str(trained["models_dir"] / "current")
+    os.environ["DIABETES_MODEL_DIR"] = str(trained["models_dir"] / "latest")
     try:
         spec = importlib.util.spec_from_file_location("serve", scripts / "serve.py")
         module = importlib.util.module_from_spec(spec)

@@ -27,7 +27,7 @@ def v2_schema(name):
 @pytest.fixture(scope="module")
 def data_set(trained) -> pd.DataFrame:
     """Every row of the data set, with the training notebook's own prediction."""
-    return pd.read_csv(trained["models_dir"] / "current" / "predictions.csv")
+    return pd.read_csv(trained["models_dir"] / "latest" / "predictions.csv")
 
 
 def post(target, path, *, json=None, text=None, content_type="application/json"):

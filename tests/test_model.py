@@ -12,9 +12,9 @@ from diabetes.features import FEATURE_NAMES, to_model_input
 
 @pytest.fixture(scope="module")
 def bundle_and_rows(trained):
-    current = trained["models_dir"] / "current"
-    rows = pd.read_csv(current / "predictions.csv")[list(FEATURE_NAMES)].to_numpy()
-    return load_bundle(current), rows
+    latest = trained["models_dir"] / "latest"
+    rows = pd.read_csv(latest / "predictions.csv")[list(FEATURE_NAMES)].to_numpy()
+    return load_bundle(latest), rows
 
 
 def test_one_row_at_a_time_gives_xgboosts_probability_for_every_row(bundle_and_rows):
@@ -33,7 +33,7 @@ def test_batches_on_either_side_of_the_switch_give_xgboosts_probabilities(bundle
 
 @pytest.mark.parametrize("damage", ["tampered", "truncated", "missing"])
 def test_a_damaged_model_file_is_refused(trained, tmp_path, damage):
-    copy = shutil.copytree((trained["models_dir"] / "current").resolve(), tmp_path / "version")
+    copy = shutil.copytree((trained["models_dir"] / "latest").resolve(), tmp_path / "version")
     model = copy / MODEL_FILE
     content = model.read_bytes()
     if damage == "tampered":

@@ -11,11 +11,11 @@ from diabetes.features import FEATURE_NAMES
 
 
 def test_training_publishes_a_loadable_model_with_its_metadata(trained):
-    current = trained["models_dir"] / "current"
-    bundle = load_bundle(current)
+    latest = trained["models_dir"] / "latest"
+    bundle = load_bundle(latest)
     metadata = bundle.metadata
 
-    assert current.is_symlink() and current.resolve().name == bundle.version
+    assert latest.is_symlink() and latest.resolve().name == bundle.version
     assert metadata["feature_names"] == list(FEATURE_NAMES)
     assert 0.7 <= metadata["metrics"]["test_roc_auc"] <= 1
     assert 0 < metadata["metrics"]["test_accuracy"] <= 1
@@ -28,20 +28,20 @@ def test_training_publishes_a_loadable_model_with_its_metadata(trained):
 
 
 def test_the_run_record_is_kept_beside_the_model(trained):
-    current = trained["models_dir"] / "current"
-    executed = json.loads((current / "train.ipynb").read_text())
+    latest = trained["models_dir"] / "latest"
+    executed = json.loads((latest / "train.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"]["models_dir"] == str(trained["models_dir"])
     images = [output for cell in executed["cells"] for output in cell.get("outputs", [])
               if "image/png" in output.get("data", {})]
     assert len(images) >= 2, "the ROC, confusion, importance and learning-curve plots are missing"
-    assert "<html" in (current / "train.html").read_text()[:1000].lower()
+    assert "<html" in (latest / "train.html").read_text()[:1000].lower()
 
 
 def test_the_published_model_predicts_what_the_notebook_predicted(trained):
-    current = trained["models_dir"] / "current"
-    predictions = pd.read_csv(current / "predictions.csv")
+    latest = trained["models_dir"] / "latest"
+    predictions = pd.read_csv(latest / "predictions.csv")
     assert len(predictions) == 768
-    served = load_bundle(current).predict_proba(predictions[list(FEATURE_NAMES)])
+    served = load_bundle(latest).predict_proba(predictions[list(FEATURE_NAMES)])
     assert abs(served - predictions["probability"]).max() < 1e-6
 
 
@@ -51,9 +51,9 @@ def test_a_second_make_train_with_nothing_changed_trains_nothing(trained):
     assert "papermill" not in result.stdout
 
 
-def test_a_run_below_min_auc_fails_and_leaves_the_current_model_untouched(trained, tmp_path):
+def test_a_run_below_min_auc_fails_and_publishes_nothing(trained, tmp_path):
     models_dir = trained["models_dir"]
-    before = (models_dir / "current").resolve()
+    before = (models_dir / "latest").resolve()
     versions_before = sorted(models_dir.iterdir())
     impossible = tmp_path / "impossible-gate.yaml"
     impossible.write_text("min_auc: 1.01\n")
@@ -63,7 +63,7 @@ def test_a_run_below_min_auc_fails_and_leaves_the_current_model_untouched(traine
 
     assert result.returncode != 0
     assert "quality gate failed" in result.stdout + result.stderr
-    assert (models_dir / "current").resolve() == before
+    assert (models_dir / "latest").resolve() == before
     assert sorted(models_dir.iterdir()) == versions_before
     assert (tmp_path / "runs" / "train.ipynb").exists(), "the failed run's record should be kept"
 
