@@ -2,12 +2,14 @@
 endpoint notebook's parameters, on the command line)."""
 
 import ctypes
+import os
+import shutil
 import signal
 import sys
+import tempfile
 
-# Each request's line in the log, on stdout (PM2's out log).
-accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# The app logs each request itself, as a JSON line with its request id.
+accesslog = None
 # A worker silent for this long is killed and replaced.
 timeout = 30
 # On a stop or reload, workers get this long to finish the requests they hold
@@ -17,6 +19,22 @@ graceful_timeout = 20
 control_socket_disable = True
 
 _PR_SET_PDEATHSIG = 1
+
+
+def on_starting(server):
+    # Each worker writes its metrics to files here; /metrics adds them up.
+    # A new folder per master: counts of a previous run must not carry over.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="diabetes-api-metrics-")
+
+
+def on_exit(server):
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def when_ready(server):

@@ -3,8 +3,6 @@
 import builtins
 import os
 import sys
-import time
-from contextlib import contextmanager
 
 
 def running_in_notebook() -> bool:
@@ -27,7 +25,8 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
     module = os.path.splitext(script_file)[0]
     os.execv(sys.executable, [
         sys.executable, "-m", "gunicorn", f"{module}:{app_name}",
-        "--config", "python:diabetes.gunicorn_config",
+        # A file, not a module: gunicorn reads it again on a reload (SIGHUP).
+        "--config", os.path.join(os.path.dirname(__file__), "gunicorn_config.py"),
         "--pythonpath", script_dir,
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
@@ -50,22 +49,3 @@ def discard_unread_body(environ: dict, most_bytes: int = 64 * 1024 * 1024):
             break
         remaining -= len(chunk)
 
-
-class StageTimer:
-    """Time spent in each stage of one request (parse, validate, predict,
-    serialize), sent back in a standard Server-Timing header, which browsers'
-    developer tools and `make bench` read."""
-
-    def __init__(self):
-        self.seconds = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-    def header(self) -> str:
-        return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.seconds.items())

@@ -1,0 +1,114 @@
+"""Metrics, access logs, request ids, the prediction log and the API key."""
+
+import json
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import json_of
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, Call
+
+ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
+
+
+def metric_value(text, name, **labels) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def scrape(target) -> str:
+    status, headers, body = target.call(Call("", "GET", "/metrics", 200, content_type=None))
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    return body.decode()
+
+
+def test_metrics_count_every_request_of_every_worker(target):
+    before = scrape(target)
+    for _ in range(20):
+        assert target.call(ARTICLE_CALL)[0] == 200
+    assert target.call(Call("", "POST", ARTICLE_PATH, 400, json={"data": "1"}))[0] == 400
+    after = scrape(target)
+
+    def grown(name, **labels):
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    route = {"route": ARTICLE_PATH}
+    assert grown("diabetes_requests_total", method="POST", status="200", **route) == 20
+    assert grown("diabetes_errors_total", code="wrong_value_count") == 1
+    assert grown("diabetes_request_duration_seconds_count", **route) == 21
+    for stage in ("parse", "validate", "predict", "serialize"):
+        assert grown("diabetes_request_stage_duration_seconds_count", stage=stage, **route) >= 20
+    assert grown("diabetes_predictions_total", label="0", probability_bin="0.1") == 20
+    assert metric_value(after, "diabetes_model_info", version=target.version) == 1
+
+
+def test_a_request_id_is_sent_back_or_made(target):
+    _, headers, _ = target.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(),
+                                {"Content-Type": "application/json", "X-Request-ID": "order-42"})
+    assert headers["X-Request-ID"] == "order-42"
+    made = {target.call(ARTICLE_CALL)[1]["X-Request-ID"] for _ in range(3)}
+    assert len(made) == 3 and all(len(request_id) == 32 for request_id in made)
+    _, headers, _ = target.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(),
+                                {"Content-Type": "application/json", "X-Request-ID": "bad id\twith tab"})
+    assert headers["X-Request-ID"] != "bad id\twith tab"
+
+
+def test_every_answer_says_how_long_each_stage_took(target):
+    timing = target.call(ARTICLE_CALL)[1]["Server-Timing"]
+    assert [part.split(";")[0] for part in timing.split(", ")] == ["parse", "validate", "predict", "serialize"]
+
+
+def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
+    over_http.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(),
+                   {"Content-Type": "application/json", "X-Request-ID": "find-me-in-the-log"})
+    log = service["pm2_home"].parent / "logs" / "diabetes-api.out.log"
+    deadline = time.monotonic() + 5
+    while "find-me-in-the-log" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [line] = [line for line in log.read_text().splitlines() if "find-me-in-the-log" in line]
+    entry = json.loads(line[line.index("{"):])
+    assert entry["status"] == 200 and entry["route"] == ARTICLE_PATH and entry["model_version"] == over_http.version
+    assert entry["duration_ms"] > 0
+
+
+@pytest.fixture()
+def guarded(served_module):
+    return served_module.create_app(served_module.bundle, api_key="s3cret-for-tests").test_client()
+
+
+@pytest.mark.parametrize("path, body", [
+    (ARTICLE_PATH, ARTICLE_BODY),
+    ("/predict", {"instances": [ARTICLE_VALUES]}),
+    ("/v2/models/diabetes/infer", {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
+                                               "data": ARTICLE_VALUES}]}),
+])
+def test_with_an_api_key_set_prediction_routes_need_it(guarded, path, body):
+    refused = guarded.post(path, json=body)
+    assert refused.status_code == 401 and refused.get_json()["code"] == "unauthorized"
+    assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert guarded.post(path, json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert guarded.post(path, json=body, headers={"X-API-Key": "s3cret-for-tests"}).status_code == 200
+    assert guarded.post(path, json=body, headers={"Authorization": "Bearer s3cret-for-tests"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v2/health/live", "/v2/health/ready", "/v2/models/diabetes/ready", "/metadata",
+                                  "/openapi.json", "/metrics"])
+def test_with_an_api_key_set_probes_and_descriptions_stay_open(guarded, path):
+    assert guarded.get(path).status_code == 200
+
+
+def test_the_prediction_log_keeps_each_requests_inputs_and_outputs(served_module, tmp_path):
+    log = tmp_path / "predictions.jsonl"
+    client = served_module.create_app(served_module.bundle, prediction_log=str(log)).test_client()
+    record = dict(zip(served_module.contract.names, ARTICLE_VALUES), serum_insuling=None)
+    answer = client.post("/predict", json=[record, record], headers={"X-Request-ID": "batch-7"}).get_json()
+    client.post(ARTICLE_PATH, json=ARTICLE_BODY)
+    first, second = [json.loads(line) for line in log.read_text().splitlines()]
+    assert first["request_id"] == "batch-7" and first["model_version"] == served_module.bundle.version
+    assert first["inputs"][0][4] is None and first["inputs"][0][1] == 106
+    assert first["probabilities"] == [p["probability"] for p in answer["predictions"]]
+    assert second["route"] == ARTICLE_PATH and len(second["inputs"]) == 1
