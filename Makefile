@@ -41,7 +41,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test lab lock clean
+.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test reliability lab lock clean wrk
 
 ## help     list the verbs (the default)
 help:
@@ -63,7 +63,8 @@ serve: $(DEPLOYED)
 
 ## stop     stop the API and the project's PM2 daemon
 stop:
-	@if [ -e $(PM2_HOME)/pm2.pid ]; then $(PM2) kill; else echo "PM2 is not running"; fi
+	@# pm2 stop lets the requests in flight finish (pm2 kill alone does not wait for them).
+	@if [ -e $(PM2_HOME)/pm2.pid ]; then $(PM2) stop all > /dev/null; $(PM2) kill; else echo "PM2 is not running"; fi
 
 ## models   list the model versions with their metrics (* marks the one served)
 models: $(VENV_OK)
@@ -98,8 +99,12 @@ collection: $(VENV_OK)
 	$(PYTHON) -m diabetes.postman
 
 ## test     run the whole test suite (trains, serves under PM2, runs newman; cleans up)
-test: setup
+test: setup wrk
 	$(PYTHON) -m pytest
+
+## reliability  the long load, deploy and fault scenarios; prints what was lost
+reliability: setup wrk
+	RELIABILITY=long $(PYTHON) -m pytest -q -s tests/test_reliability.py
 
 ## lab      open the notebooks in JupyterLab (installed on first use)
 lab: $(VENV_OK)
@@ -120,6 +125,14 @@ lock:
 ## clean    stop the API and delete everything runs produced (build/, scripts/)
 clean: stop
 	rm -rf build scripts
+
+# The HTTP load generator of the benchmark and the reliability tests, from
+# Debian's packages.
+wrk:
+	@command -v wrk > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq wrk > /dev/null; \
+	  else echo "install wrk first: sudo apt-get install wrk"; exit 1; fi; }
 
 # ---- Files --------------------------------------------------------------------
 $(VENV_OK): requirements.txt pyproject.toml
