@@ -81,6 +81,8 @@ def openapi_document(contract: Contract) -> dict:
             "/metadata": {"get": {"summary": "The model card: version, features, metrics, parameters, data hash",
                                   "responses": {"200": _json({"type": "object"})}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics of every worker", "responses": {"200": {
+                "description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/v2": {"get": {"summary": "V2 server metadata", "responses": {"200": _json(_ref("V2ServerMetadata"))}}},
             "/v2/health/live": {"get": {"summary": "V2 liveness",
                                         "responses": {"200": _json(_ref("V2Live"))}}},
