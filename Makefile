@@ -21,6 +21,9 @@ LOG_DIR      := $(CURDIR)/build/logs
 # The service's settings are the endpoint notebook's parameters, overridable
 # from the environment: DIABETES_PORT=8080 DIABETES_HOST=0.0.0.0 make serve
 DIABETES_MODEL_DIR ?= $(abspath $(MODELS_DIR))/current
+# `make bench QUICK=1`: one round of 2 s loads, under a minute (otherwise
+# three rounds of 5 s, about 2.5 minutes).
+QUICK        :=
 
 # ---- Variables ----------------------------------------------------------------
 APP       := diabetes-api# the app's name in ecosystem.config.js
@@ -30,7 +33,8 @@ NEWMAN    := node_modules/.bin/newman
 PAPERMILL := $(PYTHON) -m papermill -k python3 --no-progress-bar
 NBCONVERT := $(PYTHON) -m nbconvert
 MODEL     := $(MODELS_DIR)/latest/metadata.json
-DEPLOYED  := $(PM2_HOME)/deployed.stamp
+# When the latest model and script were last checked and promoted.
+DEPLOYED  := $(MODELS_DIR)/.deployed
 VENV_OK   := $(VENV)/.installed
 NODE_OK   := node_modules/.installed
 
@@ -41,7 +45,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test reliability lab lock clean wrk
+.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk
 
 ## help     list the verbs (the default)
 help:
@@ -101,6 +105,10 @@ collection: $(VENV_OK)
 ## test     run the whole test suite (trains, serves under PM2, runs newman; cleans up)
 test: setup wrk
 	$(PYTHON) -m pytest
+
+## bench    load the API over HTTP beside the article's endpoint and a hello-world ceiling (QUICK=1: under a minute)
+bench: setup wrk
+	$(PYTHON) -m bench.run $(if $(QUICK),--quick)
 
 ## reliability  the long load, deploy and fault scenarios; prints what was lost
 reliability: setup wrk
@@ -173,7 +181,7 @@ scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(V
 # SIGHUP: new workers load the new script and model, old ones finish the
 # requests they hold.
 $(DEPLOYED): scripts/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(NODE_OK)
-	@mkdir -p $(RUNS_DIR) $(PM2_HOME)
+	@mkdir -p $(RUNS_DIR)
 	DIABETES_MODEL_DIR=$(abspath $(MODELS_DIR))/latest $(PAPERMILL) notebooks/serve.ipynb $(RUNS_DIR)/serve.ipynb
 	$(PYTHON) -m diabetes.models promote $(MODELS_DIR) latest
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi

@@ -1,0 +1,405 @@
+"""The servers the benchmark compares. Each starts on a free port of
+127.0.0.1, names the process whose tree does the serving, and is stopped by
+`running()` in a `finally`, whatever happened while it ran."""
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.measure import kill_process_group, process_tree, run_bounded
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.features import FEATURE_NAMES
+
+PROJECT = Path(__file__).resolve().parents[1]
+LOCALHOST = "127.0.0.1"
+# The service's default port, where a user's own service may be answering.
+AVOIDED_PORTS = {5000}
+# What an outer `make` (e.g. `make bench`) passes down, and would otherwise
+# steer the service: its port, its model, its PM2 home, its app name.
+INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR", "APP_NAME")
+SETTINGS_PREFIX = "DIABETES_"
+PM2 = PROJECT / "node_modules" / ".bin" / "pm2"
+SERVICE_SCRIPT = PROJECT / "scripts" / "serve.py"
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerFailed(Exception):
+    """A server did not start, or did not answer the article's request."""
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as probe:
+            probe.bind((LOCALHOST, 0))
+            port = probe.getsockname()[1]
+        if port not in AVOIDED_PORTS:
+            return port
+
+
+def port_is_open(port: int) -> bool:
+    try:
+        socket.create_connection((LOCALHOST, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def process_exists(pid: int | None) -> bool:
+    return bool(pid) and Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] == "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def clean_environment(**settings) -> dict:
+    """Our environment without what would steer the service elsewhere, plus `settings`."""
+    kept = {name: value for name, value in os.environ.items()
+            if not name.startswith(SETTINGS_PREFIX) and name not in INHERITED_SETTINGS}
+    return {**kept, **settings}
+
+
+def _die_with_parent():
+    # If the benchmark is killed outright (no `finally`), the servers it
+    # started directly get SIGTERM instead of holding their ports forever.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Server:
+    """A server of the article's route, or its equivalent (`path`, `body`)."""
+
+    key = ""
+    label = ""
+    path = ARTICLE_PATH
+    body = ARTICLE_BODY
+    start_timeout = 60
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.port = None
+        self.answer = None  # its answer to the benchmark's request, once started
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.port}{self.path}"
+
+    @property
+    def root_pid(self) -> int:
+        """The process whose tree (it and its descendants) serves."""
+        raise NotImplementedError
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        """A process outside the tree that works for it (PM2's daemon), if any."""
+        return None
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self):
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 20) -> str:
+        return ""
+
+    def wait_until_answering(self, timeout: float, still_starting=lambda: True) -> dict:
+        """Its answer to the benchmark's request, once it gives one with 200."""
+        request = urllib.request.Request(self.url, data=json.dumps(self.body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + timeout
+        problem = "no answer yet"
+        while time.monotonic() < deadline and still_starting():
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return {"body": json.load(response), "model_version": response.headers.get("X-Model-Version")}
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+                problem = str(error)
+            time.sleep(0.2)
+        raise ServerFailed(f"{self.label} did not answer {self.url} ({problem})\n{self.log_tail()}")
+
+
+@contextmanager
+def running(server: Server):
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+class ChildProcessServer(Server):
+    """A server that is a child of the benchmark, in a session of its own, so
+    that a Ctrl-C reaches only the benchmark, which then stops it in order."""
+
+    stop_timeout = 25  # past gunicorn's graceful_timeout
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.process = None
+        self.log_path = self.workdir / f"{self.key}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def root_pid(self) -> int:
+        return self.process.pid
+
+    def start(self):
+        self.port = free_port()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+        self.answer = self.wait_until_answering(self.start_timeout, lambda: self.process.poll() is None)
+
+    def stop(self):
+        if self.process is None:
+            return
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                self.process.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            # Its session holds whatever it forked (gunicorn's workers): nothing outlives the stop.
+            kill_process_group(self.process.pid)
+            self.process.wait()
+            self.process = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class ArticleServer(ChildProcessServer):
+    key = "article"
+    label = "article: Flask dev server, pickle, pandas"
+
+    def __init__(self, workdir: Path, model_pickle: Path):
+        super().__init__(workdir)
+        self.model_pickle = model_pickle
+
+    def command(self):
+        return [sys.executable, "-m", "bench.article_app", "--model", str(self.model_pickle),
+                "--port", str(self.port)]
+
+
+class CeilingServer(ChildProcessServer):
+    key = "ceiling"
+    label = "ceiling: constant answer, same gunicorn"
+
+    def __init__(self, workdir: Path, workers: int):
+        super().__init__(workdir)
+        self.workers = workers
+
+    def command(self):
+        return [sys.executable, "-m", "bench.ceiling_app", "--port", str(self.port), "--workers", str(self.workers)]
+
+
+class MlflowServer(ChildProcessServer):
+    """`mlflow models serve` on the same model, with MLflow's defaults (one
+    worker; it answers class labels, not probabilities)."""
+
+    key = "mlflow"
+    label = "mlflow models serve (defaults)"
+    path = "/invocations"
+    body = {"dataframe_split": {"columns": list(FEATURE_NAMES),
+                                "data": [[float(value) for value in ARTICLE_BODY["data"].split(",")]]}}
+    start_timeout = 120
+
+    def __init__(self, workdir: Path, model_file: Path):
+        super().__init__(workdir)
+        self.model_file = model_file
+        self.mlflow_model = self.workdir / "mlflow-model"
+
+    def command(self):
+        return [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", str(self.mlflow_model),
+                "--env-manager", "local", "--host", LOCALHOST, "--port", str(self.port)]
+
+    def start(self):
+        if not self.mlflow_model.exists():
+            save = ("import sys, mlflow.xgboost, xgboost\n"
+                    "model = xgboost.XGBClassifier()\n"
+                    "model.load_model(sys.argv[1])\n"
+                    "mlflow.xgboost.save_model(model, sys.argv[2])\n")
+            result = run_bounded([sys.executable, "-c", save, str(self.model_file), str(self.mlflow_model)],
+                                 timeout=180, cwd=self.workdir)
+            if result.returncode != 0:
+                raise ServerFailed(f"could not save the model for MLflow:\n{result.stderr[-2000:]}")
+        super().start()
+
+
+class ServiceUnderPM2(Server):
+    """This project's service as `make serve` runs it, in a PM2 home of the
+    benchmark's own, stopped with `make stop`.
+
+    With `models_dir` (a copy of the project's current version), `make serve`
+    deploys into the benchmark's temporary folder: in a new PM2 home it runs
+    its deploy step again, which would otherwise rewrite build/runs/serve.ipynb
+    and promote build/models/latest to `current`, undoing a user's rollback."""
+
+    key = "service"
+    label = "this project: make serve (PM2, gunicorn)"
+    start_timeout = 300  # the first start runs the endpoint notebook; with no model, training too
+
+    def __init__(self, workdir: Path, models_dir: Path | None):
+        super().__init__(workdir)
+        self.models_dir = models_dir
+        self.pm2_home = self.workdir / "pm2"
+        self.master_pid = None
+
+    def make_variables(self) -> list[str]:
+        variables = [f"PM2_HOME={self.pm2_home}", f"LOG_DIR={self.workdir / 'logs'}"]
+        if self.models_dir:
+            variables += [f"MODELS_DIR={self.models_dir}", f"RUNS_DIR={self.workdir / 'runs'}"]
+        return variables
+
+    def make_options(self) -> list[str]:
+        # A benchmark measures what is installed: it never reinstalls packages
+        # (make would, after a change to requirements.txt), nor retrains a
+        # copied model whose sources changed since it was trained.
+        old_files = [".venv/.installed", "node_modules/.installed"]
+        if self.models_dir:
+            old_files.append(f"{self.models_dir}/latest/metadata.json")
+        return [f"--old-file={path}" for path in old_files]
+
+    def make(self, verb: str, timeout: float) -> subprocess.CompletedProcess:
+        environment = clean_environment(**{f"{SETTINGS_PREFIX}PORT": str(self.port)})
+        return run_bounded(["make", "--no-print-directory", "-C", str(PROJECT), *self.make_options(), verb,
+                            *self.make_variables()], timeout=timeout, env=environment)
+
+    @property
+    def root_pid(self) -> int:
+        return self.master_pid
+
+    @property
+    def supervisor_pid(self) -> int | None:
+        try:
+            return int((self.pm2_home / "pm2.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def start(self):
+        self.port = free_port()
+        self.pm2_home.mkdir(parents=True, exist_ok=True)
+        try:
+            result = self.make("serve", self.start_timeout)
+        except subprocess.TimeoutExpired:
+            raise ServerFailed(f"make serve did not finish within {self.start_timeout} s") from None
+        if result.returncode != 0:
+            raise ServerFailed(f"make serve failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                               f"{result.stderr[-3000:]}")
+        self.master_pid = self._gunicorn_master_pid()
+        self.answer = self.wait_until_answering(30)
+
+    def _gunicorn_master_pid(self) -> int:
+        """The pid PM2 started for scripts/serve.py, which became the gunicorn
+        master. Found by its script, not its name: ecosystem.config.js names
+        it from the environment, and runs other apps beside it (log rotation)."""
+        result = run_bounded([str(PM2), "jlist"], timeout=30, cwd=PROJECT,
+                             env=clean_environment(PM2_HOME=str(self.pm2_home)))
+        try:
+            apps = json.loads(result.stdout[result.stdout.index("["):])
+        except ValueError:
+            raise ServerFailed(f"pm2 jlist gave no list of apps: {result.stdout[-500:]} {result.stderr[-500:]}")
+        pids = [app["pid"] for app in apps
+                if app.get("pid") and Path(app["pm2_env"].get("pm_exec_path", "")) == SERVICE_SCRIPT]
+        if len(pids) != 1:
+            running = {app.get("name"): app["pm2_env"].get("pm_exec_path") for app in apps}
+            raise ServerFailed(f"expected one app of {SERVICE_SCRIPT} under PM2 in {self.pm2_home}, "
+                               f"found pids {pids} among {running}")
+        return pids[0]
+
+    def stop(self):
+        if self.port is None:
+            return
+        daemon_pid = self.supervisor_pid
+        try:
+            result = self.make("stop", timeout=90)
+            if result.returncode != 0:
+                print(f"make stop failed ({result.returncode}): {(result.stdout + result.stderr).strip()[-1000:]}",
+                      file=sys.stderr)
+        except subprocess.TimeoutExpired:
+            print("make stop did not finish within 90 s", file=sys.stderr)
+        finally:
+            self._end_what_make_stop_left(daemon_pid)
+        if not wait_until(lambda: not port_is_open(self.port), timeout=30):
+            print(f"port {self.port} still answers after make stop", file=sys.stderr)
+        self.port, self.master_pid = None, None
+
+    def _end_what_make_stop_left(self, daemon_pid: int | None):
+        """Only the benchmark's own: what runs in its PM2 home. PM2's daemon
+        goes first, as a whole tree: while it lives, it restarts a killed master."""
+        def all_gone():
+            return not process_exists(daemon_pid) and not process_exists(self.master_pid)
+
+        if wait_until(all_gone, timeout=30):
+            return
+        print("make stop left PM2 running in the benchmark's PM2 home: pm2 kill", file=sys.stderr)
+        try:
+            run_bounded([str(PM2), "kill"], timeout=60, cwd=PROJECT,
+                        env=clean_environment(PM2_HOME=str(self.pm2_home)))
+        except subprocess.TimeoutExpired:
+            pass
+        if wait_until(all_gone, timeout=30):
+            return
+        leftovers = list(dict.fromkeys(pid for root in (daemon_pid, self.master_pid) if process_exists(root)
+                                       for pid in process_tree(root)))
+        print(f"pm2 kill left pids {leftovers} running: killing them", file=sys.stderr)
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, lines: int = 20) -> str:
+        error_log = self.workdir / "logs" / "diabetes-api.error.log"
+        try:
+            return "\n".join(error_log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def prepare_models_copy(project_models: Path, destination: Path) -> Path | None:
+    """A models folder holding only a copy of the project's current version,
+    linked as both `latest` and `current`: what `make serve` then deploys is
+    exactly the model the project serves. None when there is no current model.
+
+    The link names are the Makefile's; diabetes.bundle, which also has them,
+    would bring XGBoost's threads into the benchmark's process."""
+    current = project_models / "current"
+    if not current.exists():
+        return None
+    version = current.resolve().name
+    destination.mkdir(parents=True)
+    shutil.copytree(current.resolve(), destination / version)
+    for link in ("latest", "current"):
+        (destination / link).symlink_to(version, target_is_directory=True)
+    return destination

@@ -1,0 +1,264 @@
+"""The PM2-served service under load, deploys and faults, on 127.0.0.1 only.
+
+Short by default (a few seconds of load each), so that `make test` keeps them
+from rotting; `make reliability` runs the long variants (RELIABILITY=long) and
+prints the table of load held, faults injected and requests lost, also kept
+in build/reliability/results.md.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.measure import process_tree, run_wrk, write_wrk_script
+from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+
+LONG = os.environ.get("RELIABILITY") == "long"
+SOAK_SECONDS = 60 if LONG else 5
+LOAD_SECONDS = 20 if LONG else 8
+RESULTS = []
+
+
+def record(scenario, load, fault, lost, outcome):
+    RESULTS.append({"scenario": scenario, "load": load, "fault": fault, "lost": lost, "outcome": outcome})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def results_table():
+    yield
+    lines = ["| scenario | load held | fault injected | requests lost | outcome |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['scenario']} | {r['load']} | {r['fault']} | {r['lost']} | {r['outcome']} |" for r in RESULTS]
+    table = "\n".join(lines) + "\n"
+    folder = PROJECT / "build" / "reliability"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.md").write_text(table)
+    print("\n" + table)
+
+
+@pytest.fixture(scope="module")
+def service(trained, tmp_path_factory):
+    """A service of this module's own (its models, PM2 home and port), since
+    these tests deploy models and kill processes."""
+    workspace = tmp_path_factory.mktemp("reliability")
+    models_dir = workspace / "models"
+    shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
+    port = free_port()
+    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
+                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
+    env = clean_environment(DIABETES_PORT=str(port))
+    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
+               "models_dir": models_dir, "workspace": workspace, "pm2_home": workspace / "pm2",
+               "wrk_script": write_wrk_script(workspace / "article.lua", ARTICLE_BODY)}
+    try:
+        make("serve", *variables, env=env)
+        yield service
+    finally:
+        make("stop", *variables, env=env, check=False)
+
+
+def master_pid(service) -> int:
+    listing = subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "jlist"], capture_output=True, text=True,
+                             env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True).stdout
+    [app] = [app for app in json.loads(listing) if app["name"] == "diabetes-api"]
+    return app["pid"]
+
+
+def workers(service) -> list[int]:
+    return process_tree(master_pid(service))[1:]
+
+
+def rss_kib(pids) -> int:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def served_version(service) -> str:
+    return requests.post(service["url"] + ARTICLE_PATH, json=ARTICLE_BODY, timeout=5).headers["X-Model-Version"]
+
+
+def wait_until_serving(service, timeout=15):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return served_version(service)
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def lost(load) -> int:
+    return sum(load["errors"].values())
+
+
+def under_load(service, seconds, connections=16):
+    """Start a wrk load in the background; `.join()` it for wrk's figures."""
+    outcome = {}
+
+    def load():
+        outcome.update(run_wrk(service["url"] + ARTICLE_PATH, service["wrk_script"], connections, seconds))
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(0.5)
+
+    def join():
+        thread.join(timeout=seconds + 60)
+        return outcome
+
+    return join
+
+
+def test_soak_at_64_connections_fails_nothing_and_does_not_grow(service):
+    run_wrk(service["url"] + ARTICLE_PATH, service["wrk_script"], 64, 1)  # warm up
+    before = rss_kib(workers(service))
+    load = run_wrk(service["url"] + ARTICLE_PATH, service["wrk_script"], 64, SOAK_SECONDS)
+    growth = rss_kib(workers(service)) / before - 1
+    record("soak", f"{SOAK_SECONDS} s at 64 connections, {load['requests']} requests", "none", lost(load),
+           f"RSS growth {growth:+.1%}, p99 {load['p99_ms']:.1f} ms")
+    assert lost(load) == 0, load["errors"]
+    assert growth <= 0.10
+
+
+def test_a_metrics_scrape_during_load_parses(service):
+    join = under_load(service, 3)
+    text = requests.get(service["url"] + "/metrics", timeout=5).text
+    load = join()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    record("metrics scrape", f"3 s at 16 connections", "scrape", lost(load), f"{len(families)} metric families")
+    assert {"diabetes_requests", "diabetes_request_duration_seconds", "diabetes_model_info"} <= families
+    assert lost(load) == 0
+
+
+def test_a_new_model_deployed_under_load_fails_no_request(service, tmp_path):
+    other_seed = tmp_path / "other-seed.yaml"
+    other_seed.write_text("seed: 7\n")
+    variables = [v for v in service["variables"] if not v.startswith("TRAIN_PARAMS=")]
+    variables.append(f"TRAIN_PARAMS={FAST_PARAMS} {other_seed}")
+    make("train", *variables, env=service["env"])
+    before = served_version(service)
+    new = (service["models_dir"] / "latest").resolve().name
+    assert new != before
+
+    join = under_load(service, LOAD_SECONDS)
+    make("serve", *variables, env=service["env"])
+    load = join()
+    record("deploy under load", f"{LOAD_SECONDS} s at 16 connections, {load['requests']} requests",
+           "new model through make serve (SIGHUP)", lost(load), f"{before} -> {served_version(service)}")
+    assert lost(load) == 0, load["errors"]
+    assert served_version(service) == new
+
+
+@pytest.mark.parametrize("damage", ["tampered", "truncated"])
+def test_a_damaged_model_is_refused_and_the_old_one_keeps_serving(service, damage):
+    current = (service["models_dir"] / "current").resolve()
+    damaged_version = f"29990101T00000{'1' if damage == 'tampered' else '2'}Z-{damage[:8]}"
+    damaged = shutil.copytree(current, service["models_dir"] / damaged_version)
+    metadata = json.loads((damaged / "metadata.json").read_text())
+    (damaged / "metadata.json").write_text(json.dumps({**metadata, "version": damaged_version}))
+    model = damaged / "model.ubj"
+    content = model.read_bytes()
+    model.write_bytes(content[:500] + bytes([content[500] ^ 0xFF]) + content[501:] if damage == "tampered"
+                      else content[: len(content) // 3])
+    (service["models_dir"] / "latest").unlink()
+    (service["models_dir"] / "latest").symlink_to(damaged_version)
+
+    join = under_load(service, 6)
+    result = make("serve", *service["variables"], env=service["env"], check=False)
+    load = join()
+    record(f"{damage} model", "6 s at 16 connections", f"{damage} model.ubj through make serve", lost(load),
+           "refused: " + ("sha256" if "sha256" in result.stdout + result.stderr else "?"))
+    assert result.returncode != 0
+    assert "does not match the sha256" in result.stdout + result.stderr
+    assert (service["models_dir"] / "current").resolve() == current
+    assert served_version(service) == current.name
+    assert lost(load) == 0, load["errors"]
+    # Leave the models as a user would after fixing things: latest is the served version again.
+    (service["models_dir"] / "latest").unlink()
+    (service["models_dir"] / "latest").symlink_to(current.name)
+    make("serve", *service["variables"], env=service["env"])
+
+
+def test_a_killed_worker_loses_at_most_its_request_and_is_replaced_within_2_s(service):
+    join = under_load(service, 5)
+    victim = workers(service)[0]
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while (victim in workers(service) or len(workers(service)) < 2) and time.monotonic() - killed_at < 10:
+        time.sleep(0.05)
+    recovery = time.monotonic() - killed_at
+    load = join()
+    record("worker killed", "5 s at 16 connections", "kill -9 of one worker", lost(load),
+           f"replaced in {recovery:.2f} s")
+    assert recovery <= 2
+    assert lost(load) <= 1, load["errors"]
+
+
+def test_a_killed_master_is_replaced_under_pm2_within_5_s_and_leaves_no_orphan(service):
+    join = under_load(service, 8)
+    old_master = master_pid(service)
+    old_workers = workers(service)
+    os.kill(old_master, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 15:
+        try:
+            if master_pid(service) not in (old_master, 0) and served_version(service):
+                break
+        except (requests.RequestException, subprocess.CalledProcessError, ValueError):
+            pass
+        time.sleep(0.1)
+    recovery = time.monotonic() - killed_at
+    orphans = [pid for pid in old_workers if Path(f"/proc/{pid}").exists()]
+    load = join()
+    record("master killed", "8 s at 16 connections", "kill -9 of the gunicorn master",
+           f"{lost(load)} (connections refused while no master listened)",
+           f"new master serving in {recovery:.2f} s, {len(orphans)} orphans")
+    assert recovery <= 5
+    assert orphans == []
+
+
+def slow_request(port, body: bytes, pause: float) -> str:
+    """A request whose body arrives in two parts, `pause` seconds apart: in
+    flight for that long. Returns the status line of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
+        time.sleep(pause)
+        connection.sendall(body[10:])
+        return connection.makefile("rb").readline().decode().strip()
+
+
+@pytest.mark.parametrize("how", ["pm2 restart", "make stop"])
+def test_a_request_in_flight_during_a_restart_or_stop_gets_its_answer(service, how):
+    wait_until_serving(service)
+    body = json.dumps(ARTICLE_BODY).encode()
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.update(status=slow_request(service["port"], body, 2)))
+    thread.start()
+    time.sleep(0.5)
+    if how == "pm2 restart":
+        subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "restart", "diabetes-api"], capture_output=True,
+                       env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True, timeout=60)
+    else:
+        make("stop", *service["variables"], env=service["env"])
+    thread.join(timeout=40)
+    record(f"in-flight request, {how}", "1 request in flight for 2 s", how,
+           0 if answer.get("status", "").endswith("200 OK") else 1, answer.get("status"))
+    assert answer.get("status") == "HTTP/1.1 200 OK"
+    if how == "make stop":
+        make("serve", *service["variables"], env=service["env"])
