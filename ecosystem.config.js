@@ -31,7 +31,9 @@ module.exports = {
       kill_timeout: 25000,
       out_file: path.join(logDir, "diabetes-api.out.log"),
       error_file: path.join(logDir, "diabetes-api.error.log"),
-      time: true,
+      // No PM2 timestamps: the access log batches several lines per write, each
+      // with its own time, and gunicorn stamps its own messages.
+      time: false,
     },
   ],
 };

@@ -6,24 +6,26 @@ multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set up by gunicorn_config.py)
 adds them up when /metrics is scraped.
 """
 
+import atexit
+import functools
+import io
 import json
-import logging
 import os
 import re
 import sys
+import threading
 import time
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 from flask import Flask, Response, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest, multiprocess)
 
 disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-_PROBABILITY_BINS = np.linspace(0, 1, 11)
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 
 REQUESTS = Counter("diabetes_requests_total", "Requests answered, by route, method and status",
@@ -40,27 +42,77 @@ ERRORS = Counter("diabetes_errors_total", "Error answers, by error code", ["code
 MODEL = Gauge("diabetes_model_info", "The model version being served (value 1)", ["version"],
               multiprocess_mode="liveall")
 
-access_log = logging.getLogger("diabetes.access")
 
 
-class StageTimer:
-    """Time spent in each stage of one request, also sent back in a standard
-    Server-Timing header, which browsers' developer tools and `make bench` read."""
+class RequestWatch:
+    """What is measured of one request (`g.watch`): its id, its route, the time
+    spent in each stage (`with g.watch.stage("predict"): ...`), sent back in a
+    standard Server-Timing header that browsers' developer tools and
+    `make bench` read, and the code of the error it got, if any."""
 
-    def __init__(self):
+    __slots__ = ("request_id", "route", "started", "seconds", "error_code", "_stage", "_stage_started")
+
+    def __init__(self, request_id: str, route: str):
+        self.request_id, self.route = request_id, route
         self.started = time.perf_counter()
         self.seconds = {}
+        self.error_code = None
 
-    @contextmanager
-    def stage(self, name: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+    def stage(self, name: str) -> "RequestWatch":
+        self._stage = name
+        return self
 
-    def header(self) -> str:
+    def __enter__(self):
+        self._stage_started = time.perf_counter()
+
+    def __exit__(self, *exception):
+        self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + time.perf_counter() - self._stage_started
+
+    def server_timing(self) -> str:
         return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.seconds.items())
+
+
+class AccessLog:
+    """JSON lines on stdout (PM2's out log), written in batches rather than one
+    write per request: a batch is written when it would pass the size a pipe
+    writes in one piece (so lines of several workers never mix), and at least
+    every half second by a background thread. A worker killed outright loses
+    at most its last half second of lines."""
+
+    _ATOMIC_PIPE_WRITE = 4096
+
+    def __init__(self):
+        try:
+            stream = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+            self.write_out = stream.write
+        except (io.UnsupportedOperation, AttributeError, ValueError):  # in a notebook's kernel
+            self.write_out = lambda data: sys.stdout.write(data.decode())
+        self.pending, self.size = [], 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._flush_regularly, daemon=True).start()
+        atexit.register(self.flush)
+
+    def write(self, entry: dict):
+        line = orjson.dumps(entry) + b"\n"
+        with self.lock:
+            if self.size + len(line) > self._ATOMIC_PIPE_WRITE:
+                self._write_pending()
+            self.pending.append(line)
+            self.size += len(line)
+
+    def flush(self):
+        with self.lock:
+            self._write_pending()
+
+    def _write_pending(self):
+        if self.pending:
+            self.write_out(b"".join(self.pending))
+            self.pending, self.size = [], 0
+
+    def _flush_regularly(self):
+        while True:
+            time.sleep(0.5)
+            self.flush()
 
 
 class PredictionLog:
@@ -80,18 +132,27 @@ class PredictionLog:
             file.write(json.dumps(record) + "\n")
 
 
+@functools.cache
+def _predictions_counter(label: int, probability_bin: int):
+    return PREDICTIONS.labels(str(label), f"{probability_bin / 10:.1f}")
+
+
 def record_predictions(rows: np.ndarray, probabilities: np.ndarray, threshold: float):
     """Count the predictions of a request, and log them when a prediction log is set."""
-    labels = probabilities >= threshold
-    bins = np.minimum((probabilities * 10).astype(int), 9)
-    for label in (0, 1):
-        counts = np.bincount(bins[labels == label], minlength=10)
-        for index in np.flatnonzero(counts):
-            PREDICTIONS.labels(str(label), f"{_PROBABILITY_BINS[index]:.1f}").inc(int(counts[index]))
+    if len(probabilities) <= 8:
+        for probability in probabilities.tolist():
+            _predictions_counter(int(probability >= threshold), min(int(probability * 10), 9)).inc()
+    else:
+        labels = probabilities >= threshold
+        bins = np.minimum((probabilities * 10).astype(int), 9)
+        for label in (0, 1):
+            counts = np.bincount(bins[labels == label], minlength=10)
+            for probability_bin in np.flatnonzero(counts):
+                _predictions_counter(label, int(probability_bin)).inc(int(counts[probability_bin]))
     if g.prediction_log is not None:
         g.prediction_log.append({
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "request_id": g.request_id, "model_version": g.model_version, "route": g.route,
+            "request_id": g.watch.request_id, "model_version": g.model_version, "route": g.watch.route,
             "inputs": np.where(np.isnan(rows), None, rows).tolist(), "probabilities": probabilities.tolist()})
 
 
@@ -104,45 +165,52 @@ def metrics_response() -> Response:
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
+@functools.cache
+def _request_metrics(route: str, method: str, status: int):
+    return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route)
+
+
+@functools.cache
+def _stage_histogram(route: str, stage: str):
+    return STAGES.labels(route, stage)
+
+
 def watch(app: Flask, model_version: str, prediction_log_path: str = ""):
     """Time, count and log every request of `app`, and serve /metrics."""
     MODEL.labels(model_version).set(1)
     prediction_log = PredictionLog(prediction_log_path) if prediction_log_path else None
-    if not access_log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access_log.addHandler(handler)
-        access_log.setLevel(logging.INFO)
-        access_log.propagate = False
+    access_log = AccessLog()
 
     @app.before_request
     def start():
         given = request.headers.get("X-Request-ID", "")
-        g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        g.timer = StageTimer()
+        rule = request.url_rule
+        g.watch = RequestWatch(given if _REQUEST_ID.match(given) else uuid.uuid4().hex,
+                               rule.rule if rule else "unmatched")
         g.model_version = model_version
         g.prediction_log = prediction_log
-        g.route = request.url_rule.rule if request.url_rule else "unmatched"
 
     @app.after_request
     def finish(response):
-        timer, route = g.timer, g.route
-        seconds = time.perf_counter() - timer.started
+        watched, current = g.watch, request._get_current_object()
+        seconds = time.perf_counter() - watched.started
         status = response.status_code
-        response.headers["X-Request-ID"] = g.request_id
-        response.headers["X-Model-Version"] = model_version
-        response.headers["Server-Timing"] = timer.header()
-        REQUESTS.labels(route, request.method, str(status)).inc()
-        LATENCY.labels(route).observe(seconds)
-        for stage, stage_seconds in timer.seconds.items():
-            STAGES.labels(route, stage).observe(stage_seconds)
+        headers = response.headers
+        headers["X-Request-ID"] = watched.request_id
+        headers["X-Model-Version"] = model_version
+        headers["Server-Timing"] = watched.server_timing()
+        requests_counter, latency = _request_metrics(watched.route, current.method, status)
+        requests_counter.inc()
+        latency.observe(seconds)
+        for stage, stage_seconds in watched.seconds.items():
+            _stage_histogram(watched.route, stage).observe(stage_seconds)
         if status >= 400:
-            ERRORS.labels(getattr(g, "error_code", "unknown")).inc()
-        access_log.info(json.dumps({
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": g.request_id,
-            "method": request.method, "route": route, "path": request.path, "status": status,
+            ERRORS.labels(watched.error_code or "unknown").inc()
+        access_log.write({
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": watched.request_id,
+            "method": current.method, "route": watched.route, "path": current.path, "status": status,
             "duration_ms": round(seconds * 1000, 3), "model_version": model_version,
-            "remote_addr": request.remote_addr}))
+            "remote_addr": current.remote_addr})
         return response
 
     @app.get("/metrics")
