@@ -10,6 +10,15 @@ const serviceSettings = Object.fromEntries(
   Object.entries(process.env).filter(([name]) => name.startsWith("DIABETES_")),
 );
 const logDir = process.env.LOG_DIR || path.join(__dirname, "build", "logs");
+// Rotation of every log the apps write: rotate a file at 10 MB or at
+// midnight, keep 7 compressed ones (pm2-logrotate, from package.json).
+const logRotation = {
+  max_size: process.env.LOG_MAX_SIZE || "10M",
+  retain: 7,
+  compress: true,
+  rotateInterval: "0 0 * * *",
+  workerInterval: Number(process.env.LOG_CHECK_SECONDS || 30),
+};
 
 module.exports = {
   apps: [
@@ -34,6 +43,18 @@ module.exports = {
       // No PM2 timestamps: the access log batches several lines per write, each
       // with its own time, and gunicorn stamps its own messages.
       time: false,
+    },
+    {
+      // pm2-logrotate is meant to be a global PM2 module (`pm2 install`); here it
+      // runs as an app of the project. It reads its settings from ./package.json
+      // and the variable named after the module, which PM2 would overwrite for
+      // an app of that name: hence its folder as cwd, and another app name.
+      name: "log-rotation",
+      script: require.resolve("pm2-logrotate/app.js"),
+      cwd: path.dirname(require.resolve("pm2-logrotate/package.json")),
+      env: { "pm2-logrotate": JSON.stringify(logRotation) },
+      out_file: path.join(logDir, "log-rotation.out.log"),
+      error_file: path.join(logDir, "log-rotation.error.log"),
     },
   ],
 };

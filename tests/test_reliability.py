@@ -56,7 +56,8 @@ def service(trained, tmp_path_factory):
     port = free_port()
     variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
                  f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
-    env = clean_environment(DIABETES_PORT=str(port))
+    # Small logs, checked every second, so that the soak makes PM2 rotate them.
+    env = clean_environment(DIABETES_PORT=str(port), LOG_MAX_SIZE="100K", LOG_CHECK_SECONDS="1")
     service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
                "models_dir": models_dir, "workspace": workspace, "pm2_home": workspace / "pm2",
                "wrk_script": write_wrk_script(workspace / "article.lua", ARTICLE_BODY)}
@@ -133,6 +134,16 @@ def test_soak_at_64_connections_fails_nothing_and_does_not_grow(service):
            f"RSS growth {growth:+.1%}, p99 {load['p99_ms']:.1f} ms")
     assert lost(load) == 0, load["errors"]
     assert growth <= 0.10
+
+
+def test_logs_are_rotated_as_they_grow(service):
+    logs = service["workspace"] / "logs"
+    deadline = time.monotonic() + 10
+    while not list(logs.glob("diabetes-api.out__*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rotated = sorted(logs.glob("diabetes-api.out__*"))
+    record("log rotation", "the soak's access log", "logs over 100 KB", 0, f"{len(rotated)} rotated files")
+    assert rotated, f"no rotated access log in {sorted(p.name for p in logs.iterdir())}"
 
 
 def test_a_metrics_scrape_during_load_parses(service):
