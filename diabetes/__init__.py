@@ -1,2 +1,12 @@
-"""Code that both notebooks share: the features, the model bundle on disk, the
-checks of notebook parameters and the way the service is started."""
+"""The project's shared Python code, imported by the notebooks (and so by the
+scripts generated from them), the Makefile's tools and the tests:
+
+- features, bundle, models: the model's inputs, a model version on disk, and
+  the versions' life (list, promote, roll back);
+- contract, openapi, catalog, postman: what the API accepts, its OpenAPI
+  document, example calls of every route, the Postman collection made of them;
+- observability, docs, serving, gunicorn_config: metrics and logs, the docs
+  page, and how gunicorn runs the endpoint script;
+- params, settings, probe: notebook parameters, their environment overrides,
+  and waiting for the service to answer.
+"""
