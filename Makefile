@@ -21,8 +21,8 @@ LOG_DIR      := $(CURDIR)/build/logs
 # The service's settings are the endpoint notebook's parameters, overridable
 # from the environment: DIABETES_PORT=8080 DIABETES_HOST=0.0.0.0 make serve
 DIABETES_MODEL_DIR ?= $(abspath $(MODELS_DIR))/current
-# `make bench QUICK=1`: one round of 2 s loads, under a minute (otherwise
-# three rounds of 5 s, about 2.5 minutes).
+# `make bench QUICK=1`: one round of short loads, under a minute (otherwise
+# three rounds of 5 s loads, about 3.5 minutes).
 QUICK        :=
 
 # ---- Variables ----------------------------------------------------------------

@@ -61,7 +61,11 @@ def kill_process_group(group_id: int):
 
 
 def write_wrk_script(path: Path, body: dict) -> Path:
-    path.write_text(_LUA_SCRIPT.format(body=json.dumps(body), marker=_RESULT_MARKER))
+    """A wrk script that POSTs `body` as JSON to the path of the URL wrk is given."""
+    text = json.dumps(body)
+    if "]==]" in text:
+        raise ValueError("the body would end the Lua string that holds it")
+    path.write_text(_LUA_SCRIPT.format(body=text, marker=_RESULT_MARKER))
     return path
 
 

@@ -7,8 +7,11 @@ endpoint as the article wrote it, this project's service as `make serve` runs
 it, the same gunicorn stack answering a constant (the ceiling), and with
 --mlflow `mlflow models serve` when MLflow is installed. Every round starts,
 loads and stops each server in turn, so that noise on the machine hits all of
-them; ratios compare servers within a round. Writes results.json and
-results.md to build/bench/ and prints the table.
+them; ratios compare servers within a round. While the service runs, it also
+takes batches on /predict, and (in the first round) a `make serve` with
+nothing changed is timed against it. Before the rounds, one row is predicted
+in process (bench.in_process) and `make train` is timed. Writes results.json
+and results.md to build/bench/, with the project's targets, and prints the tables.
 """
 
 import argparse
@@ -26,10 +29,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.batches import PREDICT_PATH, TIMED_REQUESTS, load_batches, prepare_batches
 from bench.measure import WRK_THREADS, measure_load, run_bounded, run_wrk, write_wrk_script
-from bench.report import markdown, ratios, summarize
-from bench.servers import (PROJECT, ArticleServer, CeilingServer, MlflowServer, ServerFailed, ServiceUnderPM2,
-                           prepare_models_copy, running)
+from bench.report import markdown, ratios, spread, summarize, summarize_batches, targets
+from bench.servers import (KEEP_INSTALLED, PROJECT, ArticleServer, CeilingServer, MlflowServer, ServerFailed,
+                           ServiceUnderPM2, prepare_models_copy, run_make, running)
 from diabetes.catalog import ARTICLE_PATH
 from diabetes.settings import notebook_defaults
 
@@ -44,13 +48,16 @@ class Plan:
     rounds: int
     seconds: int          # of each measured load
     warmup_seconds: int   # of a discarded load after each start (wrk counts whole seconds)
+    batch_seconds: int    # of each load of a batch size
+    make_serve_repeats: int
+    in_process_seconds: float  # most time spent timing each in-process path
     connection_counts: tuple = (16, 64)
     wrk_threads: int = WRK_THREADS
 
 
-# About 2.5 minutes, and under 1 minute, start-ups included (3 servers, 2 cores).
-NORMAL = Plan(rounds=3, seconds=5, warmup_seconds=1)
-QUICK = Plan(rounds=1, seconds=2, warmup_seconds=1)
+# About 3.5 minutes, and under 1 minute, start-ups and training included (3 servers, 2 cores).
+NORMAL = Plan(rounds=3, seconds=5, warmup_seconds=1, batch_seconds=5, make_serve_repeats=3, in_process_seconds=2)
+QUICK = Plan(rounds=1, seconds=2, warmup_seconds=1, batch_seconds=1, make_serve_repeats=1, in_process_seconds=0.5)
 
 # The article's baseline loads a pickle, as the article did; it is written
 # here, in the benchmark's temporary folder, from the project's model file.
@@ -92,6 +99,52 @@ def write_article_pickle(model_file: Path, destination: Path) -> Path:
     return destination
 
 
+def measure_in_process(model_dir: Path, workdir: Path, budget_seconds: float) -> dict:
+    """bench.in_process's figures, measured in a child process for the same
+    reason as the pickle above."""
+    output = workdir / "in-process.json"
+    result = run_bounded([sys.executable, "-m", "bench.in_process", "--model-dir", str(model_dir),
+                          "--budget-seconds", str(budget_seconds), "--output", str(output)],
+                         timeout=120 + 3 * budget_seconds, cwd=PROJECT)
+    if result.returncode != 0:
+        raise RuntimeError(f"the in-process measurement failed:\n{result.stderr[-2000:]}")
+    return json.loads(output.read_text())
+
+
+def time_training(workdir: Path) -> dict:
+    """`make train` with the default parameters into a fresh models folder, so
+    that it really trains; beside its seconds, papermill's own record of the
+    notebook's run (the rest is make, the parameter check and nbconvert's HTML)."""
+    models, runs = workdir / "train-models", workdir / "train-runs"
+    started = time.monotonic()
+    result = run_make([*KEEP_INSTALLED, "train", f"MODELS_DIR={models}", f"RUNS_DIR={runs}"], timeout=300)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"make train failed ({result.returncode}):\n{result.stdout[-2000:]}\n"
+                           f"{result.stderr[-2000:]}")
+    notebook = json.loads((runs / "train.ipynb").read_text())
+    return {"seconds": seconds, "papermill_seconds": notebook["metadata"]["papermill"]["duration"]}
+
+
+def time_make_serve(service: ServiceUnderPM2, repeats: int) -> dict:
+    """A second `make serve` against the running service: what a user waits
+    for when there is nothing to redo. `nothing_changed` says whether that
+    held (a source edited during the benchmark makes the first one redeploy)."""
+    nothing_changed = service.nothing_to_redeploy()
+    if not nothing_changed:
+        log("  make serve has something to redo (a source changed since the service started)")
+    samples = []
+    for _ in range(repeats):
+        started = time.monotonic()
+        result = service.make("serve", timeout=service.start_timeout)
+        samples.append(time.monotonic() - started)
+        if result.returncode != 0:
+            raise RuntimeError(f"make serve failed against the running service ({result.returncode}):\n"
+                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    log(f"  make serve with nothing changed: {', '.join(f'{sample:.2f}' for sample in samples)} s")
+    return {**spread(samples), "samples": samples, "nothing_changed": nothing_changed}
+
+
 def models_to_serve(workdir: Path) -> Path:
     """A copy of the project's current model version; when there is none,
     `make serve` first trains and deploys one in the project, as for a user."""
@@ -117,8 +170,14 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
     model_dir = (models / "current").resolve()
     model_version = json.loads((model_dir / "metadata.json").read_text())["version"]
     pickle_path = write_article_pickle(model_dir / "model.ubj", workdir / "article-model.pkl")
-    servers = [ArticleServer(workdir, pickle_path), ServiceUnderPM2(workdir, models),
-               CeilingServer(workdir, workers=notebook_defaults()["workers"])]
+    log("one row in process: the bundle, XGBoost, the article's path")
+    in_process = measure_in_process(model_dir, workdir, plan.in_process_seconds)
+    log("make train (papermill, default parameters, a fresh models folder)")
+    training = time_training(workdir)
+    log(f"  {training['seconds']:.1f} s")
+    workers = notebook_defaults()["workers"]
+    service = ServiceUnderPM2(workdir, models)
+    servers = [ArticleServer(workdir, pickle_path), service, CeilingServer(workdir, workers=workers)]
     skipped = []
     if with_mlflow:
         if importlib.util.find_spec("mlflow") is None:
@@ -127,8 +186,9 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
         else:
             servers.append(MlflowServer(workdir, model_dir / "model.ubj"))
     scripts = {server.key: write_wrk_script(workdir / f"{server.key}.lua", server.body) for server in servers}
+    batches = prepare_batches(workdir)
 
-    runs, answers = [], {}
+    runs, batch_runs, answers, make_serve = [], [], {}, None
     for round_ in range(plan.rounds):
         for server in rotated(servers, round_):
             log(f"round {round_ + 1}/{plan.rounds}: starting {server.label}")
@@ -141,12 +201,19 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
                     runs.append({"server": server.key, "round": round_, "connections": connections, **load})
                     log(f"  {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "
                         f"p99 {load['p99_ms']:.1f} ms, errors {sum(load['errors'].values())}")
+                if server is service:
+                    # As many connections as workers: each request is a whole batch, more would only queue.
+                    batch_runs += [{"round": round_, **run}
+                                   for run in load_batches(service, batches, plan.batch_seconds, workers, log)]
+                    if make_serve is None:
+                        make_serve = time_make_serve(service, plan.make_serve_repeats)
 
-    return {
+    results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": ARTICLE_PATH,
         "plan": asdict(plan),
         "model_version": model_version,
+        "model": in_process.pop("model"),
         "servers": {server.key: {
             "label": server.label,
             "answer": answers.get(server.key),
@@ -156,8 +223,14 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
             "runs": [run for run in runs if run["server"] == server.key],
         } for server in servers},
         "ratios": ratios(runs, plan.connection_counts),
+        "batch": {"path": PREDICT_PATH, "connections": workers, "timed_requests": TIMED_REQUESTS,
+                  "by_rows": summarize_batches(batch_runs), "runs": batch_runs},
+        "in_process": in_process,
+        "make": {"serve_unchanged_seconds": make_serve, "train": training},
         "skipped": skipped,
     }
+    results["targets"] = targets(results)
+    return results
 
 
 def main(argv=None) -> int:

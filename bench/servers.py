@@ -30,6 +30,9 @@ INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR",
 SETTINGS_PREFIX = "DIABETES_"
 PM2 = PROJECT / "node_modules" / ".bin" / "pm2"
 SERVICE_SCRIPT = PROJECT / "scripts" / "serve.py"
+# A benchmark measures what is installed: it never reinstalls packages, as
+# make would after a change to requirements.txt.
+KEEP_INSTALLED = ("--old-file=.venv/.installed", "--old-file=node_modules/.installed")
 _PR_SET_PDEATHSIG = 1
 
 
@@ -82,6 +85,12 @@ def clean_environment(**settings) -> dict:
     return {**kept, **settings}
 
 
+def run_make(arguments: list[str], timeout: float, **settings) -> subprocess.CompletedProcess:
+    """`make ARGUMENTS` in the project, in our cleaned environment plus `settings`."""
+    return run_bounded(["make", "--no-print-directory", "-C", str(PROJECT), *arguments], timeout=timeout,
+                       env=clean_environment(**settings))
+
+
 def _die_with_parent():
     # If the benchmark is killed outright (no `finally`), the servers it
     # started directly get SIGTERM instead of holding their ports forever.
@@ -104,7 +113,10 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.port}{self.path}"
+        return self.url_of(self.path)
+
+    def url_of(self, path: str) -> str:
+        return f"http://{LOCALHOST}:{self.port}{path}"
 
     @property
     def root_pid(self) -> int:
@@ -282,18 +294,21 @@ class ServiceUnderPM2(Server):
         return variables
 
     def make_options(self) -> list[str]:
-        # A benchmark measures what is installed: it never reinstalls packages
-        # (make would, after a change to requirements.txt), nor retrains a
-        # copied model whose sources changed since it was trained.
-        old_files = [".venv/.installed", "node_modules/.installed"]
+        # A copied model is never retrained either, though its sources changed
+        # since it was trained: the benchmark measures the model the project serves.
         if self.models_dir:
-            old_files.append(f"{self.models_dir}/latest/metadata.json")
-        return [f"--old-file={path}" for path in old_files]
+            return [*KEEP_INSTALLED, f"--old-file={self.models_dir}/latest/metadata.json"]
+        return list(KEEP_INSTALLED)
 
-    def make(self, verb: str, timeout: float) -> subprocess.CompletedProcess:
-        environment = clean_environment(**{f"{SETTINGS_PREFIX}PORT": str(self.port)})
-        return run_bounded(["make", "--no-print-directory", "-C", str(PROJECT), *self.make_options(), verb,
-                            *self.make_variables()], timeout=timeout, env=environment)
+    def make(self, *targets: str, timeout: float) -> subprocess.CompletedProcess:
+        return run_make([*self.make_options(), *targets, *self.make_variables()], timeout,
+                        **{f"{SETTINGS_PREFIX}PORT": str(self.port)})
+
+    def nothing_to_redeploy(self) -> bool:
+        """Would `make serve` now only check the service: no conversion, no
+        training, no deploy? `make -q` on the Makefile's deploy stamp."""
+        models_dir = self.models_dir or "build/models"  # the Makefile's MODELS_DIR, spelled as make spells it
+        return self.make("-q", f"{models_dir}/.deployed", timeout=60).returncode == 0
 
     @property
     def root_pid(self) -> int:
@@ -310,7 +325,7 @@ class ServiceUnderPM2(Server):
         self.port = free_port()
         self.pm2_home.mkdir(parents=True, exist_ok=True)
         try:
-            result = self.make("serve", self.start_timeout)
+            result = self.make("serve", timeout=self.start_timeout)
         except subprocess.TimeoutExpired:
             raise ServerFailed(f"make serve did not finish within {self.start_timeout} s") from None
         if result.returncode != 0:
