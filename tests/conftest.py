@@ -13,19 +13,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from bench.servers import clean_environment, free_port  # noqa: F401 (re-exported for the test modules)
 from diabetes.catalog import Call
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
-
-
-def clean_environment(**settings) -> dict:
-    """The environment of a make run: without what an outer `make test` passes
-    down (its variables, the service's DIABETES_* settings), plus `settings`."""
-    inherited = {name: value for name, value in os.environ.items()
-                 if not name.startswith("DIABETES_")
-                 and name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PM2_HOME", "LOG_DIR")}
-    return {**inherited, **settings}
 
 
 def make(*arguments, env=None, check=True, timeout=300) -> subprocess.CompletedProcess:
@@ -35,12 +27,6 @@ def make(*arguments, env=None, check=True, timeout=300) -> subprocess.CompletedP
         pytest.fail(f"make {' '.join(arguments)} failed ({result.returncode}):\n"
                     f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
