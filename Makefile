@@ -62,6 +62,8 @@ scripts: scripts/train.py scripts/serve.py
 
 ## serve    install, train if needed, convert, and run the API under PM2 (reloads it after a change)
 serve: $(DEPLOYED)
+	@# PM2's state (its dump, its sockets) is the user's alone.
+	@mkdir -p $(PM2_HOME) && chmod 700 $(PM2_HOME)
 	@$(PM2) describe $(APP) > /dev/null 2>&1 || $(PM2) start ecosystem.config.js
 	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(DIABETES_MODEL_DIR)
 

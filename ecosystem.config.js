@@ -5,10 +5,19 @@ const path = require("path");
 
 // The service's settings (DIABETES_PORT, DIABETES_HOST, DIABETES_MODEL_DIR, ...)
 // are passed on from the environment of `make serve`; unset ones keep the
-// notebook's defaults.
+// notebook's defaults. Nothing else of that environment is: PM2 would copy all
+// of it (any secret of the user's shell) into each app and show it in
+// `pm2 jlist`. Each app gets `env` below and the variables named here only.
 const serviceSettings = Object.fromEntries(
   Object.entries(process.env).filter(([name]) => name.startsWith("DIABETES_")),
 );
+const systemVariables = Object.fromEntries(
+  ["PATH", "LANG", "LC_ALL", "TZ"].filter((name) => process.env[name]).map((name) => [name, process.env[name]]),
+);
+// PM2 drops each variable of the shell whose name contains one of these
+// strings; the empty string is in every name. (`filter_env: true` would say
+// the same, but pm2 7 ignores it: it tests the value's length.)
+const dropTheShellsEnvironment = [""];
 const logDir = process.env.LOG_DIR || path.join(__dirname, "build", "logs");
 // Rotation of every log the apps write: rotate a file at 10 MB or at
 // midnight, keep 7 compressed ones (pm2-logrotate, from package.json).
@@ -27,7 +36,8 @@ module.exports = {
       script: path.join(__dirname, "scripts", "serve.py"),
       interpreter: path.join(__dirname, ".venv", "bin", "python"),
       cwd: __dirname,
-      env: { PYTHONUNBUFFERED: "1", ...serviceSettings },
+      filter_env: dropTheShellsEnvironment,
+      env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings },
       autorestart: true,
       // A master that dies within 5 s of starting counts as a failed start;
       // after 10 in a row PM2 gives up instead of looping forever.
@@ -52,7 +62,14 @@ module.exports = {
       name: "log-rotation",
       script: require.resolve("pm2-logrotate/app.js"),
       cwd: path.dirname(require.resolve("pm2-logrotate/package.json")),
-      env: { "pm2-logrotate": JSON.stringify(logRotation) },
+      filter_env: dropTheShellsEnvironment,
+      // It talks to PM2's daemon, found through PM2_HOME.
+      env: {
+        ...systemVariables,
+        HOME: process.env.HOME,
+        PM2_HOME: process.env.PM2_HOME,
+        "pm2-logrotate": JSON.stringify(logRotation),
+      },
       out_file: path.join(logDir, "log-rotation.out.log"),
       error_file: path.join(logDir, "log-rotation.error.log"),
     },

@@ -149,20 +149,39 @@ def load_metadata(model_dir) -> dict:
     return json.loads((Path(model_dir) / METADATA_FILE).read_text())
 
 
+def check_metadata(metadata: dict):
+    """Refuse metadata that the service would misread: features in another
+    order than the model's, a threshold outside (0, 1), a model file that is
+    not a plain name in the version's folder."""
+    if tuple(metadata.get("feature_names", ())) != FEATURE_NAMES:
+        raise ModelRefused(f"the model expects features {metadata.get('feature_names')}, "
+                           f"this code sends {list(FEATURE_NAMES)}")
+    described = tuple(feature.get("name") for feature in metadata.get("features", ()))
+    if described != FEATURE_NAMES:
+        raise ModelRefused(f"the metadata describes features {list(described)}, in another order than the "
+                           f"model's {list(FEATURE_NAMES)}")
+    threshold = metadata.get("threshold")
+    if type(threshold) not in (int, float) or not 0 < threshold < 1:
+        raise ModelRefused(f"threshold {threshold!r} is not a probability strictly between 0 and 1")
+    model_file = metadata.get("model_file")
+    if not isinstance(model_file, str) or Path(model_file).name != model_file or model_file in ("", ".", ".."):
+        raise ModelRefused(f"model_file {model_file!r} is not a plain file name")
+
+
 def load_bundle(model_dir) -> ModelBundle:
     """Load a version folder (or the `current` link), refusing a model whose
     file does not match its recorded sha256 or whose features differ."""
-    model_dir = Path(model_dir)
+    # Resolved once: a promotion that switches the link while this loads must
+    # not pair one version's metadata with another's model file.
+    model_dir = Path(model_dir).resolve()
     try:
         metadata = load_metadata(model_dir)
+        check_metadata(metadata)
         model_bytes = (model_dir / metadata["model_file"]).read_bytes()
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelRefused(f"cannot read the model in {model_dir}: {error}") from error
     if sha256_of(model_bytes) != metadata.get("model_sha256"):
         raise ModelRefused(f"{model_dir / metadata['model_file']} does not match the sha256 in its metadata")
-    if tuple(metadata.get("feature_names", ())) != FEATURE_NAMES:
-        raise ModelRefused(f"the model in {model_dir} expects features {metadata.get('feature_names')}, "
-                           f"this code sends {list(FEATURE_NAMES)}")
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(model_bytes))

@@ -15,10 +15,11 @@ data. The article's route keeps its original contract: 8 numbers.
 """
 
 import csv
-import io
 import itertools
 import math
+import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -26,8 +27,44 @@ MODEL_NAME = "diabetes"
 V2_INPUT_NAME = "features"
 V2_INPUT_DATATYPES = ("FP32", "FP64")
 V2_OUTPUTS = {"probability": "FP32", "label": "INT64"}
+# Triton's binary tensor data extension (diabetes/open_inference.py)
+V2_INFERENCE_HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
+V2_BINARY_DATA_SIZE = "binary_data_size"      # $request_input and $response_output parameter
+V2_BINARY_DATA = "binary_data"                # $request_output parameter
+V2_BINARY_DATA_OUTPUT = "binary_data_output"  # $inference_request parameter
+V2_BYTE_ORDER = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
 _ALLOWED_VALUE_TYPES = {int, float, type(None)}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A number written as text: ASCII digits only (Python's float() also takes
+# "٢٢", "２２" and "1_000"), with an optional sign, decimals and exponent.
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_ASCII_BLANKS = " \t"
+
+
+class ErrorCode(StrEnum):
+    """The `code` of every error answer, each listed in the README's table."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_CSV = "invalid_csv"
+    MISSING_FIELD = "missing_field"
+    INVALID_TYPE = "invalid_type"
+    INVALID_BODY = "invalid_body"
+    MISSING_FEATURE = "missing_feature"
+    UNKNOWN_FEATURE = "unknown_feature"
+    WRONG_VALUE_COUNT = "wrong_value_count"
+    INVALID_VALUE = "invalid_value"
+    EMPTY_BATCH = "empty_batch"
+    INVALID_TENSOR = "invalid_tensor"
+    INVALID_PARAMETER = "invalid_parameter"
+    NOT_FOUND = "not_found"
+    MODEL_NOT_FOUND = "model_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_ENTITY_TOO_LARGE = "request_entity_too_large"
+    TOO_MANY_ROWS = "too_many_rows"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNAUTHORIZED = "unauthorized"
+    UNTRUSTED_HOST = "untrusted_host"
+    INTERNAL_ERROR = "internal_error"
 
 
 class InvalidRequest(Exception):
@@ -35,11 +72,18 @@ class InvalidRequest(Exception):
 
     def __init__(self, message, code, status=400, field=None, row=None):
         super().__init__(message)
-        self.message, self.code, self.status, self.field, self.row = message, code, status, field, row
+        self.message, self.code, self.status, self.field, self.row = message, str(code), status, field, row
 
     def envelope(self) -> dict:
         return {"error": self.message, "code": self.code, "status": self.status,
                 "field": self.field, "row": self.row}
+
+
+def parse_number_text(text: str) -> float | None:
+    """The number an ASCII decimal text says (surrounding spaces allowed), or
+    None for anything else."""
+    text = text.strip(_ASCII_BLANKS)
+    return float(text) if _NUMBER_TEXT.fullmatch(text) else None
 
 
 @dataclass(frozen=True)
@@ -78,10 +122,13 @@ class Contract:
                         dtype=np.float32)
 
     def _article_number(self, value, index) -> float:
-        is_text_or_number = isinstance(value, (str, int, float)) and not isinstance(value, bool)
-        try:
-            number = float(value) if is_text_or_number else math.nan
-        except ValueError:
+        if isinstance(value, str):
+            number = parse_number_text(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            number = None
+        if number is None:
             number = math.nan
         if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
             shown = value if isinstance(value, str) and len(value) <= 20 else type(value).__name__
@@ -180,70 +227,88 @@ class Contract:
         return self.features[column]["unit"]
 
     # ---- CSV ------------------------------------------------------------------
-    def rows_from_csv(self, text: str) -> np.ndarray:
-        """Rows of 8 comma-separated values; an optional header naming the
-        features (in any order); an empty field means not measured."""
-        try:
-            lines = [line for line in csv.reader(io.StringIO(text, newline="")) if line]
-        except csv.Error as error:
-            raise InvalidRequest(f"the body is not valid CSV: {error}", "invalid_csv") from None
-        if lines and not _is_numeric_row(lines[0]):
-            order = self._csv_header_order(lines[0])
-            lines = [[line[i] for i in order] if len(line) == len(order) else line for line in lines[1:]]
-            first_line = 2
-        else:
-            first_line = 1
-        self._check_row_count(len(lines))
+    def rows_from_csv(self, lines) -> np.ndarray:
+        """Rows of 8 comma-separated values, from an iterable of text lines
+        read as they arrive; an optional header naming the features (in any
+        order); an empty field means not measured. Quoting is strict. The row
+        limit stops the reading as soon as it is passed."""
         width = len(self.names)
-        rows = []
-        for index, line in enumerate(lines):
-            where = f"line {index + first_line}"
-            if len(line) != width:
-                raise InvalidRequest(f"{where} has {len(line)} values, expected {width}: {', '.join(self.names)}",
-                                     "wrong_value_count", field=where, row=index)
-            rows.append([self._csv_number(value, where, index, column) for column, value in enumerate(line)])
+        rows, order, first_line = [], None, 1
+        try:
+            for index, line in enumerate(filter(None, csv.reader(lines, strict=True))):
+                if index == 0 and self._is_header(line):
+                    order, first_line = self._csv_header_order(line), 2
+                    continue
+                row_index = len(rows)
+                if row_index == self.max_rows:
+                    raise InvalidRequest(f"the CSV has more than {self.max_rows} rows, at most {self.max_rows} "
+                                         "are accepted per request: split it", ErrorCode.TOO_MANY_ROWS, status=413)
+                where = f"line {row_index + first_line}"
+                if len(line) != width:
+                    raise InvalidRequest(f"{where} has {len(line)} values, expected {width}: "
+                                         f"{', '.join(self.names)}", ErrorCode.WRONG_VALUE_COUNT, field=where,
+                                         row=row_index)
+                if order is not None:
+                    line = [line[position] for position in order]
+                rows.append([self._csv_number(value, where, row_index, column) for column, value in enumerate(line)])
+        except csv.Error as error:
+            raise InvalidRequest(f"the body is not valid CSV: {error}", ErrorCode.INVALID_CSV) from None
+        except UnicodeDecodeError as error:
+            raise InvalidRequest(f"the body is not UTF-8 text: byte {error.start} cannot be decoded",
+                                 ErrorCode.INVALID_CSV) from None
+        self._check_row_count(len(rows))
         return np.array(rows, dtype=np.float32)
 
+    def _is_header(self, line) -> bool:
+        """A first line that names a feature, or holds no number at all."""
+        fields = [value.strip(_ASCII_BLANKS) for value in line]
+        return any(field in self.names for field in fields) or all(parse_number_text(f) is None for f in fields)
+
     def _csv_header_order(self, header) -> list:
-        header = [name.strip() for name in header]
+        header = [name.strip(_ASCII_BLANKS) for name in header]
         if sorted(header) != sorted(self.names):
             missing = [name for name in self.names if name not in header]
             unknown = [name for name in header if name not in self.names]
             raise InvalidRequest(f"the CSV header must name each feature once ({', '.join(self.names)}); "
                                  f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}",
-                                 "unknown_feature" if unknown else "missing_feature", field="line 1")
+                                 ErrorCode.UNKNOWN_FEATURE if unknown else ErrorCode.MISSING_FEATURE,
+                                 field="line 1")
         return [header.index(name) for name in self.names]
 
     def _csv_number(self, value, where, index, column):
-        value = value.strip()
-        if value == "":
+        if value.strip(_ASCII_BLANKS) == "":
             return math.nan
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
+        number = parse_number_text(value)
+        if number is None or not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
             shown = value if len(value) <= 20 else value[:20] + "..."
             raise InvalidRequest(f"{where}, {self.names[column]} is {shown!r}, expected a number "
-                                 f"({self._unit(column)}) or an empty field for not measured", "invalid_value",
-                                 field=f"{where}, {self.names[column]}", row=index)
+                                 f"({self._unit(column)}) or an empty field for not measured",
+                                 ErrorCode.INVALID_VALUE, field=f"{where}, {self.names[column]}", row=index)
         return number
 
     # ---- Open Inference Protocol V2 --------------------------------------------
-    def rows_from_v2(self, body) -> tuple[np.ndarray, list]:
-        """The rows of a V2 inference request, and the outputs it asks for."""
+    def rows_from_v2(self, body, tensor_bytes: memoryview | None = None) -> tuple[np.ndarray, list]:
+        """The rows of a V2 inference request ($inference_request), and the
+        outputs it asks for (`V2Output`s). `tensor_bytes`: the bytes after the
+        JSON request when it came with Triton's binary tensor data extension
+        (`diabetes.open_inference`), None when the whole body was JSON."""
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise InvalidRequest('expected an inference request: {"inputs": [{"name": "features", "shape": '
                                  f'[N, {len(self.names)}], "datatype": "FP32", "data": [...]}}]}}',
                                  "invalid_body", field="inputs")
+        parameters = _v2_parameters(body, "parameters")
+        binary_output = _v2_boolean(parameters, V2_BINARY_DATA_OUTPUT, "parameters") or False
         if len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
             raise InvalidRequest(f"expected exactly one input tensor, {V2_INPUT_NAME!r}, got "
                                  f"{len(body['inputs'])}", "invalid_tensor", field="inputs")
         tensor = body["inputs"][0]
-        for member in ("name", "shape", "datatype", "data"):
+        for member in ("name", "shape", "datatype"):
             if member not in tensor:
                 raise InvalidRequest(f'the input tensor has no "{member}"', "invalid_tensor",
                                      field=f"inputs[0].{member}")
+        if tensor["name"] != V2_INPUT_NAME:
+            raise InvalidRequest(f"the input tensor is named {str(tensor['name'])[:40]!r}, this model's input is "
+                                 f"{V2_INPUT_NAME!r}", "invalid_tensor", field="inputs[0].name")
         if tensor["datatype"] not in V2_INPUT_DATATYPES:
             raise InvalidRequest(f"datatype {str(tensor['datatype'])[:20]!r} is not supported, expected one of "
                                  f"{', '.join(V2_INPUT_DATATYPES)}", "invalid_tensor", field="inputs[0].datatype")
@@ -253,7 +318,22 @@ class Contract:
             raise InvalidRequest(f"shape {str(shape)[:40]} is not supported, expected [N, {len(self.names)}]: "
                                  f"N rows of {', '.join(self.names)}", "invalid_tensor", field="inputs[0].shape")
         self._check_row_count(shape[0])
-        data = tensor["data"]
+        input_parameters = _v2_parameters(tensor, "inputs[0].parameters")
+        if V2_BINARY_DATA_SIZE in input_parameters:
+            if "data" in tensor:
+                raise InvalidRequest(f'the input tensor has both "data" and a {V2_BINARY_DATA_SIZE} parameter: '
+                                     "send its values one way only", "invalid_tensor", field="inputs[0]")
+            rows = self._v2_binary_rows(tensor, input_parameters[V2_BINARY_DATA_SIZE], tensor_bytes)
+        else:
+            _check_no_tensor_bytes_left(tensor_bytes, used=0)
+            if "data" not in tensor:
+                raise InvalidRequest(f'the input tensor has neither "data" nor a {V2_BINARY_DATA_SIZE} parameter',
+                                     "invalid_tensor", field="inputs[0].data")
+            rows = self._v2_json_rows(tensor)
+        return rows, self._v2_outputs(body.get("outputs"), binary_output)
+
+    def _v2_json_rows(self, tensor) -> np.ndarray:
+        shape, data = tensor["shape"], tensor["data"]
         if not isinstance(data, list):
             raise InvalidRequest("the tensor's data must be a list", "invalid_tensor", field="inputs[0].data")
         flat = list(itertools.chain.from_iterable(data)) if data and all(type(r) is list for r in data) else data
@@ -267,19 +347,88 @@ class Contract:
                                  field=f"inputs[0].data[{position}]", row=position // shape[1])
         width = shape[1]
         rows = [flat[start:start + width] for start in range(0, len(flat), width)]
-        return self._matrix(rows, field="inputs[0].data"), self._v2_outputs(body.get("outputs"))
+        return self._matrix(rows, field="inputs[0].data")
 
-    def _v2_outputs(self, requested) -> list:
-        """The outputs named in the request; all of them when it names none."""
+    def _v2_binary_rows(self, tensor, size, tensor_bytes) -> np.ndarray:
+        """The rows sent as raw little-endian bytes after the JSON request."""
+        field = f"inputs[0].parameters.{V2_BINARY_DATA_SIZE}"
+        datatype, shape = tensor["datatype"], tensor["shape"]
+        expected = shape[0] * shape[1] * V2_BYTE_ORDER[datatype].itemsize
+        if type(size) is not int or size != expected:
+            raise InvalidRequest(f"{V2_BINARY_DATA_SIZE} is {str(size)[:20]}, a {datatype} tensor of shape {shape} "
+                                 f"takes {expected} bytes", "invalid_tensor", field=field)
+        if tensor_bytes is None:
+            raise InvalidRequest(f"the input tensor's {size} bytes of binary data need an "
+                                 f"{V2_INFERENCE_HEADER_CONTENT_LENGTH} header, the length of the JSON request "
+                                 "that the body starts with", "invalid_body", field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
+        if len(tensor_bytes) < size:
+            raise InvalidRequest(f"the body holds {len(tensor_bytes)} bytes after its JSON request, the input tensor "
+                                 f"declares {size}", "invalid_body", field=field)
+        _check_no_tensor_bytes_left(tensor_bytes, used=size)
+        values = np.frombuffer(tensor_bytes[:size], dtype=V2_BYTE_ORDER[datatype]).reshape(shape)
+        wrong = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)
+        if wrong.any():
+            row, column = (int(i) for i in np.argwhere(wrong)[0])
+            name = self.names[column]
+            raise InvalidRequest(f"inputs[0] row {row}, {name} is {float(values[row, column])}, expected a finite number "
+                                 f"({self._unit(column)}) that fits FP32", "invalid_value",
+                                 field=f"inputs[0].data[{row}].{name}", row=row)
+        return values.astype(np.float32)
+
+    def _v2_outputs(self, requested, binary_output=False) -> list:
+        """The outputs named in the request, each as binary data or not; all
+        of them when it names none."""
         if requested is None or requested == []:
-            return list(V2_OUTPUTS)
+            return [V2Output(name, binary_output) for name in V2_OUTPUTS]
         names = [output.get("name") if isinstance(output, dict) else None for output in requested] \
             if isinstance(requested, list) else [None]
         unknown = [name for name in names if type(name) is not str or name not in V2_OUTPUTS]
         if unknown:
             raise InvalidRequest(f"unknown output {str(unknown[0])[:40]}; this model has "
                                  f"{', '.join(V2_OUTPUTS)}", "invalid_tensor", field="outputs")
-        return names
+        if len(set(names)) != len(names):
+            raise InvalidRequest("an output is asked for twice; ask for each once", "invalid_tensor", field="outputs")
+        outputs = []
+        for index, output in enumerate(requested):
+            where = f"outputs[{index}].parameters"
+            parameters = _v2_parameters(output, where)
+            if "classification" in parameters:
+                raise InvalidRequest("the classification extension is not supported: ask for the label output",
+                                     "invalid_parameter", field=f"{where}.classification")
+            binary = _v2_boolean(parameters, V2_BINARY_DATA, where)
+            outputs.append(V2Output(output["name"], binary_output if binary is None else binary))
+        return outputs
+
+@dataclass(frozen=True)
+class V2Output:
+    """An output a V2 request asks for ($request_output), and whether it goes
+    back as binary data after the JSON answer."""
+    name: str
+    binary: bool
+
+
+def _v2_parameters(message, where) -> dict:
+    parameters = message.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(f"{where} must be an object", "invalid_parameter", field=where)
+    return parameters
+
+
+def _v2_boolean(parameters, name, where):
+    """A boolean parameter of the binary tensor data extension, None when absent."""
+    value = parameters.get(name)
+    if value is not None and type(value) is not bool:
+        raise InvalidRequest(f"{where}.{name} is {str(value)[:20]}, expected true or false", "invalid_parameter",
+                             field=f"{where}.{name}")
+    return value
+
+
+def _check_no_tensor_bytes_left(tensor_bytes, used):
+    if tensor_bytes is not None and len(tensor_bytes) > used:
+        raise InvalidRequest(f"the body has {len(tensor_bytes) - used} bytes after its JSON request and tensor data "
+                             f"that no input declares ({V2_INFERENCE_HEADER_CONTENT_LENGTH} or "
+                             f"{V2_BINARY_DATA_SIZE} is wrong)", "invalid_body",
+                             field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
 
 
 def _row_field(field, index):
@@ -290,12 +439,3 @@ def _row_field(field, index):
 
 def _join(where, name):
     return f"{where}.{name}" if where else name
-
-
-def _is_numeric_row(values) -> bool:
-    for value in values:
-        try:
-            float(value) if value.strip() else None
-        except ValueError:
-            return False
-    return True

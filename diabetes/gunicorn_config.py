@@ -8,6 +8,21 @@ import signal
 import sys
 import tempfile
 
+# Asynchronous workers: a connection that sends nothing, or sends its request
+# a byte at a time, waits in a greenlet of its own instead of holding a whole
+# worker (with sync workers, two idle connections stopped the service).
+worker_class = "gevent"
+# Connections each worker holds at once, idle ones included.
+worker_connections = 1000
+# A connection is closed when its next request (line and headers) has not
+# fully arrived this long after it opened or after its last answer: idle
+# keep-alive connections and slow-header clients both end there.
+keepalive = 5
+# The server's own limits on a request's head; over them it answers 414 or
+# 431 (as JSON, see post_fork) before the app sees the request.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
 # The app logs each request itself, as a JSON line with its request id.
 accesslog = None
 # A worker silent for this long is killed and replaced.
@@ -45,6 +60,14 @@ def when_ready(server):
 
 
 def post_fork(server, worker):
+    # gunicorn answers what it cannot parse (a malformed request line, a head
+    # over the limits above) with an HTML page from `util.write_error`, read at
+    # each call: the project's JSON envelope, counted and logged, replaces it.
+    import gunicorn.util
+
+    from diabetes.serving import write_server_refusal
+
+    gunicorn.util.write_error = write_server_refusal
     # XGBoost imports scikit-learn whenever it is installed, for a wrapper the
     # service never uses; it costs each worker ~75 MB and ~0.7 s of start-up.
     # A None entry in sys.modules makes that import fail, as if not installed.

@@ -7,9 +7,9 @@ adds them up when /metrics is scraped.
 """
 
 import atexit
+import fcntl
 import functools
 import io
-import json
 import os
 import re
 import sys
@@ -27,6 +27,13 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
 disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
+# Methods counted under their own name; any other a client makes up shares the
+# label "other", so that no client can grow the number of series.
+_COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# The route label of requests that matched no route, and of those the HTTP
+# server refused before the app saw them.
+UNMATCHED_ROUTE = "unmatched"
+SERVER_REFUSED_ROUTE = "refused_by_server"
 
 REQUESTS = Counter("diabetes_requests_total", "Requests answered, by route, method and status",
                    ["route", "method", "status"])
@@ -39,9 +46,11 @@ PREDICTIONS = Counter("diabetes_predictions_total",
                       "Rows predicted, by label and by probability bin (lower bound, width 0.1)",
                       ["label", "probability_bin"])
 ERRORS = Counter("diabetes_errors_total", "Error answers, by error code", ["code"])
+LOG_LINES_DROPPED = Counter("diabetes_log_lines_dropped_total",
+                            "Log lines that could not be written (a full disk, a closed pipe), by log: "
+                            "the requests were answered all the same", ["log"])
 MODEL = Gauge("diabetes_model_info", "The model version being served (value 1)", ["version"],
               multiprocess_mode="liveall")
-
 
 
 class RequestWatch:
@@ -105,9 +114,15 @@ class AccessLog:
             self._write_pending()
 
     def _write_pending(self):
-        if self.pending:
-            self.write_out(b"".join(self.pending))
-            self.pending, self.size = [], 0
+        if not self.pending:
+            return
+        lines, self.pending, self.size = self.pending, [], 0
+        try:
+            self.write_out(b"".join(lines))
+        except (OSError, ValueError):
+            # A log that cannot be written must not fail the requests: the
+            # batch is dropped and counted.
+            LOG_LINES_DROPPED.labels("access").inc(len(lines))
 
     def _flush_regularly(self):
         while True:
@@ -117,19 +132,54 @@ class AccessLog:
 
 class PredictionLog:
     """Each prediction request's inputs and outputs, one JSON line per request,
-    appended to a file that a later training run can read. Written per request
-    in a single write to the file opened for appending, and closed (so flushed)
-    at once: a crash of the service loses at most the request in hand, lines
-    from several workers never interleave, and the file can be rotated or
-    moved away at any time."""
+    appended to a file that a later training run can read.
 
-    def __init__(self, path: str):
-        self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    The inputs are patients' measurements: the file and its rotated copies are
+    readable by their owner only (0600). Each line is written in one write to
+    the file opened for appending, and the file is closed (so flushed) at
+    once: a crash of the service loses at most the request in hand, and the
+    file can be moved away at any time. Past `max_bytes` the file is rotated
+    (`path.1` ... `path.N`, the oldest dropped), under a lock that the workers
+    share, so that the log never grows without bound. The values are written
+    as the model read them, float32, in their shortest form (34.2, not
+    34.20000076293945); NaN (not measured) as null. A write that fails (a full
+    disk) drops the line, counts it, and the request is answered all the same."""
+
+    ROTATED_FILES = 5
+
+    def __init__(self, path: str, max_bytes: int):
+        self.path, self.max_bytes = os.path.abspath(path), max_bytes
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.lock_path = self.path + ".lock"
 
     def append(self, record: dict):
-        with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
+        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        try:
+            lock = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._rotate_if_full(len(line))
+                log = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(log, line)
+                finally:
+                    os.close(log)
+            finally:
+                os.close(lock)
+        except OSError:
+            LOG_LINES_DROPPED.labels("prediction").inc()
+
+    def _rotate_if_full(self, incoming: int):
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return
+        if size + incoming <= self.max_bytes:
+            return
+        for number in range(self.ROTATED_FILES - 1, 0, -1):
+            if os.path.exists(f"{self.path}.{number}"):
+                os.replace(f"{self.path}.{number}", f"{self.path}.{number + 1}")
+        os.replace(self.path, f"{self.path}.1")
 
 
 @functools.cache
@@ -153,7 +203,7 @@ def record_predictions(rows: np.ndarray, probabilities: np.ndarray, threshold: f
         g.prediction_log.append({
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "request_id": g.watch.request_id, "model_version": g.model_version, "route": g.watch.route,
-            "inputs": np.where(np.isnan(rows), None, rows).tolist(), "probabilities": probabilities.tolist()})
+            "inputs": np.ascontiguousarray(rows), "probabilities": probabilities})
 
 
 def metrics_response() -> Response:
@@ -170,23 +220,44 @@ def _request_metrics(route: str, method: str, status: int):
     return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route)
 
 
+def counted_method(method: str) -> str:
+    return method if method in _COUNTED_METHODS else "other"
+
+
+@functools.cache
+def access_log() -> AccessLog:
+    """This process's access log, made on first use (in each worker, not in
+    gunicorn's master)."""
+    return AccessLog()
+
+
+def record_server_refusal(status: int, code: str, remote_addr: str | None):
+    """Count and log a request that the HTTP server refused before the app saw
+    it (gunicorn's own 400, 414, 431, 501), like any request of the app."""
+    REQUESTS.labels(SERVER_REFUSED_ROUTE, "other", str(status)).inc()
+    ERRORS.labels(code).inc()
+    access_log().write({
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": None,
+        "method": None, "route": SERVER_REFUSED_ROUTE, "path": None, "status": status, "code": code,
+        "remote_addr": remote_addr})
+
+
 @functools.cache
 def _stage_histogram(route: str, stage: str):
     return STAGES.labels(route, stage)
 
 
-def watch(app: Flask, model_version: str, prediction_log_path: str = ""):
+def watch(app: Flask, model_version: str, prediction_log: PredictionLog | None = None):
     """Time, count and log every request of `app`, and serve /metrics."""
     MODEL.labels(model_version).set(1)
-    prediction_log = PredictionLog(prediction_log_path) if prediction_log_path else None
-    access_log = AccessLog()
+    log = access_log()
 
     @app.before_request
     def start():
         given = request.headers.get("X-Request-ID", "")
         rule = request.url_rule
         g.watch = RequestWatch(given if _REQUEST_ID.match(given) else uuid.uuid4().hex,
-                               rule.rule if rule else "unmatched")
+                               rule.rule if rule else UNMATCHED_ROUTE)
         g.model_version = model_version
         g.prediction_log = prediction_log
 
@@ -199,14 +270,14 @@ def watch(app: Flask, model_version: str, prediction_log_path: str = ""):
         headers["X-Request-ID"] = watched.request_id
         headers["X-Model-Version"] = model_version
         headers["Server-Timing"] = watched.server_timing()
-        requests_counter, latency = _request_metrics(watched.route, current.method, status)
+        requests_counter, latency = _request_metrics(watched.route, counted_method(current.method), status)
         requests_counter.inc()
         latency.observe(seconds)
         for stage, stage_seconds in watched.seconds.items():
             _stage_histogram(watched.route, stage).observe(stage_seconds)
         if status >= 400:
             ERRORS.labels(watched.error_code or "unknown").inc()
-        access_log.write({
+        log.write({
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": watched.request_id,
             "method": current.method, "route": watched.route, "path": current.path, "status": status,
             "duration_ms": round(seconds * 1000, 3), "model_version": model_version,

@@ -3,6 +3,9 @@
     python -m diabetes.probe [--timeout SECONDS] [--expect-model MODEL_DIR]
     python -m diabetes.probe --print-url
 
+With an API key set (DIABETES_API_KEY or DIABETES_API_KEY_FILE, as the
+service reads it), the probe sends it.
+
 With --expect-model, wait until the answer comes from that model's version
 (after a reload, old workers may answer for a moment).
 
@@ -19,18 +22,17 @@ import urllib.request
 from pathlib import Path
 
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.settings import service_settings
+from diabetes.settings import read_api_key, service_settings
 
 
-def service_url() -> str:
-    settings = service_settings()
+def service_url(settings: dict) -> str:
     host = "127.0.0.1" if settings["host"] in ("0.0.0.0", "") else settings["host"]
     return f"http://{host}:{settings['port']}"
 
 
-def wait_for_answer(url: str, timeout: float, version: str | None = None) -> dict:
-    request = urllib.request.Request(url + ARTICLE_PATH, data=json.dumps(ARTICLE_BODY).encode(),
-                                     headers={"Content-Type": "application/json"})
+def wait_for_answer(url: str, timeout: float, version: str | None = None, api_key: str = "") -> dict:
+    headers = {"Content-Type": "application/json", **({"X-API-Key": api_key} if api_key else {})}
+    request = urllib.request.Request(url + ARTICLE_PATH, data=json.dumps(ARTICLE_BODY).encode(), headers=headers)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -39,6 +41,8 @@ def wait_for_answer(url: str, timeout: float, version: str | None = None) -> dic
             if version in (None, answer["version"]):
                 return answer
             problem = f"it still serves model {answer['version']}, not {version}"
+        except urllib.error.HTTPError as error:
+            problem = f"it answered {error.code}: {error.read()[:300].decode(errors='replace')}"
         except (urllib.error.URLError, ConnectionError) as error:
             problem = str(error)
         if time.monotonic() > deadline:
@@ -52,7 +56,8 @@ def main(argv):
     parser.add_argument("--expect-model", metavar="MODEL_DIR", help="wait for this model's version")
     parser.add_argument("--print-url", action="store_true", help="print the service's address and exit")
     args = parser.parse_args(argv)
-    url = service_url()
+    settings = service_settings()
+    url = service_url(settings)
     if args.print_url:
         print(url)
         return 0
@@ -60,8 +65,9 @@ def main(argv):
     version = json.loads((Path(args.expect_model) / "metadata.json").read_text())["version"] \
         if args.expect_model else None
     try:
-        answer = wait_for_answer(url, args.timeout, version)
-    except TimeoutError as error:
+        api_key = read_api_key(settings["api_key"], settings["api_key_file"])
+        answer = wait_for_answer(url, args.timeout, version, api_key)
+    except (TimeoutError, ValueError) as error:
         print(error, file=sys.stderr)
         return 1
     print(f"serving model {answer['version']} at {url}{ARTICLE_PATH}: "

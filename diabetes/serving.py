@@ -4,6 +4,8 @@ import builtins
 import os
 import sys
 
+import orjson
+
 
 def running_in_notebook() -> bool:
     """True inside Jupyter, papermill or any IPython kernel, where
@@ -49,3 +51,26 @@ def discard_unread_body(environ: dict, most_bytes: int = 64 * 1024 * 1024):
             break
         remaining -= len(chunk)
 
+
+
+def write_server_refusal(sock, status: int, reason: str, message: str):
+    """Answer a request that gunicorn itself refused (a malformed request
+    line, a head over its limits, an unknown transfer coding) in the project's
+    JSON error envelope, and count and log it; gunicorn calls this in place of
+    its HTML page (see gunicorn_config.post_fork)."""
+    from gunicorn.util import write_nonblock
+
+    from diabetes.contract import InvalidRequest
+    from diabetes.observability import record_server_refusal
+
+    code = reason.lower().replace(" ", "_")
+    body = orjson.dumps(InvalidRequest(f"the server could not read the request: {message[:200]}", code,
+                                       status).envelope())
+    try:
+        peer = sock.getpeername()[0]
+    except (OSError, IndexError, TypeError):
+        peer = None
+    record_server_refusal(status, code, peer)
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    write_nonblock(sock, head.encode("latin-1") + body)

@@ -43,3 +43,51 @@ def notebook_defaults(notebook_path: str = SERVE_NOTEBOOK) -> dict:
 def service_settings() -> dict:
     """The endpoint notebook's parameters as the service reads them."""
     return override_from_environment(notebook_defaults(SERVE_NOTEBOOK))
+
+
+class SettingRefused(ValueError):
+    """A setting the service must not start with; the message says why."""
+
+
+def read_api_key(api_key: str, api_key_file: str) -> str:
+    """The API key: from `api_key_file` when set (a file only its owner can
+    read, as ssh demands of a private key: a key that others can read is no
+    secret), otherwise `api_key`; empty means no key is needed."""
+    if not api_key_file:
+        return api_key
+    try:
+        mode = os.stat(api_key_file).st_mode
+        if mode & 0o077:
+            raise SettingRefused(f"{api_key_file} is readable by others (mode {mode & 0o777:o}): "
+                                 f"chmod 600 {api_key_file}")
+        with open(api_key_file, encoding="utf-8") as file:
+            key = file.read().strip()
+    except OSError as error:
+        raise SettingRefused(f"cannot read the API key file: {error}") from None
+    if not key:
+        raise SettingRefused(f"{api_key_file} is empty")
+    return key
+
+
+# Names that always reach this machine only. A page on another site that
+# renames itself to one of these (DNS rebinding) still sends its own name in
+# the Host header, and is refused.
+LOCAL_HOST_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})
+
+
+def trusted_host_names(trusted_hosts: str, bind_host: str) -> frozenset | None:
+    """The names the Host header may carry, lower case, without port; None
+    means any. By default: the local names and the host the service binds."""
+    if trusted_hosts.strip() == "*":
+        return None
+    if trusted_hosts.strip():
+        return frozenset(name.strip().lower().strip("[]") for name in trusted_hosts.split(",") if name.strip())
+    return LOCAL_HOST_NAMES | ({bind_host.lower()} - _EVERY_INTERFACE)
+
+
+def host_name_of(host_header: str) -> str:
+    """`example.org:5000` -> `example.org`, `[::1]:5000` -> `::1`."""
+    if host_header.startswith("["):
+        return host_header[1:host_header.find("]")].lower() if "]" in host_header else host_header.lower()
+    return host_header.rsplit(":", 1)[0].lower() if host_header.count(":") == 1 else host_header.lower()

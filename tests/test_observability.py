@@ -1,8 +1,10 @@
 """Metrics, access logs, request ids, the prediction log and the API key."""
 
 import json
+import stat
 import time
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -107,8 +109,38 @@ def test_the_prediction_log_keeps_each_requests_inputs_and_outputs(served_module
     record = dict(zip(served_module.contract.names, ARTICLE_VALUES), serum_insuling=None)
     answer = client.post("/predict", json=[record, record], headers={"X-Request-ID": "batch-7"}).get_json()
     client.post(ARTICLE_PATH, json=ARTICLE_BODY)
-    first, second = [json.loads(line) for line in log.read_text().splitlines()]
+    text = log.read_text()
+    first, second = [json.loads(line) for line in text.splitlines()]
     assert first["request_id"] == "batch-7" and first["model_version"] == served_module.bundle.version
     assert first["inputs"][0][4] is None and first["inputs"][0][1] == 106
-    assert first["probabilities"] == [p["probability"] for p in answer["predictions"]]
+    assert np.array_equal(np.float32(first["probabilities"]),
+                          np.float32([p["probability"] for p in answer["predictions"]]))
     assert second["route"] == ARTICLE_PATH and len(second["inputs"]) == 1
+    # As the model read them (float32, shortest form), not widened to float64.
+    assert "34.2," in text and "34.20000076293945" not in text
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+
+
+def test_the_prediction_log_is_rotated_past_its_size_cap(served_module, tmp_path):
+    log = tmp_path / "predictions.jsonl"
+    client = served_module.create_app(served_module.bundle, prediction_log=str(log),
+                                      prediction_log_max_bytes=2000).test_client()
+    for _ in range(40):
+        assert client.post(ARTICLE_PATH, json=ARTICLE_BODY).status_code == 200
+    rotated = sorted(tmp_path.glob("predictions.jsonl.*[0-9]"))
+    assert [path.name for path in rotated] == [f"predictions.jsonl.{n}" for n in range(1, 6)]
+    for path in [log, *rotated]:
+        assert path.stat().st_size <= 2000 and stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert all(json.loads(line)["route"] == ARTICLE_PATH for line in path.read_text().splitlines())
+
+
+def test_a_prediction_log_on_a_full_disk_drops_lines_and_answers_all_the_same(served_module):
+    client = served_module.create_app(served_module.bundle, prediction_log="/dev/full").test_client()
+    def dropped() -> float:
+        return metric_value(client.get("/metrics").get_data(as_text=True), "diabetes_log_lines_dropped_total",
+                            log="prediction")
+
+    dropped_before = dropped()
+    for _ in range(3):
+        assert client.post(ARTICLE_PATH, json=ARTICLE_BODY).status_code == 200
+    assert dropped() == dropped_before + 3
