@@ -21,6 +21,10 @@ LOG_DIR      := $(CURDIR)/build/logs
 # The service's settings are the endpoint notebook's parameters, overridable
 # from the environment: DIABETES_PORT=8080 DIABETES_HOST=0.0.0.0 make serve
 DIABETES_MODEL_DIR ?= $(abspath $(MODELS_DIR))/current
+# The SQLite database `make db` loads the data set into.
+DB           := build/diabetes.sqlite
+# papermill's progress bar for `make train` in a terminal; quiet in CI and logs.
+CI           ?=
 # `make bench QUICK=1`: one round of short loads, under a minute (otherwise
 # three rounds of 5 s loads, about 3.5 minutes).
 QUICK        :=
@@ -36,6 +40,7 @@ MODEL     := $(MODELS_DIR)/latest/metadata.json
 # When the latest model and script were last checked and promoted.
 DEPLOYED  := $(MODELS_DIR)/.deployed
 VENV_OK   := $(VENV)/.installed
+TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
 NODE_OK   := node_modules/.installed
 
 export PM2_HOME LOG_DIR DIABETES_MODEL_DIR
@@ -45,7 +50,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk
+.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk db postgresql
 
 ## help     list the verbs (the default)
 help:
@@ -56,6 +61,9 @@ setup: $(VENV_OK) $(NODE_OK)
 
 ## train    run notebooks/train.ipynb with papermill, publishing the model if it passes its gate
 train: $(MODEL)
+
+## db       load the data set into a SQLite database (build/diabetes.sqlite) to train from SQL
+db: $(DB)
 
 ## scripts  convert the notebooks into scripts/*.py with nbconvert
 scripts: scripts/train.py scripts/serve.py
@@ -105,7 +113,7 @@ collection: $(VENV_OK)
 	$(PYTHON) -m diabetes.postman
 
 ## test     run the whole test suite (trains, serves under PM2, runs newman; cleans up)
-test: setup wrk
+test: setup wrk postgresql
 	$(PYTHON) -m pytest
 
 ## bench    load the API over HTTP beside the article's endpoint and a hello-world ceiling (QUICK=1: under a minute)
@@ -144,6 +152,14 @@ wrk:
 	    apt-get update -qq && apt-get install -y -qq wrk > /dev/null; \
 	  else echo "install wrk first: sudo apt-get install wrk"; exit 1; fi; }
 
+# Debian's PostgreSQL server, which the tests start (as the `postgres` user, in
+# a temporary folder) to train from a real database.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl > /dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq postgresql > /dev/null; \
+	  else echo "install PostgreSQL first: sudo apt-get install postgresql"; exit 1; fi; }
+
 # ---- Files --------------------------------------------------------------------
 $(VENV_OK): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -162,13 +178,18 @@ $(NODE_OK): package.json package-lock.json
 # The executed notebook is the run's record even when the run fails, so it is
 # not a target: the model is. A failed gate publishes nothing.
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
-          diabetes/features.py diabetes/bundle.py | $(VENV_OK)
+          diabetes/features.py diabetes/bundle.py diabetes/data.py diabetes/training.py | $(VENV_OK)
 	@mkdir -p $(RUNS_DIR)
 	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
-	$(PAPERMILL) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \
+	$(PAPERMILL) $(TRAIN_PROGRESS) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \
 	    $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
 	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
 	cp $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
+
+$(DB): data/pima-indians-diabetes.data.csv diabetes/data.py | $(VENV_OK)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	$(PYTHON) -m diabetes.data load $< sqlite:///$@
 
 scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(VENV_OK)
 	$(NBCONVERT) --to python --no-prompt --log-level=WARN --output-dir scripts \

@@ -1,13 +1,17 @@
 """The training notebook, run by papermill through `make train`."""
 
+import hashlib
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import FAST_PARAMS, PROJECT, make
-from diabetes.bundle import load_bundle
-from diabetes.features import FEATURE_NAMES
+from diabetes import training
+from diabetes.bundle import SMALL_BATCH_ROWS, load_bundle, publish_version
+from diabetes.data import read_training_data
+from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 
 
 def test_training_publishes_a_loadable_model_with_its_metadata(trained):
@@ -21,10 +25,83 @@ def test_training_publishes_a_loadable_model_with_its_metadata(trained):
     assert 0 < metadata["metrics"]["test_accuracy"] <= 1
     assert metadata["metrics"]["cv_roc_auc_std"] >= 0
     assert metadata["parameters"]["n_estimators"] == 60, "the fast parameter file was not applied"
-    assert metadata["data"]["sha256"] == "6bfe5d0f379d17a0e0819b996407e3c09bf80febd4287f2ed212190dfff154af"
+    assert metadata["parameters"]["cv_folds"] == 2 and metadata["parameters"]["cv_repeats"] == 1
+    assert metadata["data"]["source"] == "data/pima-indians-diabetes.data.csv" and metadata["data"]["query"] is None
+    assert metadata["data"]["sha256"] == read_training_data(PROJECT / "data/pima-indians-diabetes.data.csv").sha256
     assert set(metadata["library_versions"]) >= {"python", "xgboost", "scikit-learn", "pandas", "numpy"}
     assert all(f["training_min"] <= f["training_max"] for f in metadata["features"])
     assert 1 <= bundle.booster.num_boosted_rounds() == metadata["trees"] <= 60
+
+
+def test_the_metadata_reports_cv_test_intervals_calibration_and_the_article(trained):
+    metadata = load_bundle(trained["models_dir"] / "latest").metadata
+    metrics = metadata["metrics"]
+    for name in ("roc_auc", "accuracy", "brier", "log_loss"):
+        assert metrics[f"cv_{name}_std"] >= 0 and f"cv_{name}_mean" in metrics
+    for name in ("roc_auc", "accuracy"):
+        low, high = metrics[f"test_{name}_interval"]
+        assert low <= metrics[f"test_{name}"] <= high and high - low > 0.02
+    assert 0 < metrics["test_brier"] < 0.25 and 0 < metrics["test_brier_uncalibrated"] < 0.25
+    assert set(metadata["calibration"]["cv_brier"]) == {"none", "platt", "isotonic"}
+    assert metadata["calibration"]["method"] in ("none", "platt")
+    assert metadata["comparison"]["article"]["trees"] >= 1
+    assert metadata["threshold"] == metadata["parameters"]["threshold"] == 0.5
+    card = metadata["model_card"]
+    assert "78.74%" in card["versus_article"] and "0.5" in card["threshold"] and "TreeSHAP" in card["explanation"]
+
+
+def test_the_version_keeps_a_snapshot_of_its_rows_and_their_out_of_fold_predictions(trained):
+    latest = (trained["models_dir"] / "latest").resolve()
+    data = load_bundle(latest).metadata["data"]
+    snapshot = latest / data["snapshot"]
+    assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == data["sha256"]
+    assert len(pd.read_csv(snapshot)) == data["rows"] == 768
+    out_of_fold = pd.read_csv(latest / "cv_predictions.csv")
+    assert len(out_of_fold) == 514 and out_of_fold["probability"].between(0, 1).all()
+
+
+def test_cross_validated_early_stopping_stops_where_the_mean_held_out_loss_is_lowest():
+    rows = read_training_data(PROJECT / "data/pima-indians-diabetes.data.csv").rows
+    X, y = to_model_input(rows[list(FEATURE_NAMES)].to_numpy()), rows[LABEL_NAME].to_numpy()
+    folds = training.repeated_folds(y, 3, [0, 1])
+    parameters = training.booster_parameters(2, 0.3, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1)
+    cv = training.cross_validate(parameters, X, y, folds, max_trees=200, early_stopping_rounds=10)
+    assert len(cv.folds) == 6 and cv.trees == int(np.argmin(cv.curve)) + 1 < 200
+    assert all(not np.isnan(probabilities).any() for probabilities in cv.out_of_fold.values())
+    same = training.cross_validate(parameters, X, y, folds, max_trees=200, early_stopping_rounds=10)
+    assert same.folds == cv.folds, "the same folds and parameters should give the same figures"
+
+
+def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(tmp_path):
+    rows = read_training_data(PROJECT / "data/pima-indians-diabetes.data.csv").rows
+    X, y = to_model_input(rows[list(FEATURE_NAMES)].to_numpy()), rows[LABEL_NAME].to_numpy()
+    booster = training.fit(training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1), X, y, 40)
+    slope, intercept = 0.8, -0.3
+    calibrated = training.calibrated_booster(booster, slope, intercept)
+    margin = booster.inplace_predict(X, predict_type="margin")
+    assert np.abs(calibrated.inplace_predict(X, predict_type="margin") - (slope * margin + intercept)).max() < 1e-4
+
+    sample = [1, 106, 70, 28, 135, 34.2, 0.142, 22]
+    metadata = {"feature_names": list(FEATURE_NAMES), "features": [{"name": name} for name in FEATURE_NAMES],
+                "threshold": 0.5, "trees": 40,
+                "sample": {"values": sample, "probability": float(calibrated.inplace_predict(to_model_input(sample))[0])}}
+    bundle = load_bundle(publish_version(calibrated, metadata, tmp_path))
+    raw = rows[list(FEATURE_NAMES)].to_numpy()
+    expected = calibrated.inplace_predict(X)
+    assert np.abs(bundle.predict_proba(raw) - expected).max() < 1e-6
+    assert np.abs(bundle.predict_proba(raw[:SMALL_BATCH_ROWS]) - expected[:SMALL_BATCH_ROWS]).max() < 1e-6
+    contributions = bundle.contributions(raw[:50])
+    assert np.abs(contributions.sum(axis=1) - calibrated.inplace_predict(X[:50], predict_type="margin")).max() < 1e-4
+
+
+def test_bootstrap_intervals_hold_the_figure_and_narrow_with_more_rows():
+    generator = np.random.default_rng(0)
+    y = generator.integers(0, 2, 2000)
+    probability = np.clip(y * 0.3 + generator.random(2000) * 0.7, 0, 1)
+    small = training.bootstrap_interval(y[:200], probability[:200], training.fast_roc_auc, resamples=500)
+    large = training.bootstrap_interval(y, probability, training.fast_roc_auc, resamples=500)
+    assert small[0] <= training.fast_roc_auc(y[:200], probability[:200]) <= small[1]
+    assert large[1] - large[0] < small[1] - small[0]
 
 
 def test_the_run_record_is_kept_beside_the_model(trained):
