@@ -25,9 +25,11 @@ DIABETES_MODEL_DIR ?= $(abspath $(MODELS_DIR))/current
 DB           := build/diabetes.sqlite
 # papermill's progress bar for `make train` in a terminal; quiet in CI and logs.
 CI           ?=
-# `make bench QUICK=1`: one round of short loads, under a minute (otherwise
-# three rounds of 5 s loads, about 3.5 minutes).
+# `make bench QUICK=1`: one round of short loads, a smoke run (otherwise
+# three rounds of 5 s loads).
 QUICK        :=
+# MLServer, the benchmark's peer on the V2 route, in a venv of its own.
+BENCH_VENV   := build/bench-venv
 
 # ---- Variables ----------------------------------------------------------------
 APP       := diabetes-api# the app's name in ecosystem.config.js
@@ -40,6 +42,7 @@ MODEL     := $(MODELS_DIR)/latest/metadata.json
 # When the latest model and script were last checked and promoted.
 DEPLOYED  := $(MODELS_DIR)/.deployed
 VENV_OK   := $(VENV)/.installed
+BENCH_VENV_OK := $(BENCH_VENV)/.installed
 TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
 NODE_OK   := node_modules/.installed
 
@@ -116,9 +119,9 @@ collection: $(VENV_OK)
 test: setup wrk postgresql
 	$(PYTHON) -m pytest
 
-## bench    load the API over HTTP beside the article's endpoint and a hello-world ceiling (QUICK=1: under a minute)
-bench: setup wrk
-	$(PYTHON) -m bench.run $(if $(QUICK),--quick)
+## bench    load the API over HTTP beside the article's endpoint, a hello-world ceiling, MLServer and MLflow if installed (QUICK=1: short)
+bench: setup wrk $(BENCH_VENV_OK)
+	$(PYTHON) -m bench.run --mlflow --mlserver-venv $(BENCH_VENV) $(if $(QUICK),--quick)
 
 ## reliability  the long load, deploy and fault scenarios; prints what was lost
 reliability: setup wrk
@@ -169,6 +172,15 @@ $(VENV_OK): requirements.txt pyproject.toml
 	mkdir -p $(VENV)/etc/ipython
 	printf 'c.IPKernelApp.log_level = "ERROR"\nc.InteractiveShell.colors = "nocolor"\n' \
 	    > $(VENV)/etc/ipython/ipython_kernel_config.py
+	touch $@
+
+# The benchmark's MLServer: every package pinned, installed without resolving
+# so that xgboost-cpu stands in for the xgboost that mlserver-xgboost names.
+$(BENCH_VENV_OK): bench/requirements-mlserver.txt
+	rm -rf $(BENCH_VENV)
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -r $<
 	touch $@
 
 $(NODE_OK): package.json package-lock.json

@@ -19,7 +19,7 @@ import numpy as np
 from xgboost import XGBClassifier
 
 from bench.article_app import article_prediction
-from bench.batches import data_rows
+from bench.bodies import data_rows
 from diabetes.bundle import load_bundle
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_VALUES
 from diabetes.features import to_model_input

@@ -17,11 +17,7 @@ _CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 # wrk's done() hook sees every request's latency; printing the figures as
 # JSON spares parsing wrk's human-readable units.
-_LUA_SCRIPT = """\
-wrk.method = "POST"
-wrk.body = [==[{body}]==]
-wrk.headers["Content-Type"] = "application/json"
-
+_LUA_DONE = """\
 function done(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(
@@ -31,6 +27,21 @@ function done(summary, latency, requests)
     errors.status, errors.timeout, latency:percentile(50), latency:percentile(99),
     latency.mean, latency.max))
 end
+"""
+_LUA_JSON_BODY = """\
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+wrk.headers["Content-Type"] = "application/json"
+
+"""
+# A binary body is read from its file: in a Lua long string, line breaks
+# (bytes 10 and 13) would be rewritten.
+_LUA_FILE_BODY = """\
+wrk.method = "POST"
+local file = assert(io.open([==[{body_path}]==], "rb"))
+wrk.body = file:read("*a")
+file:close()
+{headers}
 """
 
 
@@ -65,7 +76,20 @@ def write_wrk_script(path: Path, body: dict) -> Path:
     text = json.dumps(body)
     if "]==]" in text:
         raise ValueError("the body would end the Lua string that holds it")
-    path.write_text(_LUA_SCRIPT.format(body=text, marker=_RESULT_MARKER))
+    path.write_text(_LUA_JSON_BODY.format(body=text) + _LUA_DONE.format(marker=_RESULT_MARKER))
+    return path
+
+
+def write_raw_wrk_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
+    """A wrk script that POSTs the bytes `body` with exactly `headers` (wrk
+    adds no Content-Type of its own), from a file beside the script."""
+    body_path = path.with_suffix(".body")
+    body_path.write_bytes(body)
+    if any(set('"\\\n') & set(name + value) for name, value in headers.items()) or "]==]" in str(body_path):
+        raise ValueError("a header or the body's path would end the Lua string that holds it")
+    lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
+    path.write_text(_LUA_FILE_BODY.format(body_path=body_path, headers=lines)
+                    + _LUA_DONE.format(marker=_RESULT_MARKER))
     return path
 
 

@@ -29,15 +29,20 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.batches import PREDICT_PATH, TIMED_REQUESTS, load_batches, prepare_batches
+from bench.batches import TIMED_REQUESTS, load_batches, post, prepare_batches
+from bench.bodies import V2_JSON, V2_SINGLE_ROW, encode
 from bench.measure import WRK_THREADS, measure_load, run_bounded, run_wrk, write_wrk_script
-from bench.report import markdown, ratios, spread, summarize, summarize_batches, targets
+from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
+from bench.report import batch_ratios, markdown, ratios, spread, summarize, summarize_batches, targets
 from bench.servers import (KEEP_INSTALLED, PROJECT, ArticleServer, CeilingServer, MlflowServer, ServerFailed,
                            ServiceUnderPM2, prepare_models_copy, run_make, running)
-from diabetes.catalog import ARTICLE_PATH
+from diabetes.catalog import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
 from diabetes.settings import notebook_defaults
 
 PROJECT_MODELS = PROJECT / "build" / "models"
+# The service's single-row loads on the V2 route count as a server of their own in the tables.
+SERVICE_V2 = "service_v2"
+SERVICE_V2_LABEL = "this project: the same service, V2 JSON"
 DEFAULT_OUTPUT = PROJECT / "build" / "bench"
 WRK_MISSING = ("wrk is not installed; the benchmark loads the servers with it. "
                "Install it with: apt-get install -y wrk")
@@ -55,7 +60,7 @@ class Plan:
     wrk_threads: int = WRK_THREADS
 
 
-# About 3.5 minutes, and under 1 minute, start-ups and training included (3 servers, 2 cores).
+# Three rounds for figures to compare; one short round for a smoke run of the whole path.
 NORMAL = Plan(rounds=3, seconds=5, warmup_seconds=1, batch_seconds=5, make_serve_repeats=3, in_process_seconds=2)
 QUICK = Plan(rounds=1, seconds=2, warmup_seconds=1, batch_seconds=1, make_serve_repeats=1, in_process_seconds=0.5)
 
@@ -165,7 +170,42 @@ def rotated(servers: list, round_: int) -> list:
     return servers[shift:] + servers[:shift]
 
 
-def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
+def peers(workdir: Path, model_dir: Path, with_mlflow: bool, mlserver_venv: Path,
+          mlserver_threads: int | None) -> tuple[list, list[str]]:
+    """The servers a user might pick instead that are installed, and why any other is skipped."""
+    servers, skipped = [], []
+    executable = mlserver_executable(mlserver_venv)
+    if executable is None:
+        skipped.append(f"mlserver: not installed in {mlserver_venv} (`make bench` installs it there)")
+        log(f"skipped MLServer: {skipped[-1]}")
+    else:
+        servers.append(MlserverServer(workdir, model_dir / "model.ubj", executable, mlserver_threads))
+    if with_mlflow:
+        if importlib.util.find_spec("mlflow") is None:
+            skipped.append("mlflow: not installed in this environment")
+            log("skipped mlflow models serve: mlflow is not installed in this environment")
+        else:
+            servers.append(MlflowServer(workdir, model_dir / "model.ubj"))
+    return servers, skipped
+
+
+def load_single_rows(plan: Plan, key: str, url: str, script: Path, server, round_: int) -> list[dict]:
+    runs = []
+    for connections in plan.connection_counts:
+        load = measure_load(url, script, connections, plan.seconds, server.root_pid, server.supervisor_pid)
+        runs.append({"server": key, "round": round_, "connections": connections, **load})
+        log(f"  {key} {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "
+            f"p99 {load['p99_ms']:.1f} ms, errors {sum(load['errors'].values())}")
+    return runs
+
+
+def answer_of(url: str, encoding, values: list) -> dict:
+    answer, headers, _ = post(url, encode(encoding, [values]))
+    return {"body": json.loads(answer), "model_version": headers.get("X-Model-Version")}
+
+
+def benchmark(plan: Plan, workdir: Path, with_mlflow: bool, mlserver_venv: Path,
+              mlserver_threads: int | None = None) -> dict:
     models = models_to_serve(workdir)
     model_dir = (models / "current").resolve()
     model_version = json.loads((model_dir / "metadata.json").read_text())["version"]
@@ -177,54 +217,71 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
     log(f"  {training['seconds']:.1f} s")
     workers = notebook_defaults()["workers"]
     service = ServiceUnderPM2(workdir, models)
-    servers = [ArticleServer(workdir, pickle_path), service, CeilingServer(workdir, workers=workers)]
-    skipped = []
-    if with_mlflow:
-        if importlib.util.find_spec("mlflow") is None:
-            skipped.append("mlflow: not installed in this environment")
-            log("skipped mlflow models serve: mlflow is not installed in this environment")
-        else:
-            servers.append(MlflowServer(workdir, model_dir / "model.ubj"))
+    others, skipped = peers(workdir, model_dir, with_mlflow, mlserver_venv, mlserver_threads)
+    servers = [ArticleServer(workdir, pickle_path), service, CeilingServer(workdir, workers=workers), *others]
     scripts = {server.key: write_wrk_script(workdir / f"{server.key}.lua", server.body) for server in servers}
+    # The service also answers one row on the V2 route, side by side with MLServer.
+    scripts[SERVICE_V2] = write_wrk_script(workdir / f"{SERVICE_V2}.lua", V2_SINGLE_ROW)
     batches = prepare_batches(workdir)
+    # MLServer has only the V2 route.
+    batches_of = {service.key: batches,
+                  MlserverServer.key: [batch for batch in batches if batch.encoding.path == V2_INFER]}
 
-    runs, batch_runs, answers, make_serve = [], [], {}, None
+    runs, batch_runs, refused, answers, make_serve = [], [], {}, {}, None
     for round_ in range(plan.rounds):
         for server in rotated(servers, round_):
             log(f"round {round_ + 1}/{plan.rounds}: starting {server.label}")
             with running(server):
                 answers.setdefault(server.key, server.answer)
                 run_wrk(server.url, scripts[server.key], plan.connection_counts[0], plan.warmup_seconds)
-                for connections in plan.connection_counts:
-                    load = measure_load(server.url, scripts[server.key], connections, plan.seconds,
-                                        server.root_pid, server.supervisor_pid)
-                    runs.append({"server": server.key, "round": round_, "connections": connections, **load})
-                    log(f"  {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "
-                        f"p99 {load['p99_ms']:.1f} ms, errors {sum(load['errors'].values())}")
+                runs += load_single_rows(plan, server.key, server.url, scripts[server.key], server, round_)
                 if server is service:
-                    # As many connections as workers: each request is a whole batch, more would only queue.
-                    batch_runs += [{"round": round_, **run}
-                                   for run in load_batches(service, batches, plan.batch_seconds, workers, log)]
-                    if make_serve is None:
-                        make_serve = time_make_serve(service, plan.make_serve_repeats)
+                    v2_url = service.url_of(V2_INFER)
+                    answers.setdefault(SERVICE_V2, answer_of(v2_url, V2_JSON, ARTICLE_VALUES))
+                    runs += load_single_rows(plan, SERVICE_V2, v2_url, scripts[SERVICE_V2], service, round_)
+                if server.key in batches_of:
+                    # As many connections as the service has workers: each request is a whole batch, more
+                    # would only queue.
+                    loaded, refusals = load_batches(server, batches_of[server.key], plan.batch_seconds, workers, log)
+                    batch_runs += [{"round": round_, **run} for run in loaded]
+                    refused.update({(refusal["server"], refusal["encoding"]): refusal for refusal in refusals})
+                if server is service and make_serve is None:
+                    make_serve = time_make_serve(service, plan.make_serve_repeats)
 
+    labels = {server.key: (server.label, server.path) for server in servers}
+    labels[SERVICE_V2] = (SERVICE_V2_LABEL, V2_INFER)
+    order = [server.key for server in servers]
+    order.insert(order.index(service.key) + 1, SERVICE_V2)
+    encodings = {batch.encoding.key: batch.encoding for batch in batches}
     results = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "path": ARTICLE_PATH,
         "plan": asdict(plan),
         "model_version": model_version,
         "model": in_process.pop("model"),
-        "servers": {server.key: {
-            "label": server.label,
-            "answer": answers.get(server.key),
-            "by_connections": {str(connections): summarize([run for run in runs if run["server"] == server.key
+        "servers": {key: {
+            "label": labels[key][0],
+            "path": labels[key][1],
+            "answer": answers.get(key),
+            "by_connections": {str(connections): summarize([run for run in runs if run["server"] == key
                                                             and run["connections"] == connections])
                                for connections in plan.connection_counts},
-            "runs": [run for run in runs if run["server"] == server.key],
-        } for server in servers},
+            "runs": [run for run in runs if run["server"] == key],
+        } for key in order},
         "ratios": ratios(runs, plan.connection_counts),
-        "batch": {"path": PREDICT_PATH, "connections": workers, "timed_requests": TIMED_REQUESTS,
-                  "by_rows": summarize_batches(batch_runs), "runs": batch_runs},
+        "batches": {
+            "connections": workers, "timed_requests": TIMED_REQUESTS,
+            "routes": {f"{server} {encoding}": {
+                "server": server, "encoding": encoding, "path": encodings[encoding].path,
+                "label": encodings[encoding].label,
+                "by_rows": summarize_batches([run for run in batch_runs
+                                              if (run["server"], run["encoding"]) == (server, encoding)])}
+                for server, encoding in dict.fromkeys((run["server"], run["encoding"]) for run in batch_runs)},
+            "not_supported": [{**refusal, "label": encodings[refusal["encoding"]].label}
+                              for refusal in refused.values()],
+            "ratios": batch_ratios(batch_runs),
+            "runs": batch_runs,
+        },
         "in_process": in_process,
         "make": {"serve_unchanged_seconds": make_serve, "train": training},
         "skipped": skipped,
@@ -235,8 +292,12 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one short round: under a minute")
+    parser.add_argument("--quick", action="store_true", help="one short round: a smoke run, not figures to compare")
     parser.add_argument("--mlflow", action="store_true", help="add `mlflow models serve` if MLflow is installed")
+    parser.add_argument("--mlserver-venv", type=Path, default=BENCH_VENV,
+                        help="the venv of MLServer (skipped when it has none)")
+    parser.add_argument("--mlserver-threads", type=int, metavar="N",
+                        help="OMP_NUM_THREADS for MLServer's XGBoost (default: XGBoost's own, all cores)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where results.json and .md go")
     arguments = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -249,7 +310,8 @@ def main(argv=None) -> int:
                "python": platform.python_version(), "platform": platform.platform()}
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        results = benchmark(plan, workdir, arguments.mlflow)
+        results = benchmark(plan, workdir, arguments.mlflow, arguments.mlserver_venv,
+                            arguments.mlserver_threads)
     except (ServerFailed, RuntimeError, subprocess.TimeoutExpired) as error:
         log(f"benchmark failed: {error}")
         return 1

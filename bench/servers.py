@@ -180,12 +180,20 @@ class ChildProcessServer(Server):
     def root_pid(self) -> int:
         return self.process.pid
 
+    def prepare(self):
+        """What the command needs once the port is known (files it reads)."""
+
+    def environment(self) -> dict | None:
+        """The command's environment: None for the benchmark's own."""
+        return None
+
     def start(self):
         self.port = free_port()
+        self.prepare()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=PROJECT, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(self.command(), cwd=PROJECT, env=self.environment(),
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, preexec_fn=_die_with_parent)
         self.answer = self.wait_until_answering(self.start_timeout, lambda: self.process.poll() is None)
 
     def stop(self):
