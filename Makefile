@@ -25,6 +25,11 @@ DIABETES_MODEL_DIR ?= $(abspath $(MODELS_DIR))/current
 DB           := build/diabetes.sqlite
 # papermill's progress bar for `make train` in a terminal; quiet in CI and logs.
 CI           ?=
+# Parameter sets of `make sweep`; PUBLISH=best publishes its best run through
+# `make train` (and its quality gate).
+SWEEP        := params/sweep.yaml
+SWEEPS_DIR   := build/sweeps
+PUBLISH      :=
 # `make bench QUICK=1`: one round of short loads, a smoke run (otherwise
 # three rounds of 5 s loads).
 QUICK        :=
@@ -53,7 +58,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk db postgresql
+.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk db postgresql sweep
 
 ## help     list the verbs (the default)
 help:
@@ -67,6 +72,14 @@ train: $(MODEL)
 
 ## db       load the data set into a SQLite database (build/diabetes.sqlite) to train from SQL
 db: $(DB)
+
+## sweep    train once per parameter set of params/sweep.yaml, in parallel; results.csv and report.html (PUBLISH=best)
+sweep: $(VENV_OK)
+	@mkdir -p $(SWEEPS_DIR)
+	$(PYTHON) -m diabetes.sweep $(SWEEP) --sweeps-dir $(SWEEPS_DIR)
+	@if [ "$(PUBLISH)" = best ]; then \
+	    $(MAKE) --no-print-directory train TRAIN_PARAMS="$$(cat $(SWEEPS_DIR)/latest/train-params)"; \
+	elif [ -n "$(PUBLISH)" ]; then echo "PUBLISH=$(PUBLISH): only PUBLISH=best is known" >&2; exit 2; fi
 
 ## scripts  convert the notebooks into scripts/*.py with nbconvert
 scripts: scripts/train.py scripts/serve.py
