@@ -30,6 +30,9 @@ CI           ?=
 SWEEP        := params/sweep.yaml
 SWEEPS_DIR   := build/sweeps
 PUBLISH      :=
+# `make lab`: JupyterLab's port, and more of its flags (e.g. --no-browser).
+LAB_PORT     := 8888
+LAB_FLAGS    :=
 # `make bench QUICK=1`: one round of short loads, a smoke run (otherwise
 # three rounds of 5 s loads).
 QUICK        :=
@@ -142,8 +145,14 @@ reliability: setup wrk
 
 ## lab      open the notebooks in JupyterLab (installed on first use)
 lab: $(VENV_OK)
-	@$(PYTHON) -c "import jupyterlab" 2> /dev/null || $(PYTHON) -m pip install -r requirements-lab.txt
-	$(PYTHON) -m jupyterlab notebooks/
+	@# Installed within requirements.txt's pins; rfc3987-syntax (which jupyterlab pulls in, and which
+	@# adds ~2 s to every papermill and nbconvert start) is removed: jsonschema only uses it if present.
+	@$(PYTHON) -c "import jupyterlab" 2> /dev/null || { \
+	    $(PYTHON) -m pip install --quiet -r requirements-lab.txt -c <(grep -v '^-e ' requirements.txt) && \
+	    $(PYTHON) -m pip uninstall --quiet --yes rfc3987-syntax; }
+	@# As root (containers, CI), Jupyter refuses to start without --allow-root. It prints its URL with the token.
+	$(PYTHON) -m jupyterlab --ip=127.0.0.1 --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) \
+	    $(LAB_FLAGS) notebooks/
 
 ## lock     re-pin requirements.txt from requirements.in in a clean venv
 lock:
