@@ -154,3 +154,14 @@ def test_an_unknown_parameter_name_fails_before_training(tmp_path, parameters):
     assert result.returncode != 0
     assert parameters.split(":")[0] in result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_make_models_shows_cv_auc_accuracy_with_its_interval_beside_the_article_and_brier(trained):
+    listing = make("models", f"MODELS_DIR={trained['models_dir']}").stdout
+    metrics = load_bundle(trained["models_dir"] / "latest").metadata["metrics"]
+    header, line = listing.splitlines()[0], next(line for line in listing.splitlines() if "latest" in line)
+    assert "CV AUC" in header and "article 78.74%" in header and "Brier" in header
+    low, high = metrics["test_accuracy_interval"]
+    assert f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}" in line
+    assert f"{metrics['test_accuracy']:.2%} [{low:.2%}, {high:.2%}]" in line
+    assert f"{metrics['test_brier']:.4f}" in line
