@@ -38,6 +38,26 @@ LAB_FLAGS    :=
 QUICK        :=
 # MLServer, the benchmark's peer on the V2 route, in a venv of its own.
 BENCH_VENV   := build/bench-venv
+# The container image (make image): its name, tagged with its version (the
+# baked model's version and the code's commit) and `latest`.
+IMAGE        := diabetes-api
+# A Python 3.11 Debian image to build on; `make base-image` makes one from
+# Debian's own packages, $(LOCAL_BASE), for machines that reach no registry.
+BASE_IMAGE   := python:3.11-slim-bookworm
+# The model version folder baked into the image: by default the one `make
+# serve` checked and serves. Empty: none (mount one at /app/models instead).
+IMAGE_MODEL  := $(MODELS_DIR)/current
+# make run-image: the host's port of the API. IMAGE_NETWORK=host shares the
+# host's network instead of mapping a port (where the engine cannot map one).
+IMAGE_PORT    := 5000
+IMAGE_NETWORK :=
+# make run-image: a models folder of this host to serve (its `current`
+# version), mounted over the image's own; empty: the model baked in.
+IMAGE_MODELS  :=
+# The container engine, podman or docker: by default podman when installed.
+# CONTAINER_STORE=DIR keeps podman's images and containers there.
+CONTAINER_ENGINE ?=
+CONTAINER_STORE  ?=
 
 # ---- Variables ----------------------------------------------------------------
 APP       := diabetes-api# the app's name in ecosystem.config.js
@@ -53,8 +73,24 @@ VENV_OK   := $(VENV)/.installed
 BENCH_VENV_OK := $(BENCH_VENV)/.installed
 TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
 NODE_OK   := node_modules/.installed
+# podman (or docker) with the options this machine needs (see the script).
+ENGINE     := container/engine
+LOCAL_BASE := localhost/diabetes-base:bookworm
+IMAGE_DIR  := build/image
+# What the image's build copies in (see Containerfile).
+IMAGE_CONTEXT := $(IMAGE_DIR)/context
+# Node packages the image runs: PM2 and its log rotation, not newman.
+IMAGE_NODE_PACKAGES := pm2 pm2-logrotate
+# The other devDependencies of ./package.json, as `npm pkg delete` names them.
+NODE_PACKAGES_NOT_IN_IMAGE := Object.keys(require("./package.json").devDependencies) \
+  .filter((name) => !process.argv.includes(name)).map((name) => `devDependencies.$${name}`).join(" ")
+IMAGE_VERSION = $(if $(IMAGE_MODEL),$(notdir $(realpath $(IMAGE_MODEL)))-)$(shell git describe --always --dirty 2> /dev/null || echo unknown)
+# The Debian mirror that apt uses here: make base-image installs from it.
+DEBIAN_MIRROR = $(or $(shell apt-get indextargets --format '$$(REPO_URI)' 'Identifier: Packages' \
+                  'Codename: bookworm' 'Component: main' 2> /dev/null | head -n 1),http://deb.debian.org/debian/)
 
 export PM2_HOME LOG_DIR DIABETES_MODEL_DIR
+export CONTAINER_ENGINE CONTAINER_STORE
 # Kernels come from the project's venv only, never from the user's Jupyter.
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export JUPYTER_PREFER_ENV_PATH := 1
@@ -143,6 +179,51 @@ bench: setup wrk $(BENCH_VENV_OK)
 reliability: setup wrk
 	RELIABILITY=long $(PYTHON) -m pytest -q -s tests/test_reliability.py
 
+.PHONY: image run-image base-image container-engine debootstrap
+
+## image    build the container image $(IMAGE):<version> and :latest (podman or docker), the served model baked in
+image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged scripts/serve.py \
+       | container-engine
+	@if [ -n "$(IMAGE_MODEL)" ] && [ ! -f "$(IMAGE_MODEL)/metadata.json" ]; then \
+	    echo "no model at $(IMAGE_MODEL): run make serve (it trains, checks and promotes one)," \
+	         "or make image IMAGE_MODEL= to build an image without a model"; exit 1; fi
+	rm -rf $(IMAGE_CONTEXT)/app $(IMAGE_CONTEXT)/models
+	mkdir -p $(IMAGE_CONTEXT)/app/container $(IMAGE_CONTEXT)/app/scripts $(IMAGE_CONTEXT)/models
+	cp ecosystem.config.js $(IMAGE_CONTEXT)/app/
+	cp container/ecosystem.config.js container/healthcheck.py container/pm2-runtime.js $(IMAGE_CONTEXT)/app/container/
+	cp scripts/serve.py $(IMAGE_CONTEXT)/app/scripts/
+	$(if $(IMAGE_MODEL),cp -r $(realpath $(IMAGE_MODEL)) $(IMAGE_CONTEXT)/models/ \
+	    && ln -s $(notdir $(realpath $(IMAGE_MODEL))) $(IMAGE_CONTEXT)/models/current)
+	$(ENGINE) build --file Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	    --label org.opencontainers.image.revision=$(shell git rev-parse HEAD 2> /dev/null) \
+	    --label org.opencontainers.image.version=$(IMAGE_VERSION) \
+	    --label diabetes.model.version=$(if $(IMAGE_MODEL),$(notdir $(realpath $(IMAGE_MODEL))),none) \
+	    --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest $(IMAGE_CONTEXT)
+
+## run-image  run the image in the foreground, the API on port IMAGE_PORT of this host (Ctrl-C stops it)
+run-image: | container-engine
+	$(ENGINE) run --rm --name $(notdir $(IMAGE)) \
+	    $(if $(IMAGE_NETWORK),--network $(IMAGE_NETWORK) --env DIABETES_PORT=$(IMAGE_PORT),--publish $(IMAGE_PORT):5000) \
+	    $(if $(IMAGE_MODELS),--volume $(abspath $(IMAGE_MODELS)):/app/models:ro) \
+	    $(IMAGE):latest
+
+## base-image  make a Python 3.11 base image from Debian's own packages (debootstrap; no registry needed)
+base-image: $(IMAGE_DIR)/debian-bookworm.tar | container-engine
+	@$(ENGINE) image inspect $(LOCAL_BASE) > /dev/null 2>&1 || $(ENGINE) import $< $(LOCAL_BASE)
+	@echo "base image $(LOCAL_BASE): make image BASE_IMAGE=$(LOCAL_BASE)"
+
+# Debian's packages of the container targets, installed when missing (as
+# root, with apt-get): podman with runc (which runs containers where crun
+# cannot), unless the engine is docker (CONTAINER_ENGINE=docker, or a docker
+# that runs here and no podman); debootstrap for the base image.
+container-engine:
+	@if [ "$(notdir $(CONTAINER_ENGINE))" = docker ] || { [ -z "$(CONTAINER_ENGINE)" ] \
+	    && ! command -v podman > /dev/null && docker info > /dev/null 2>&1; }; then exit 0; fi; \
+	command -v podman > /dev/null && command -v runc > /dev/null || { $(call apt_install,podman runc); }
+
+debootstrap:
+	@command -v debootstrap > /dev/null || { $(call apt_install,debootstrap); }
+
 ## lab      open the notebooks in JupyterLab (installed on first use)
 lab: $(VENV_OK)
 	@# Installed within requirements.txt's pins; rfc3987-syntax (which jupyterlab pulls in, and which
@@ -186,6 +267,11 @@ postgresql:
 	  else echo "install PostgreSQL first: sudo apt-get install postgresql"; exit 1; fi; }
 
 # ---- Files --------------------------------------------------------------------
+# apt-get install $(1) as root on Debian; elsewhere, say what to install.
+apt_install = if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(1) > /dev/null; \
+	  else echo "install $(1) first: sudo apt-get install $(1)"; exit 1; fi
+
 $(VENV_OK): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
@@ -243,3 +329,45 @@ $(DEPLOYED): scripts/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(
 	$(PYTHON) -m diabetes.models promote $(MODELS_DIR) latest
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi
 	touch $@
+
+# The service's Python packages as wheels, built here at the versions that
+# requirements.txt pins: the image's build installs them without a network.
+$(IMAGE_DIR)/wheels.staged: container/requirements.in requirements.txt | $(VENV_OK)
+	rm -rf $(IMAGE_CONTEXT)/wheels
+	mkdir -p $(IMAGE_CONTEXT)
+	grep -v '^-e ' requirements.txt > $(IMAGE_DIR)/constraints.txt
+	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check -r container/requirements.in \
+	    --constraint $(IMAGE_DIR)/constraints.txt --wheel-dir $(IMAGE_CONTEXT)/wheels
+	cd $(IMAGE_CONTEXT)/wheels && sha256sum *.whl > SHA256SUMS
+	touch $@
+
+# The project's package, built from a copy: setuptools writes its build files
+# beside the sources.
+$(IMAGE_DIR)/package.staged: pyproject.toml $(wildcard diabetes/*.py) | $(VENV_OK)
+	rm -rf $(IMAGE_CONTEXT)/package $(IMAGE_DIR)/package-source
+	mkdir -p $(IMAGE_DIR)/package-source
+	cp -r pyproject.toml diabetes $(IMAGE_DIR)/package-source/
+	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps \
+	    --wheel-dir $(IMAGE_CONTEXT)/package $(IMAGE_DIR)/package-source
+	rm -rf $(IMAGE_DIR)/package-source
+	touch $@
+
+# The Node packages the image runs, at the versions package-lock.json pins:
+# npm ci in a copy of the project's package files whose devDependencies keep
+# only those packages, then npm prune drops the rest of the tree.
+$(IMAGE_DIR)/node_modules.staged: package.json package-lock.json
+	rm -rf $(IMAGE_DIR)/npm $(IMAGE_CONTEXT)/node_modules
+	mkdir -p $(IMAGE_DIR)/npm $(IMAGE_CONTEXT)
+	cp package.json package-lock.json $(IMAGE_DIR)/npm/
+	cd $(IMAGE_DIR)/npm && npm ci --prefer-offline --no-audit --no-fund --loglevel=error \
+	  && node -p '$(NODE_PACKAGES_NOT_IN_IMAGE)' $(IMAGE_NODE_PACKAGES) | xargs --no-run-if-empty npm pkg delete \
+	  && npm prune --no-audit --no-fund --loglevel=error
+	mv $(IMAGE_DIR)/npm/node_modules $(IMAGE_CONTEXT)/node_modules
+	rm -rf $(IMAGE_DIR)/npm
+	touch $@
+
+# Debian bookworm (Python 3.11) from the mirror apt uses, as a tar of its
+# files, kept here so that the base image is made once per machine. apt's
+# downloads and lists are left out, as Debian's own images do.
+$(IMAGE_DIR)/debian-bookworm.tar: | debootstrap
+	rm -rf $(IMAGE_DIR)/rootfs
