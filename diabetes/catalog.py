@@ -10,6 +10,7 @@ in and the Postman collection reads from the variable `modelVersion`.
 """
 
 import json
+import struct
 from dataclasses import dataclass
 
 from diabetes.features import FEATURE_NAMES
@@ -27,6 +28,28 @@ def v2_request(data, shape=(1, 8), datatype="FP32", **members):
     return {"inputs": [{"name": "features", "shape": list(shape), "datatype": datatype, "data": data}], **members}
 
 
+# A row whose float32 bytes are all ASCII, so that a body carrying it as binary
+# tensor data is text that the Postman collection can hold in a raw body.
+BINARY_ROW = [2, 130, 62, 34, 135, 34.5, 0.625, 40]
+BINARY_ROW_FP32 = struct.pack("<8f", *BINARY_ROW)
+# A NaN whose little-endian bytes (41 C2 80 7F) are valid UTF-8, for the same reason.
+NAN_FP32 = struct.pack("<I", 0x7F80C241)
+
+
+def v2_binary_request(tensor_bytes: bytes, shape=(1, 8), datatype="FP32", header_length=None, input_members=None,
+                      **members) -> dict:
+    """The members of a Call sending a V2 request in Triton's binary tensor
+    data extension: its JSON request, then `tensor_bytes` (valid UTF-8), with
+    the header that says where the JSON ends, and no Content-Type, as
+    tritonclient sends it."""
+    tensor = {"name": "features", "shape": list(shape), "datatype": datatype,
+              "parameters": {"binary_data_size": len(tensor_bytes)}, **(input_members or {})}
+    json_part = json.dumps({"inputs": [tensor], **members}, separators=(",", ":"))
+    length = len(json_part) if header_length is None else header_length
+    return {"text": json_part + tensor_bytes.decode("utf-8"), "content_type": None,
+            "headers": (("Inference-Header-Content-Length", str(length)),)}
+
+
 @dataclass(frozen=True)
 class Call:
     what: str                      # a sentence, for test ids and Postman names
@@ -40,6 +63,7 @@ class Call:
     field: str | None = None       # the error's expected field
     postman_body: str | None = None  # a JavaScript expression for a body too big to store
     postman_checks: tuple = ()     # extra pm.test lines for a good call
+    headers: tuple = ()            # more request headers, as (name, value) pairs
 
     def body(self, max_rows: int, max_bytes: int) -> bytes | None:
         if self.postman_body == "too_many_rows":
@@ -165,6 +189,29 @@ BAD_CALLS = [
     _bad("V2 infer refuses an unknown output", *_POST_V2, 400, "invalid_tensor", "outputs",
          json=v2_request(ARTICLE_VALUES, outputs=[{"name": "risk"}])),
     _bad("V2 infer refuses malformed JSON", *_POST_V2, 400, "invalid_json", text='{"inputs": ['),
+    _bad("V2 infer refuses an input of another name", *_POST_V2, 400, "invalid_tensor", "inputs[0].name",
+         json={"inputs": [{**v2_request(ARTICLE_VALUES)["inputs"][0], "name": "input0"}]}),
+    _bad("V2 infer refuses an output asked for twice", *_POST_V2, 400, "invalid_tensor", "outputs",
+         json=v2_request(ARTICLE_VALUES, outputs=[{"name": "label"}, {"name": "label"}])),
+    _bad("V2 infer refuses a binary_data parameter that is not a boolean", *_POST_V2, 400, "invalid_parameter",
+         "outputs[0].parameters.binary_data",
+         json=v2_request(ARTICLE_VALUES, outputs=[{"name": "label", "parameters": {"binary_data": 1}}])),
+    # Triton's binary tensor data extension
+    _bad("V2 infer refuses an Inference-Header-Content-Length that is not an integer", *_POST_V2, 400,
+         "invalid_body", "Inference-Header-Content-Length", **v2_binary_request(BINARY_ROW_FP32, header_length="1e2")),
+    _bad("V2 infer refuses a negative Inference-Header-Content-Length", *_POST_V2, 400, "invalid_body",
+         "Inference-Header-Content-Length", **v2_binary_request(BINARY_ROW_FP32, header_length="-1")),
+    _bad("V2 infer refuses an Inference-Header-Content-Length beyond the body", *_POST_V2, 400, "invalid_body",
+         "Inference-Header-Content-Length", **v2_binary_request(BINARY_ROW_FP32, header_length="100000")),
+    _bad("V2 infer refuses a binary_data_size that does not match the shape", *_POST_V2, 400, "invalid_tensor",
+         "inputs[0].parameters.binary_data_size", **v2_binary_request(BINARY_ROW_FP32, shape=(2, 8))),
+    _bad("V2 infer refuses bytes after the declared tensor data", *_POST_V2, 400, "invalid_body",
+         "Inference-Header-Content-Length", **{**v2_binary_request(BINARY_ROW_FP32),
+                                               "text": v2_binary_request(BINARY_ROW_FP32)["text"] + "0000"}),
+    _bad("V2 infer refuses a tensor with both data and binary data", *_POST_V2, 400, "invalid_tensor", "inputs[0]",
+         **v2_binary_request(BINARY_ROW_FP32, input_members={"data": BINARY_ROW})),
+    _bad("V2 infer refuses NaN in binary data", *_POST_V2, 400, "invalid_value", "inputs[0].data[0].glucose",
+         **v2_binary_request(BINARY_ROW_FP32[:4] + NAN_FP32 + BINARY_ROW_FP32[8:])),
     _bad("V2 infer refuses GET", "GET", V2_INFER, 405, "method_not_allowed", content_type=None),
     _bad("V2 metadata of an unknown model is not found", "GET", "/v2/models/cancer", 404, "model_not_found",
          content_type=None),
@@ -228,7 +275,23 @@ GOOD_CALLS = [
           json=v2_request(ARTICLE_VALUES * 2, shape=(2, 8), datatype="FP64", outputs=[{"name": "label"}]),
           checks=['pm.test("answers only the label tensor", () =>',
                   '    pm.expect(pm.response.json().outputs.map(o => o.name)).to.eql(["label"]));']),
-    _good("V2 server metadata", "GET", "/v2", content_type=None),
+    _good("V2 infer reads a request without Content-Type as JSON", *_POST_V2, content_type=None,
+          json=v2_request(ARTICLE_VALUES, outputs=[{"name": "probability"}]),
+          checks=['pm.test("answers the same probability as the article route", () =>',
+                  '    pm.expect(pm.response.json().outputs[0].data[0]).to.be.closeTo(',
+                  '        pm.collectionVariables.get("articlePrediction"), 1e-6));']),
+    _good("V2 infer reads a request sent as text/plain as JSON", *_POST_V2, content_type="text/plain",
+          json=v2_request(ARTICLE_VALUES)),
+    _good("V2 infer reads FP32 rows sent as binary tensor data", *_POST_V2,
+          **v2_binary_request(BINARY_ROW_FP32),
+          checks=['pm.test("answers a probability and its label", () => {',
+                  '    const outputs = pm.response.json().outputs;',
+                  '    pm.expect(outputs.map(o => o.shape)).to.eql([[1], [1]]);',
+                  '    pm.expect(outputs[0].data[0]).to.be.within(0, 1);',
+                  '});']),
+    _good("V2 server metadata", "GET", "/v2", content_type=None,
+          checks=['pm.test("lists the binary tensor data extension", () =>',
+                  '    pm.expect(pm.response.json().extensions).to.include("binary_tensor_data"));']),
     _good("V2 liveness", "GET", "/v2/health/live", content_type=None,
           checks=['pm.test("is live", () => pm.expect(pm.response.json().live).to.be.true);']),
     _good("V2 readiness", "GET", "/v2/health/ready", content_type=None,

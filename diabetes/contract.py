@@ -295,55 +295,57 @@ class Contract:
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
             raise InvalidRequest('expected an inference request: {"inputs": [{"name": "features", "shape": '
                                  f'[N, {len(self.names)}], "datatype": "FP32", "data": [...]}}]}}',
-                                 "invalid_body", field="inputs")
+                                 ErrorCode.INVALID_BODY, field="inputs")
         parameters = _v2_parameters(body, "parameters")
         binary_output = _v2_boolean(parameters, V2_BINARY_DATA_OUTPUT, "parameters") or False
         if len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
             raise InvalidRequest(f"expected exactly one input tensor, {V2_INPUT_NAME!r}, got "
-                                 f"{len(body['inputs'])}", "invalid_tensor", field="inputs")
+                                 f"{len(body['inputs'])}", ErrorCode.INVALID_TENSOR, field="inputs")
         tensor = body["inputs"][0]
         for member in ("name", "shape", "datatype"):
             if member not in tensor:
-                raise InvalidRequest(f'the input tensor has no "{member}"', "invalid_tensor",
+                raise InvalidRequest(f'the input tensor has no "{member}"', ErrorCode.INVALID_TENSOR,
                                      field=f"inputs[0].{member}")
         if tensor["name"] != V2_INPUT_NAME:
             raise InvalidRequest(f"the input tensor is named {str(tensor['name'])[:40]!r}, this model's input is "
-                                 f"{V2_INPUT_NAME!r}", "invalid_tensor", field="inputs[0].name")
+                                 f"{V2_INPUT_NAME!r}", ErrorCode.INVALID_TENSOR, field="inputs[0].name")
         if tensor["datatype"] not in V2_INPUT_DATATYPES:
             raise InvalidRequest(f"datatype {str(tensor['datatype'])[:20]!r} is not supported, expected one of "
-                                 f"{', '.join(V2_INPUT_DATATYPES)}", "invalid_tensor", field="inputs[0].datatype")
+                                 f"{', '.join(V2_INPUT_DATATYPES)}", ErrorCode.INVALID_TENSOR,
+                                 field="inputs[0].datatype")
         shape = tensor["shape"]
         if (not isinstance(shape, list) or len(shape) != 2 or not all(type(d) is int for d in shape)
                 or shape[1] != len(self.names) or shape[0] < 0):
             raise InvalidRequest(f"shape {str(shape)[:40]} is not supported, expected [N, {len(self.names)}]: "
-                                 f"N rows of {', '.join(self.names)}", "invalid_tensor", field="inputs[0].shape")
+                                 f"N rows of {', '.join(self.names)}", ErrorCode.INVALID_TENSOR,
+                                 field="inputs[0].shape")
         self._check_row_count(shape[0])
         input_parameters = _v2_parameters(tensor, "inputs[0].parameters")
         if V2_BINARY_DATA_SIZE in input_parameters:
             if "data" in tensor:
                 raise InvalidRequest(f'the input tensor has both "data" and a {V2_BINARY_DATA_SIZE} parameter: '
-                                     "send its values one way only", "invalid_tensor", field="inputs[0]")
+                                     "send its values one way only", ErrorCode.INVALID_TENSOR, field="inputs[0]")
             rows = self._v2_binary_rows(tensor, input_parameters[V2_BINARY_DATA_SIZE], tensor_bytes)
         else:
             _check_no_tensor_bytes_left(tensor_bytes, used=0)
             if "data" not in tensor:
                 raise InvalidRequest(f'the input tensor has neither "data" nor a {V2_BINARY_DATA_SIZE} parameter',
-                                     "invalid_tensor", field="inputs[0].data")
+                                     ErrorCode.INVALID_TENSOR, field="inputs[0].data")
             rows = self._v2_json_rows(tensor)
         return rows, self._v2_outputs(body.get("outputs"), binary_output)
 
     def _v2_json_rows(self, tensor) -> np.ndarray:
         shape, data = tensor["shape"], tensor["data"]
         if not isinstance(data, list):
-            raise InvalidRequest("the tensor's data must be a list", "invalid_tensor", field="inputs[0].data")
+            raise InvalidRequest("the tensor's data must be a list", ErrorCode.INVALID_TENSOR, field="inputs[0].data")
         flat = list(itertools.chain.from_iterable(data)) if data and all(type(r) is list for r in data) else data
         if len(flat) != shape[0] * shape[1]:
             raise InvalidRequest(f"the tensor's data has {len(flat)} values, its shape {shape} needs "
-                                 f"{shape[0] * shape[1]}", "invalid_tensor", field="inputs[0].data")
+                                 f"{shape[0] * shape[1]}", ErrorCode.INVALID_TENSOR, field="inputs[0].data")
         if None in flat:
             position = flat.index(None)
             raise InvalidRequest(f"inputs[0].data[{position}] is null: {tensor['datatype']} tensors hold numbers "
-                                 "only (use the /predict route to send a missing value)", "invalid_value",
+                                 "only (use the /predict route to send a missing value)", ErrorCode.INVALID_VALUE,
                                  field=f"inputs[0].data[{position}]", row=position // shape[1])
         width = shape[1]
         rows = [flat[start:start + width] for start in range(0, len(flat), width)]
@@ -356,22 +358,23 @@ class Contract:
         expected = shape[0] * shape[1] * V2_BYTE_ORDER[datatype].itemsize
         if type(size) is not int or size != expected:
             raise InvalidRequest(f"{V2_BINARY_DATA_SIZE} is {str(size)[:20]}, a {datatype} tensor of shape {shape} "
-                                 f"takes {expected} bytes", "invalid_tensor", field=field)
+                                 f"takes {expected} bytes", ErrorCode.INVALID_TENSOR, field=field)
         if tensor_bytes is None:
             raise InvalidRequest(f"the input tensor's {size} bytes of binary data need an "
                                  f"{V2_INFERENCE_HEADER_CONTENT_LENGTH} header, the length of the JSON request "
-                                 "that the body starts with", "invalid_body", field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
+                                 "that the body starts with", ErrorCode.INVALID_BODY,
+                                 field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
         if len(tensor_bytes) < size:
             raise InvalidRequest(f"the body holds {len(tensor_bytes)} bytes after its JSON request, the input tensor "
-                                 f"declares {size}", "invalid_body", field=field)
+                                 f"declares {size}", ErrorCode.INVALID_BODY, field=field)
         _check_no_tensor_bytes_left(tensor_bytes, used=size)
         values = np.frombuffer(tensor_bytes[:size], dtype=V2_BYTE_ORDER[datatype]).reshape(shape)
         wrong = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)
         if wrong.any():
             row, column = (int(i) for i in np.argwhere(wrong)[0])
             name = self.names[column]
-            raise InvalidRequest(f"inputs[0] row {row}, {name} is {float(values[row, column])}, expected a finite number "
-                                 f"({self._unit(column)}) that fits FP32", "invalid_value",
+            raise InvalidRequest(f"inputs[0] row {row}, {name} is {float(values[row, column])}, expected a finite "
+                                 f"number ({self._unit(column)}) that fits FP32", ErrorCode.INVALID_VALUE,
                                  field=f"inputs[0].data[{row}].{name}", row=row)
         return values.astype(np.float32)
 
@@ -385,16 +388,17 @@ class Contract:
         unknown = [name for name in names if type(name) is not str or name not in V2_OUTPUTS]
         if unknown:
             raise InvalidRequest(f"unknown output {str(unknown[0])[:40]}; this model has "
-                                 f"{', '.join(V2_OUTPUTS)}", "invalid_tensor", field="outputs")
+                                 f"{', '.join(V2_OUTPUTS)}", ErrorCode.INVALID_TENSOR, field="outputs")
         if len(set(names)) != len(names):
-            raise InvalidRequest("an output is asked for twice; ask for each once", "invalid_tensor", field="outputs")
+            raise InvalidRequest("an output is asked for twice; ask for each once", ErrorCode.INVALID_TENSOR,
+                                 field="outputs")
         outputs = []
         for index, output in enumerate(requested):
             where = f"outputs[{index}].parameters"
             parameters = _v2_parameters(output, where)
             if "classification" in parameters:
                 raise InvalidRequest("the classification extension is not supported: ask for the label output",
-                                     "invalid_parameter", field=f"{where}.classification")
+                                     ErrorCode.INVALID_PARAMETER, field=f"{where}.classification")
             binary = _v2_boolean(parameters, V2_BINARY_DATA, where)
             outputs.append(V2Output(output["name"], binary_output if binary is None else binary))
         return outputs
@@ -410,7 +414,7 @@ class V2Output:
 def _v2_parameters(message, where) -> dict:
     parameters = message.get("parameters", {})
     if not isinstance(parameters, dict):
-        raise InvalidRequest(f"{where} must be an object", "invalid_parameter", field=where)
+        raise InvalidRequest(f"{where} must be an object", ErrorCode.INVALID_PARAMETER, field=where)
     return parameters
 
 
@@ -418,8 +422,8 @@ def _v2_boolean(parameters, name, where):
     """A boolean parameter of the binary tensor data extension, None when absent."""
     value = parameters.get(name)
     if value is not None and type(value) is not bool:
-        raise InvalidRequest(f"{where}.{name} is {str(value)[:20]}, expected true or false", "invalid_parameter",
-                             field=f"{where}.{name}")
+        raise InvalidRequest(f"{where}.{name} is {str(value)[:20]}, expected true or false",
+                             ErrorCode.INVALID_PARAMETER, field=f"{where}.{name}")
     return value
 
 
@@ -427,7 +431,7 @@ def _check_no_tensor_bytes_left(tensor_bytes, used):
     if tensor_bytes is not None and len(tensor_bytes) > used:
         raise InvalidRequest(f"the body has {len(tensor_bytes) - used} bytes after its JSON request and tensor data "
                              f"that no input declares ({V2_INFERENCE_HEADER_CONTENT_LENGTH} or "
-                             f"{V2_BINARY_DATA_SIZE} is wrong)", "invalid_body",
+                             f"{V2_BINARY_DATA_SIZE} is wrong)", ErrorCode.INVALID_BODY,
                              field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
 
 

@@ -27,7 +27,7 @@ import re
 import numpy as np
 import orjson
 
-from diabetes.contract import (V2_BINARY_DATA_SIZE, V2_BYTE_ORDER, V2_INFERENCE_HEADER_CONTENT_LENGTH,
+from diabetes.contract import (V2_BINARY_DATA_SIZE, V2_BYTE_ORDER, V2_INFERENCE_HEADER_CONTENT_LENGTH, ErrorCode,
                                InvalidRequest)
 
 BINARY_TENSOR_DATA = "binary_tensor_data"  # the extension's name in the server metadata
@@ -49,13 +49,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryvi
     where = V2_INFERENCE_HEADER_CONTENT_LENGTH
     if _MINUS_DECIMAL.fullmatch(text):
         raise InvalidRequest(f"{where} is {text[:20]}, a negative length; expected the number of bytes of the JSON "
-                             "request at the start of the body", "invalid_body", field=where)
+                             "request at the start of the body", ErrorCode.INVALID_BODY, field=where)
     if not _DECIMAL.fullmatch(text):
         raise InvalidRequest(f"{where} is {text[:20]!r}, not an integer; expected the number of bytes of the JSON "
-                             "request at the start of the body", "invalid_body", field=where)
+                             "request at the start of the body", ErrorCode.INVALID_BODY, field=where)
     if len(text) > _MOST_LENGTH_DIGITS or int(text) > len(body):
         raise InvalidRequest(f"{where} says the JSON request is {text[:20]} bytes long, the whole body is "
-                             f"{len(body)}", "invalid_body", field=where)
+                             f"{len(body)}", ErrorCode.INVALID_BODY, field=where)
     view = memoryview(body)
     return view[:int(text)], view[int(text):]
 
@@ -65,7 +65,7 @@ def parse_json_request(json_bytes):
     try:
         return orjson.loads(json_bytes)
     except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the body is not valid JSON: {error}", "invalid_json") from None
+        raise InvalidRequest(f"the body is not valid JSON: {error}", ErrorCode.INVALID_JSON) from None
 
 
 def inference_answer(members: dict, outputs) -> tuple[bytes, int | None]:

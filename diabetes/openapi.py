@@ -1,7 +1,8 @@
 """The OpenAPI 3 document of the service, derived from the contract."""
 
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH, EXAMPLE_RECORD
-from diabetes.contract import MODEL_NAME, V2_INPUT_DATATYPES, V2_INPUT_NAME, V2_OUTPUTS, Contract
+from diabetes.contract import (MODEL_NAME, V2_INFERENCE_HEADER_CONTENT_LENGTH, V2_INPUT_DATATYPES, V2_INPUT_NAME,
+                               V2_OUTPUTS, Contract)
 
 
 def _ref(name):
@@ -42,18 +43,34 @@ def openapi_document(contract: Contract) -> dict:
                     "example": contract.version}
     v2_model = {"parameters": [model_path], "responses": {"200": _json(_ref("V2ModelMetadata")), **_errors(404)}}
     v2_ready = {"parameters": [model_path], "responses": {"200": _json(_ref("V2ModelReady")), **_errors(404)}}
+    binary_body = {"schema": {"type": "string", "format": "binary"}}
+    inference_header_length = {
+        "name": V2_INFERENCE_HEADER_CONTENT_LENGTH, "in": "header", "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "Triton's binary tensor data extension: the body's first bytes, this many, are the JSON "
+                       "request; the rest are the input's raw little-endian bytes (its parameters.binary_data_size)"}
     v2_infer = {
         "summary": "Open Inference Protocol V2 inference",
-        "parameters": [model_path],
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": _ref("V2InferenceRequest"),
-            "example": {"inputs": [{"name": V2_INPUT_NAME, "shape": [1, width], "datatype": "FP32",
-                                    "data": [[float(v) for v in ARTICLE_BODY["data"].split(",")]]}]}}}},
-        "responses": {"200": _json(_ref("V2InferenceResponse")), **_errors(400, 404, 413, 415)},
+        "description": "The body is read as JSON whatever its Content-Type, or without one, as KServe and Triton "
+                       "read it. Triton's binary tensor data extension is understood both ways: an input may "
+                       f"come as raw bytes after the JSON request ({V2_INFERENCE_HEADER_CONTENT_LENGTH} header), "
+                       'and outputs asked for with "parameters": {"binary_data": true} (or all of them, with the '
+                       "request's binary_data_output) come back the same way, as application/octet-stream with "
+                       "that header.",
+        "parameters": [model_path, inference_header_length],
+        "requestBody": {"required": True, "content": {
+            "application/json": {
+                "schema": _ref("V2InferenceRequest"),
+                "example": {"inputs": [{"name": V2_INPUT_NAME, "shape": [1, width], "datatype": "FP32",
+                                        "data": [[float(v) for v in ARTICLE_BODY["data"].split(",")]]}]}},
+            "application/octet-stream": binary_body}},
+        "responses": {"200": {"description": "OK", "content": {
+            "application/json": {"schema": _ref("V2InferenceResponse")},
+            "application/octet-stream": binary_body}}, **_errors(400, 404, 413, 415)},
     }
 
     def versioned(operation):
-        return {**operation, "parameters": [model_path, version_path]}
+        return {**operation, "parameters": [model_path, version_path, *operation["parameters"][1:]]}
 
     return {
         "openapi": "3.0.3",

@@ -50,6 +50,7 @@ def _item(call: Call) -> dict:
     request = {"method": call.method, "header": [], "url": "{{baseUrl}}" + path}
     if call.content_type:
         request["header"].append({"key": "Content-Type", "value": call.content_type})
+    request["header"] += [{"key": name, "value": value} for name, value in call.headers]
     events = [{"listen": "test", "script": {"type": "text/javascript", "exec": _checks(call)}}]
     if call.postman_body:
         request["body"] = {"mode": "raw", "raw": "{{generatedBody}}"}

@@ -81,6 +81,7 @@ class Target:
 
     def call(self, call: Call):
         headers = {"Content-Type": call.content_type} if call.content_type else {}
+        headers.update(call.headers)
         body = call.body(self.limits["max_batch_rows"], self.limits["max_request_bytes"])
         return self.send(call.method, call.path.format(version=self.version), body, headers)
 
