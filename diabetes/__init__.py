@@ -3,8 +3,9 @@ scripts generated from them), the Makefile's tools and the tests:
 
 - features, bundle, models: the model's inputs, a model version on disk, and
   the versions' life (list, promote, roll back);
-- contract, openapi, catalog, postman: what the API accepts, its OpenAPI
-  document, example calls of every route, the Postman collection made of them;
+- contract, open_inference, openapi, catalog, postman: what the API accepts
+  (and Triton's binary tensor data extension of V2), its OpenAPI document,
+  example calls of every route, the Postman collection made of them;
 - observability, docs, serving, gunicorn_config: metrics and logs, the docs
   page, and how gunicorn runs the endpoint script;
 - params, settings, probe: notebook parameters, their environment overrides,
