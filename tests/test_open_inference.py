@@ -284,3 +284,17 @@ def test_a_binary_answer_is_framed_as_the_extension_says(target):
     in_json = {output["name"]: output["data"][0]
                for output in json_of(target.send("POST", V2_INFER, JSON_ROW, {})[2])["outputs"]}
     assert (np.float32(probability), label) == (np.float32(in_json["probability"]), in_json["label"])
+
+
+def test_an_outputs_own_binary_data_overrides_the_requests_binary_data_output(target):
+    body, headers = binary_request(BINARY_ROW_FP32, parameters={"binary_data_output": True}, outputs=[
+        {"name": "label"}, {"name": "probability", "parameters": {"binary_data": False}}])
+    status, answer_headers, answer = target.send("POST", V2_INFER, body, headers)
+    assert status == 200
+    json_length = int(answer_headers[HEADER])
+    label, probability = json.loads(answer[:json_length])["outputs"]
+    assert (label["parameters"], "data" in label) == ({"binary_data_size": 8}, False)
+    assert "parameters" not in probability and len(probability["data"]) == 1
+    threshold = json_of(target.send("GET", "/metadata", None, {})[2])["threshold"]
+    assert struct.unpack("<q", answer[json_length:]) == (int(probability["data"][0] >= threshold),)
+
