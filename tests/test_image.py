@@ -1,0 +1,298 @@
+"""The container image, built and run for real with podman: the base image
+made from Debian's own packages (once, then cached under build/), `make
+image` on it with the fast model baked in, and a container on the host's
+network, called from the host; its logs, a killed worker, a stop with a
+request in flight; an image without a model serving one mounted by `make
+run-image`.
+
+The tests keep their images and containers in a podman store of their own,
+build/container-store (CONTAINER_STORE, see container/engine): the machine's
+images are never touched, and the layers stay cached between runs. With the
+base and the layers cached the module takes about a minute; on a fresh
+machine the base (debootstrap) and a cold build add a few minutes. The
+figures measured are printed (pytest -s)."""
+
+import fcntl
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import PROJECT, clean_environment, free_port, make
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+
+ENGINE = PROJECT / "container" / "engine"
+STORE = PROJECT / "build" / "container-store"
+LOCAL_BASE = "localhost/diabetes-base:bookworm"
+IMAGE = "localhost/diabetes-api-test"
+UNBAKED_IMAGE = "localhost/diabetes-api-test-unbaked"
+# The engine's default stop timeout: a container not gone by then is killed.
+STOP_TIMEOUT = 10
+FIGURES = {}
+
+
+def engine_environment() -> dict:
+    return clean_environment(CONTAINER_ENGINE="podman", CONTAINER_STORE=str(STORE))
+
+
+def engine(*arguments, check=True, timeout=60) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(ENGINE), *arguments], env=engine_environment(), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        pytest.fail(f"container/engine {' '.join(arguments)} failed ({result.returncode}):\n"
+                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@contextmanager
+def build_lock():
+    """One build at a time in this checkout: `make image` stages its context
+    in build/image/, which a concurrent run would rewrite under it."""
+    STORE.mkdir(parents=True, exist_ok=True)
+    with open(STORE / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def timed_make(figure: str, *arguments, timeout: float):
+    started = time.monotonic()
+    make(*arguments, env=engine_environment(), timeout=timeout)
+    FIGURES[figure] = round(time.monotonic() - started, 1)
+
+
+def tags_of(image: str) -> set[str]:
+    listed = engine("images", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
+    return {tag for tag in listed if tag.split(":")[0] == image}
+
+
+def url_of(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def wait_until_ready(port: int, name: str, timeout: float = 90) -> float:
+    """Seconds until the readiness probe answers 200; fails with the
+    container's logs when it does not within `timeout`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if requests.get(url_of(port) + "/v2/health/ready", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    logs = engine("logs", name, check=False)
+    pytest.fail(f"container {name} not ready within {timeout} s:\n{logs.stdout[-3000:]}\n{logs.stderr[-3000:]}")
+
+
+def logs_of(name: str) -> tuple[list[str], list[str]]:
+    """The container's stdout and stderr lines, each on its own stream."""
+    logs = engine("logs", name)
+    return logs.stdout.splitlines(), logs.stderr.splitlines()
+
+
+def gunicorn_processes(name: str) -> tuple[int, list[int]]:
+    """The gunicorn master's pid inside the container, and its workers' pids."""
+    listing = engine("exec", name, "ps", "-eo", "pid=,ppid=,args=").stdout
+    processes = {}
+    for line in listing.splitlines():
+        pid, ppid, args = line.split(None, 2)
+        processes[int(pid)] = (int(ppid), args)
+    gunicorn = {pid for pid, (_, args) in processes.items() if "-m gunicorn" in args}
+    masters = [pid for pid in gunicorn if processes[pid][0] not in gunicorn]
+    assert len(masters) == 1, listing
+    return masters[0], sorted(pid for pid in gunicorn if processes[pid][0] == masters[0])
+
+
+def article_call(port: int) -> requests.Response:
+    return requests.post(url_of(port) + ARTICLE_PATH, json=ARTICLE_BODY, timeout=10)
+
+
+def slow_article_call(port: int, pause: float) -> str:
+    """The article's call, its body sent in two parts `pause` seconds apart:
+    in flight for that long. Returns the answer's status line."""
+    body = json.dumps(ARTICLE_BODY).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
+        time.sleep(pause)
+        connection.sendall(body[10:])
+        return connection.makefile("rb").readline().decode().strip()
+
+
+@pytest.fixture(scope="module")
+def model_version(trained) -> str:
+    return (trained["models_dir"] / "latest").resolve().name
+
+
+@pytest.fixture(scope="module")
+def image(trained, model_version):
+    """`make base-image` (a no-op once the base is in the store) and `make
+    image` with the fast model baked in. On the way out, the version tags of
+    this run are removed and what they alone held is pruned; `latest` keeps
+    the layers cached for the next run."""
+    with build_lock():
+        timed_make("base image (s)", "base-image", timeout=1200)
+        timed_make("image build (s)", "image", f"IMAGE={IMAGE}", f"BASE_IMAGE={LOCAL_BASE}",
+                   f"IMAGE_MODEL={trained['models_dir'] / 'latest'}", timeout=1200)
+    FIGURES["image size (MB)"] = round(int(engine("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout) / 1e6)
+    yield IMAGE
+    with build_lock():
+        for tag in tags_of(IMAGE) | tags_of(UNBAKED_IMAGE):
+            if not tag.endswith(":latest"):
+                engine("rmi", tag, check=False)
+        engine("image", "prune", "--force", check=False)
+    print("\nimage figures:", json.dumps(FIGURES))
+
+
+@pytest.fixture(scope="module")
+def container(image):
+    """The image run as the issue's machines run containers: on the host's
+    network (no port mapping), on a free port."""
+    port = free_port()
+    name = f"diabetes-api-test-{port}"
+    engine("run", "--detach", "--name", name, "--network", "host", "--env", f"DIABETES_PORT={port}", image)
+    try:
+        FIGURES["start to ready (s)"] = round(wait_until_ready(port, name), 1)
+        yield {"name": name, "port": port}
+    finally:
+        engine("rm", "--force", "--time", "0", name, check=False)
+
+
+def test_every_package_the_image_installs_is_pinned_in_requirements_txt():
+    def normalized(name):
+        return name.lower().replace("_", "-").replace(".", "-")
+
+    pinned = {normalized(line.split("==")[0]) for line in (PROJECT / "requirements.txt").read_text().splitlines()
+              if "==" in line}
+    wanted = [line.strip() for line in (PROJECT / "container" / "requirements.in").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert [name for name in wanted if normalized(name) not in pinned] == []
+
+
+def test_the_image_runs_as_a_non_root_user_exposes_5000_and_checks_its_readiness(image, model_version):
+    inspected = json.loads(engine("image", "inspect", image).stdout)[0]
+    config = inspected["Config"]
+    assert config["User"] == "10001"
+    assert "5000/tcp" in config["ExposedPorts"]
+    # podman shows the HEALTHCHECK beside the image's Config, docker in it.
+    healthcheck = inspected.get("Healthcheck") or config["Healthcheck"]
+    assert "/app/container/healthcheck.py" in " ".join(healthcheck["Test"])
+    assert config["Labels"]["diabetes.model.version"] == model_version
+    assert "DIABETES_HOST=0.0.0.0" in config["Env"]
+
+
+def test_the_articles_call_and_a_v2_call_answer_from_the_host(container, model_version):
+    article = article_call(container["port"])
+    assert article.status_code == 200, article.text
+    assert article.headers["X-Model-Version"] == model_version
+    assert 0 < article.json()["prediction"] < 1
+
+    rows = [[1, 106, 70, 28, 135, 34.2, 0.142, 22], [6, 148, 72, 35, 0, 33.6, 0.627, 50]]
+    v2 = requests.post(url_of(container["port"]) + "/v2/models/diabetes/infer", timeout=10, json={
+        "inputs": [{"name": "features", "datatype": "FP64", "shape": [2, 8], "data": rows}]})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["model_version"] == model_version
+    outputs = {output["name"]: output for output in v2.json()["outputs"]}
+    assert outputs["probability"]["shape"] == [2]
+    assert outputs["probability"]["data"][0] == pytest.approx(article.json()["prediction"], abs=1e-6)
+
+
+def test_the_images_healthcheck_finds_the_service_healthy(container):
+    assert engine("healthcheck", "run", container["name"], check=False).returncode == 0
+
+
+def is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def test_stdout_carries_only_the_json_access_log_and_the_rest_goes_to_stderr(container):
+    request_ids = [f"image-test-{uuid.uuid4().hex}" for _ in range(3)]
+    for request_id in request_ids:
+        assert requests.post(url_of(container["port"]) + ARTICLE_PATH, json=ARTICLE_BODY, timeout=10,
+                             headers={"X-Request-ID": request_id}).status_code == 200
+    deadline = time.monotonic() + 15
+    while True:
+        stdout, stderr = logs_of(container["name"])
+        logged = [line for line in stdout if any(request_id in line for request_id in request_ids)]
+        if len(logged) == len(request_ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    records = [json.loads(line) for line in logged]
+    assert sorted(record["request_id"] for record in records) == sorted(request_ids)
+    assert {(record["route"], record["status"]) for record in records} == {(ARTICLE_PATH, 200)}
+    assert not any(request_id in line for line in stderr for request_id in request_ids)
+    assert [line for line in stdout if not is_json_object(line)] == []
+    assert any("PM2" in line for line in stderr)
+    assert any("Booting worker" in line for line in stderr)
+
+
+def test_a_gunicorn_worker_killed_inside_the_container_is_replaced(container):
+    master, workers = gunicorn_processes(container["name"])
+    killed_at = time.monotonic()
+    engine("exec", container["name"], "kill", "-9", str(workers[0]))
+    while True:
+        now_master, now_workers = gunicorn_processes(container["name"])
+        if len(now_workers) == len(workers) and workers[0] not in now_workers:
+            break
+        assert time.monotonic() - killed_at < 30, f"workers {workers} became {now_workers}"
+        time.sleep(0.2)
+    FIGURES["worker replaced in (s)"] = round(time.monotonic() - killed_at, 1)
+    assert now_master == master
+    assert article_call(container["port"]).status_code == 200
+
+
+def test_podman_stop_lets_a_request_in_flight_finish_and_the_container_exits_0(container):
+    answer = {}
+    in_flight = threading.Thread(target=lambda: answer.update(status=slow_article_call(container["port"], 2)))
+    in_flight.start()
+    time.sleep(0.5)
+    stopping = time.monotonic()
+    engine("stop", "--time", str(STOP_TIMEOUT), container["name"], timeout=STOP_TIMEOUT + 30)
+    stop_seconds = time.monotonic() - stopping
+    in_flight.join(timeout=30)
+    state = json.loads(engine("inspect", container["name"]).stdout)[0]["State"]
+    FIGURES["stop with 2 s request in flight (s)"] = round(stop_seconds, 1)
+    FIGURES["stop: in-flight answer, exit code"] = [answer.get("status"), state["ExitCode"]]
+    assert answer.get("status") == "HTTP/1.1 200 OK"
+    assert state["ExitCode"] == 0
+    assert stop_seconds < STOP_TIMEOUT
+
+
+def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(image, trained, model_version,
+                                                                             tmp_path):
+    with build_lock():
+        make("image", f"IMAGE={UNBAKED_IMAGE}", f"BASE_IMAGE={LOCAL_BASE}", "IMAGE_MODEL=", env=engine_environment(),
+             timeout=600)
+    models = tmp_path / "models"
+    shutil.copytree(trained["models_dir"] / model_version, models / model_version)
+    (models / "current").symlink_to(model_version)
+    port = free_port()
+    name = UNBAKED_IMAGE.rsplit("/", 1)[1]
+    output = open(tmp_path / "run-image.log", "w")
+    running = subprocess.Popen(
+        ["make", "--no-print-directory", "-C", str(PROJECT), "run-image", f"IMAGE={UNBAKED_IMAGE}",
+         "IMAGE_NETWORK=host", f"IMAGE_PORT={port}", f"IMAGE_MODELS={models}"],
+        env=engine_environment(), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(port, name)
+        answer = article_call(port)
+        assert answer.status_code == 200
+        assert answer.headers["X-Model-Version"] == model_version
+        engine("stop", name, timeout=STOP_TIMEOUT + 30)
+        assert running.wait(timeout=30) == 0, (tmp_path / "run-image.log").read_text()[-3000:]
+    finally:
+        if running.poll() is None:
+            engine("rm", "--force", "--time", "0", name, check=False)
+            running.wait(timeout=30)
+        output.close()
