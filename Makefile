@@ -371,3 +371,8 @@ $(IMAGE_DIR)/node_modules.staged: package.json package-lock.json
 # downloads and lists are left out, as Debian's own images do.
 $(IMAGE_DIR)/debian-bookworm.tar: | debootstrap
 	rm -rf $(IMAGE_DIR)/rootfs
+	mkdir -p $(IMAGE_DIR)
+	debootstrap --variant=minbase --include=python3,python3-venv bookworm $(IMAGE_DIR)/rootfs $(DEBIAN_MIRROR) > $(IMAGE_DIR)/debootstrap.log
+	rm -rf $(IMAGE_DIR)/rootfs/var/cache/apt/archives/*.deb $(IMAGE_DIR)/rootfs/var/lib/apt/lists/*
+	tar --create --file $@ --directory $(IMAGE_DIR)/rootfs .
+	rm -rf $(IMAGE_DIR)/rootfs
