@@ -181,7 +181,7 @@ reliability: setup wrk
 
 .PHONY: image run-image base-image container-engine debootstrap
 
-## image    build the container image $(IMAGE):<version> and :latest (podman or docker), the served model baked in
+## image    build the container image diabetes-api:<version> and :latest (podman or docker), the served model baked in
 image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged scripts/serve.py \
        | container-engine
 	@if [ -n "$(IMAGE_MODEL)" ] && [ ! -f "$(IMAGE_MODEL)/metadata.json" ]; then \
