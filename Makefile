@@ -62,7 +62,9 @@ CONTAINER_STORE  ?=
 # ---- Variables ----------------------------------------------------------------
 APP       := diabetes-api# the app's name in ecosystem.config.js
 PYTHON    := $(VENV)/bin/python
-PM2       := node_modules/.bin/pm2
+# PM2's state (its dump, its sockets, the apps' logs) is the user's alone:
+# every pm2 command runs with umask 077 and a PM2_HOME of mode 0700.
+PM2       := bash -c 'umask 077 && mkdir -p "$$PM2_HOME" && chmod 700 "$$PM2_HOME" && exec node_modules/.bin/pm2 "$$@"' pm2
 NEWMAN    := node_modules/.bin/newman
 PAPERMILL := $(PYTHON) -m papermill -k python3 --no-progress-bar
 NBCONVERT := $(PYTHON) -m nbconvert
@@ -70,8 +72,8 @@ MODEL     := $(MODELS_DIR)/latest/metadata.json
 # When the latest model and script were last checked and promoted.
 DEPLOYED  := $(MODELS_DIR)/.deployed
 VENV_OK   := $(VENV)/.installed
-BENCH_VENV_OK := $(BENCH_VENV)/.installed
 TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
+BENCH_VENV_OK := $(BENCH_VENV)/.installed
 NODE_OK   := node_modules/.installed
 # podman (or docker) with the options this machine needs (see the script).
 ENGINE     := container/engine
@@ -125,8 +127,6 @@ scripts: scripts/train.py scripts/serve.py
 
 ## serve    install, train if needed, convert, and run the API under PM2 (reloads it after a change)
 serve: $(DEPLOYED)
-	@# PM2's state (its dump, its sockets) is the user's alone.
-	@mkdir -p $(PM2_HOME) && chmod 700 $(PM2_HOME)
 	@$(PM2) describe $(APP) > /dev/null 2>&1 || $(PM2) start ecosystem.config.js
 	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(DIABETES_MODEL_DIR)
 

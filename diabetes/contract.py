@@ -60,9 +60,11 @@ class ErrorCode(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_ENTITY_TOO_LARGE = "request_entity_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     TOO_MANY_ROWS = "too_many_rows"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNAUTHORIZED = "unauthorized"
+    NOT_IMPLEMENTED = "not_implemented"
     UNTRUSTED_HOST = "untrusted_host"
     INTERNAL_ERROR = "internal_error"
 

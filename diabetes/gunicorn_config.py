@@ -11,7 +11,7 @@ import tempfile
 # Asynchronous workers: a connection that sends nothing, or sends its request
 # a byte at a time, waits in a greenlet of its own instead of holding a whole
 # worker (with sync workers, two idle connections stopped the service).
-worker_class = "gevent"
+worker_class = "diabetes.gevent_worker.FairGeventWorker"
 # Connections each worker holds at once, idle ones included.
 worker_connections = 1000
 # A connection is closed when its next request (line and headers) has not

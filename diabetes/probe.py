@@ -43,7 +43,8 @@ def wait_for_answer(url: str, timeout: float, version: str | None = None, api_ke
             problem = f"it still serves model {answer['version']}, not {version}"
         except urllib.error.HTTPError as error:
             problem = f"it answered {error.code}: {error.read()[:300].decode(errors='replace')}"
-        except (urllib.error.URLError, ConnectionError) as error:
+        except (urllib.error.URLError, OSError) as error:
+            # Refused while the server starts, or slow while its workers load the model.
             problem = str(error)
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not answer as expected within {timeout} s: {problem}")

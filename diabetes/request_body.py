@@ -1,31 +1,56 @@
-"""Reading a request's body within its size limit, whatever its transfer
-encoding.
+"""Reading a request's body within its size limit and its time limit,
+whatever its transfer encoding.
 
-A body sent with Content-Length over the limit is refused before it is read
-(Flask's MAX_CONTENT_LENGTH). A chunked body has no length to check: it is
+A body sent with Content-Length over the limit is refused before it is read. A chunked body has no length to check: it is
 read here chunk by chunk and refused with 413 as soon as it passes the limit,
 never cut at the limit and answered as if it were whole. CSV is read as a
-stream of lines, so that its row limit can stop it early.
+stream of lines, so that its row limit can stop it early. A body that has not
+fully arrived within `BODY_SECONDS` is refused with 408: a client that sends
+its body a byte at a time holds a connection only that long.
 """
 
 import io
+import time
 
 from diabetes.contract import ErrorCode, InvalidRequest
 
+BODY_SECONDS = 30
 _CHUNK_BYTES = 64 * 1024
+# What is read and dropped of a refused body, so that the client, still
+# sending, can read the answer (see `discard_unread_body`).
+_DISCARD_BYTES = 64 * 1024 * 1024
+_DISCARD_SECONDS = 5
 
 
 class LimitedBody(io.RawIOBase):
-    """The request's stream, refusing to yield more than `limit` bytes."""
+    """The request's stream, refusing to yield more than `limit` bytes or to
+    wait for them past `seconds`. The deadline is kept by the connection's
+    socket (gunicorn's `gunicorn.socket` in the WSGI environ), whose timeout
+    each read sets to the time left."""
 
-    def __init__(self, stream, limit: int):
-        self.stream, self.limit, self.seen = stream, limit, 0
+    def __init__(self, environ: dict, limit: int, seconds: float = BODY_SECONDS):
+        if declared_length(environ) > limit:
+            raise body_too_large(limit)
+        self.stream, self.socket = environ["wsgi.input"], environ.get("gunicorn.socket")
+        self.limit, self.seen = limit, 0
+        self.deadline = time.monotonic() + seconds
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        chunk = self.stream.read(min(len(buffer), _CHUNK_BYTES))
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise body_too_slow()
+        try:
+            if self.socket is not None:
+                self.socket.settimeout(left)
+            chunk = self.stream.read(min(len(buffer), _CHUNK_BYTES))
+        except TimeoutError:
+            raise body_too_slow() from None
+        finally:
+            if self.socket is not None:
+                self.socket.settimeout(None)
         self.seen += len(chunk)
         if self.seen > self.limit:
             raise body_too_large(self.limit)
@@ -33,22 +58,52 @@ class LimitedBody(io.RawIOBase):
         return len(chunk)
 
 
+def declared_length(environ: dict) -> int:
+    """The body's Content-Length, 0 when it has none (a chunked body)."""
+    declared = environ.get("CONTENT_LENGTH") or "0"
+    return int(declared) if declared.isdigit() else 0
+
+
 def body_too_large(limit: int) -> InvalidRequest:
     return InvalidRequest(f"the body is larger than {limit} bytes, the most this service accepts: split it",
                           ErrorCode.REQUEST_ENTITY_TOO_LARGE, 413)
 
 
-def read_body(stream, limit: int) -> bytes:
-    """All of the body, or a 413 `InvalidRequest` past `limit` bytes."""
-    body = LimitedBody(stream, limit)
+def body_too_slow() -> InvalidRequest:
+    return InvalidRequest(f"the body did not arrive within {BODY_SECONDS} s", ErrorCode.REQUEST_TIMEOUT, 408)
+
+
+def read_body(environ: dict, limit: int) -> bytes:
+    """All of the body, or an `InvalidRequest`: 413 past `limit` bytes, 408
+    past the time limit."""
+    body = LimitedBody(environ, limit)
     chunks = []
     while chunk := body.read(_CHUNK_BYTES):
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def body_text_lines(stream, limit: int):
+def body_text_lines(environ: dict, limit: int):
     """The body as lines of UTF-8 text (a leading byte-order mark, as Excel
     writes it, is dropped), read as they arrive."""
-    return io.TextIOWrapper(io.BufferedReader(LimitedBody(stream, limit), _CHUNK_BYTES), encoding="utf-8-sig",
+    return io.TextIOWrapper(io.BufferedReader(LimitedBody(environ, limit), _CHUNK_BYTES), encoding="utf-8-sig",
                             errors="strict", newline="")
+
+
+def discard_unread_body(environ: dict):
+    """Read and drop what the client is still sending of a refused body.
+
+    Answering 413 before a large body has arrived and then closing the
+    connection makes the client fail on a broken pipe before it can read the
+    answer; reading the rest first (without keeping it) lets it get the JSON
+    error. Never more than a bounded amount or time: a body declared larger
+    than that is not read at all (the server closes the connection when its
+    keep-alive timeout passes without a next request)."""
+    if declared_length(environ) > _DISCARD_BYTES:
+        return
+    body = LimitedBody(environ, _DISCARD_BYTES, _DISCARD_SECONDS)
+    try:
+        while body.read(_CHUNK_BYTES):
+            pass
+    except (InvalidRequest, OSError):
+        pass

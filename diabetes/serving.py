@@ -3,6 +3,7 @@
 import builtins
 import os
 import sys
+from http import HTTPStatus
 
 import orjson
 
@@ -36,23 +37,6 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
     ])
 
 
-def discard_unread_body(environ: dict, most_bytes: int = 64 * 1024 * 1024):
-    """Read and drop what the client is still sending of a refused body.
-
-    Answering 413 before a large body has arrived and then closing the
-    connection makes the client fail on a broken pipe before it can read the
-    answer; reading the rest first (without keeping it, and never more than
-    `most_bytes`) lets it get the JSON error."""
-    stream = environ.get("wsgi.input")
-    remaining = most_bytes
-    while stream is not None and remaining > 0:
-        chunk = stream.read(min(65536, remaining))
-        if not chunk:
-            break
-        remaining -= len(chunk)
-
-
-
 def write_server_refusal(sock, status: int, reason: str, message: str):
     """Answer a request that gunicorn itself refused (a malformed request
     line, a head over its limits, an unknown transfer coding) in the project's
@@ -63,6 +47,9 @@ def write_server_refusal(sock, status: int, reason: str, message: str):
     from diabetes.contract import InvalidRequest
     from diabetes.observability import record_server_refusal
 
+    if reason == "Bad Request" and status != 400:
+        # gunicorn keeps this reason for some other statuses (501).
+        reason = HTTPStatus(status).phrase
     code = reason.lower().replace(" ", "_")
     body = orjson.dumps(InvalidRequest(f"the server could not read the request: {message[:200]}", code,
                                        status).envelope())
@@ -74,3 +61,4 @@ def write_server_refusal(sock, status: int, reason: str, message: str):
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     write_nonblock(sock, head.encode("latin-1") + body)
+

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.measure import process_tree, run_wrk, write_wrk_script
 from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from slow_clients import idle_and_slow_connections, worst_latency
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5
@@ -136,6 +137,21 @@ def test_soak_at_64_connections_fails_nothing_and_does_not_grow(service):
     assert growth <= 0.10
 
 
+def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(service):
+    join = under_load(service, SOAK_SECONDS)
+    with idle_and_slow_connections(service["port"], idle=200, slow=32) as closed:
+        probe = worst_latency(lambda: requests.get(service["url"] + "/v2/health/ready", timeout=5).raise_for_status(),
+                              seconds=SOAK_SECONDS - 1)
+    load = join()
+    record("idle and slow clients", f"{SOAK_SECONDS} s at 16 connections, {load['requests']} requests",
+           f"200 idle + 32 slow-header connections ({closed['idle']} + {closed['slow']} closed by the server)",
+           lost(load), f"p99 {load['p99_ms']:.1f} ms, probe's worst {probe * 1000:.0f} ms")
+    assert lost(load) == 0, load["errors"]
+    # Beside a load that keeps both cores busy, the idle connections, all
+    # reopened at once when the server closes them, queue ahead of the probe.
+    assert probe < 2
+
+
 def test_logs_are_rotated_as_they_grow(service):
     logs = service["workspace"] / "logs"
     deadline = time.monotonic() + 10
@@ -205,8 +221,9 @@ def test_a_damaged_model_is_refused_and_the_old_one_keeps_serving(service, damag
     make("serve", *service["variables"], env=service["env"])
 
 
-def test_a_killed_worker_loses_at_most_its_request_and_is_replaced_within_2_s(service):
-    join = under_load(service, 5)
+def test_a_killed_worker_loses_at_most_the_requests_in_flight_on_its_connections_and_is_replaced_within_2_s(service):
+    connections = 16
+    join = under_load(service, 5, connections)
     victim = workers(service)[0]
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -217,7 +234,9 @@ def test_a_killed_worker_loses_at_most_its_request_and_is_replaced_within_2_s(se
     record("worker killed", "5 s at 16 connections", "kill -9 of one worker", lost(load),
            f"replaced in {recovery:.2f} s")
     assert recovery <= 2
-    assert lost(load) <= 1, load["errors"]
+    # An asynchronous worker holds many keep-alive connections: the requests
+    # in flight on them are lost with it, at most one per connection.
+    assert lost(load) <= connections, load["errors"]
 
 
 def test_a_killed_master_is_replaced_under_pm2_within_5_s_and_leaves_no_orphan(service):
