@@ -43,6 +43,9 @@ def on_starting(server):
 
 
 def on_exit(server):
+    from diabetes.pm2_metrics import stop_reporting
+
+    stop_reporting()
     shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
@@ -57,6 +60,13 @@ def when_ready(server):
     # quick shutdown that fails the requests in flight: take it as SIGTERM,
     # the graceful one.
     server.handle_int = server.handle_term
+    # `pm2 monit` sees this process only: a thread of the master reports the
+    # whole service to PM2 (diabetes/pm2_metrics.py). The served script's
+    # folder comes first on the workers' path (diabetes/serving.py).
+    from diabetes.pm2_metrics import start_reporting
+
+    script_dir = server.cfg.pythonpath.split(",")[0] if server.cfg.pythonpath else None
+    start_reporting(os.getpid(), os.environ["PROMETHEUS_MULTIPROC_DIR"], script_dir, server.log)
 
 
 def post_fork(server, worker):
