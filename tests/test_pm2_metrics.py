@@ -22,10 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.measure import memory_of_tree, run_wrk, write_wrk_script
 from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, WINDOW_SECONDS, quantile_of_buckets
+from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
 
 RELEASE = "test-release-" + uuid.uuid4().hex[:8]
-LOAD_SECONDS = 10
+LOAD_SECONDS = 12
 WORKERS = 2  # the endpoint notebook's default
 
 
@@ -107,8 +107,9 @@ def load_observed(service):
     load.start()
     during = []
     while load.is_alive() and time.monotonic() - started < LOAD_SECONDS + 60:
-        # A report made after a whole window of load, and before the load's last second.
-        if WINDOW_SECONDS + 1.5 < time.monotonic() - started < LOAD_SECONDS - 1:
+        # A report whose window holds load only: a report is up to one refresh old, and
+        # its window starts at a sample up to one refresh older than the window.
+        if WINDOW_SECONDS + 2 * REFRESH_SECONDS + 0.5 < time.monotonic() - started < LOAD_SECONDS - 1:
             master = pm2_app(service)["pid"]
             during.append({"figures": reported(service), "memory_mib": memory_of_tree(master)["total"]})
         time.sleep(0.5)
