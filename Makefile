@@ -30,6 +30,10 @@ CI           ?=
 SWEEP        := params/sweep.yaml
 SWEEPS_DIR   := build/sweeps
 PUBLISH      :=
+# `make bigdata`: how many synthetic Pima-shaped rows, and where their Parquet
+# partitions go (train on them: data_url: build/bigdata, dask_scheduler: local).
+ROWS         := 10000000
+BIGDATA_DIR  := build/bigdata
 # `make lab`: JupyterLab's port, and more of its flags (e.g. --no-browser).
 LAB_PORT     := 8888
 LAB_FLAGS    :=
@@ -99,7 +103,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk db postgresql sweep
+.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train
 
 ## help     list the verbs (the default)
 help:
@@ -113,6 +117,10 @@ train: $(MODEL)
 
 ## db       load the data set into a SQLite database (build/diabetes.sqlite) to train from SQL
 db: $(DB)
+
+## bigdata  write ROWS synthetic Pima-shaped rows as Parquet partitions in BIGDATA_DIR (to train on a Dask cluster)
+bigdata: $(VENV_OK)
+	$(PYTHON) -m diabetes.bigdata $(ROWS) $(BIGDATA_DIR)
 
 ## sweep    train once per parameter set of params/sweep.yaml, in parallel; results.csv and report.html (PUBLISH=best)
 sweep: $(VENV_OK)
@@ -174,6 +182,10 @@ test: setup wrk postgresql
 ## bench    load the API over HTTP beside the article's endpoint, a hello-world ceiling, MLServer and MLflow if installed (QUICK=1: short)
 bench: setup wrk $(BENCH_VENV_OK)
 	$(PYTHON) -m bench.run --mlflow --mlserver-venv $(BENCH_VENV) $(if $(QUICK),--quick)
+
+## bench-train  training time and peak memory per process: 1 M and 10 M rows, in process, LocalCluster, external scheduler
+bench-train: $(VENV_OK)
+	$(PYTHON) -m bench.train_on_cluster --data-dir build/bench-train
 
 ## reliability  the long load, deploy and fault scenarios; prints what was lost
 reliability: setup wrk
@@ -298,7 +310,8 @@ $(NODE_OK): package.json package-lock.json
 # The executed notebook is the run's record even when the run fails, so it is
 # not a target: the model is. A failed gate publishes nothing.
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
-          diabetes/features.py diabetes/bundle.py diabetes/data.py diabetes/training.py | $(VENV_OK)
+          diabetes/features.py diabetes/bundle.py diabetes/data.py diabetes/training.py \
+          diabetes/cluster_training.py | $(VENV_OK)
 	@mkdir -p $(RUNS_DIR)
 	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
 	$(PAPERMILL) $(TRAIN_PROGRESS) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \

@@ -59,6 +59,10 @@ SAMPLE_ROWS = 100_000
 AUC_BINS = 2 ** 16
 # How long to wait for a scheduler to answer and for its first worker.
 CONNECT_TIMEOUT_SECONDS = 60
+# How long a worker waits for the others in one of XGBoost's collective
+# operations: a lost worker stops the training after this, rather than never
+# (XGBoost's own default is half an hour).
+COLLECTIVE_TIMEOUT_SECONDS = 120
 ROW = "row"          # a row's number: its partition's number times 2**32 plus its place in the partition
 TEST = "test"        # set aside for the test metrics
 SAMPLED = "sampled"  # in the sample brought back to the notebook
@@ -306,16 +310,36 @@ def fit(cluster: Cluster, parameters: dict, splits: Splits, trees: int) -> xgb.B
 def _train(cluster: Cluster, parameters: dict, rows, rounds: int, evals=None) -> dict:
     from distributed import KilledWorker
     from xgboost import dask as dxgb
+    from xgboost.collective import Config
     client = cluster.client
     features = list(FEATURE_NAMES)
+    workers_at_start = cluster.describe()["workers"]
     try:
         train = dxgb.DaskDMatrix(client, rows[features], rows[LABEL_NAME])
         watched = [(dxgb.DaskDMatrix(client, evals[features], evals[LABEL_NAME]), "held_out")] if evals is not None else None
-        return dxgb.train(client, parameters, train, num_boost_round=rounds, evals=watched, verbose_eval=False)
+        return dxgb.train(client, parameters, train, num_boost_round=rounds, evals=watched, verbose_eval=False,
+                          coll_cfg=Config(timeout=COLLECTIVE_TIMEOUT_SECONDS, tracker_timeout=COLLECTIVE_TIMEOUT_SECONDS))
     except (KilledWorker, xgb.core.XGBoostError, OSError) as error:
-        raise ClusterError(f"training on the cluster failed ({error.__class__.__name__}: "
-                           f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); "
-                           f"workers now: {cluster.describe()}. Nothing was published.") from error
+        workers_now = _workers_after_failure(cluster, workers_at_start)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+        if workers_now < workers_at_start:
+            raise ClusterError(
+                f"a worker left the cluster during training ({workers_at_start} workers at its start, "
+                f"{workers_now} now), and the training stopped: XGBoost's workers boost together, each on "
+                "its own partitions, exchanging histograms every round, and a lost worker's share cannot be "
+                "replaced in the middle of a run. Nothing was published; run it again (the partitions are "
+                f"read again from the source). XGBoost said: {first_line}") from error
+        raise ClusterError(f"training on the cluster failed ({error.__class__.__name__}: {first_line}); "
+                           "nothing was published") from error
+
+
+def _workers_after_failure(cluster: Cluster, workers_at_start: int, wait_seconds: float = 5) -> int:
+    """The workers now; a lost one may reach the scheduler a moment after its peers' error does."""
+    import time
+    deadline = time.monotonic() + wait_seconds
+    while (workers := cluster.describe()["workers"]) >= workers_at_start and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return workers
 
 
 @dataclass

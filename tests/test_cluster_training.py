@@ -1,0 +1,162 @@
+"""Training on a Dask cluster: a real `dask scheduler` and two `dask worker`
+processes on 127.0.0.1 train 1 M synthetic rows through `make train`, and
+`make serve` serves the model; a worker killed in the middle of the boosting
+fails the run with a clear error that publishes nothing. Every process is
+stopped at the end (its process group), every wait is bounded.
+
+What it costs: `make bigdata` of 1 M rows (a few seconds), one cluster run of
+the notebook (folds 2 x 1, a few dozen stumps: about a minute on two busy
+cores), a `make serve` of that model, and a run killed within seconds.
+"""
+
+import json
+import re
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import xgboost as xgb
+from sklearn.metrics import roc_auc_score
+
+from bench.dask_cluster import ExternalDaskCluster
+from bench.measure import kill_process_group
+from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
+from diabetes import cluster_training
+from diabetes.bundle import load_bundle
+from diabetes.data import read_training_data
+from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
+
+ROWS = 1_000_000
+ROUTE = "/katana-ml/api/v1.0/diabetes"
+CLUSTER_PARAMS = "n_estimators: 40\ncompare_with_article: false\n"
+
+
+@pytest.fixture(scope="module")
+def bigdata(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bigdata") / "parts"
+    make("bigdata", f"ROWS={ROWS}", f"BIGDATA_DIR={folder}", timeout=120)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def external_cluster(tmp_path_factory):
+    with ExternalDaskCluster(workers=2, log_dir=tmp_path_factory.mktemp("dask-logs")) as cluster:
+        yield cluster
+    assert all(process.poll() is not None for process in [cluster.scheduler, *cluster.worker_processes])
+
+
+def train_on(cluster, data_dir, tmp_path, extra="", check=True, background=False):
+    parameters = tmp_path / "cluster.yaml"
+    parameters.write_text(f"dask_scheduler: {cluster.address}\ndata_url: {data_dir}\n{CLUSTER_PARAMS}{extra}")
+    arguments = ["train", f"MODELS_DIR={tmp_path / 'models'}", f"RUNS_DIR={tmp_path / 'runs'}",
+                 f"TRAIN_PARAMS={FAST_PARAMS} {parameters}"]
+    if background:
+        return subprocess.Popen(["make", "--no-print-directory", "-C", str(PROJECT), *arguments],
+                                env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+    return make(*arguments, check=check, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained_on_cluster(external_cluster, bigdata, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cluster-run")
+    train_on(external_cluster, bigdata, folder)
+    return folder
+
+
+def test_make_bigdata_writes_partitions_whose_labels_follow_the_real_rows(bigdata):
+    files = sorted(bigdata.glob("*.parquet"))
+    assert len(files) == 2, "500 000 rows per partition"
+    synthetic = pd.read_parquet(files[0])
+    real = read_training_data(str(PROJECT / "data/pima-indians-diabetes.data.csv")).rows
+    assert list(synthetic.columns) == list(real.columns) and len(synthetic) == 500_000
+    assert abs(synthetic[LABEL_NAME].mean() - real[LABEL_NAME].mean()) < 0.01
+    assert abs((synthetic["serum_insuling"] == 0).mean() - (real["serum_insuling"] == 0).mean()) < 0.01
+    assert (synthetic["age"] == synthetic["age"].round()).all() and (synthetic[list(FEATURE_NAMES)] >= 0).all().all()
+    # Labels consistent with the features: trees fit on synthetic rows rank the real ones as well as the data allows.
+    sample = synthetic.sample(50_000, random_state=0)
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "nthread": 1},
+                        xgb.DMatrix(to_model_input(sample[list(FEATURE_NAMES)].to_numpy()), sample[LABEL_NAME]), 50)
+    real_probability = booster.inplace_predict(to_model_input(real[list(FEATURE_NAMES)].to_numpy()))
+    assert roc_auc_score(real[LABEL_NAME], real_probability) > 0.8
+
+
+def test_two_external_workers_train_a_million_rows_through_the_notebook(trained_on_cluster, external_cluster):
+    latest = trained_on_cluster / "models" / "latest"
+    bundle = load_bundle(latest)
+    metadata = bundle.metadata
+    assert metadata["cluster"]["scheduler"] == external_cluster.address
+    assert metadata["cluster"]["workers"] == 2 and metadata["cluster"]["threads"] == 2
+    assert metadata["cluster"]["partitions"] == 2 and metadata["cluster"]["rows"] == ROWS
+    test_rows = metadata["cluster"]["test_rows"]
+    assert abs(test_rows - 0.33 * ROWS) <= 2 * 2, "a stratified third per partition, to a row per label"
+    assert metadata["cluster"]["training_rows"] + test_rows == ROWS
+    assert metadata["data"]["rows"] == ROWS and metadata["data"]["snapshot"] is None
+    assert metadata["metrics"]["test_roc_auc"] >= metadata["parameters"]["min_auc"]
+    low, high = metadata["metrics"]["test_accuracy_interval"]
+    assert low < metadata["metrics"]["test_accuracy"] < high and high - low < 0.01, "a third of a million rows"
+    assert 1 <= bundle.booster.num_boosted_rounds() == metadata["trees"] <= 40
+    # Both workers boosted: XGBoost gave each a rank in the training's communicator.
+    logs = "".join(path.read_text() for path in external_cluster.log_dir.glob("worker-*.log"))
+    assert re.search(r"got rank 0", logs) and re.search(r"got rank 1", logs)
+    assert len(pd.read_csv(latest / "predictions.csv")) > 1000
+
+
+def test_the_histogram_auc_is_the_exact_auc_to_within_its_bound():
+    generator = np.random.default_rng(0)
+    label = generator.integers(0, 2, 200_000)
+    probability = np.clip(label * 0.2 + generator.random(200_000) * 0.8, 0, 1).astype(np.float32)
+    bins = np.minimum((probability * cluster_training.AUC_BINS).astype(int), cluster_training.AUC_BINS - 1)
+    positive = np.bincount(bins[label == 1], minlength=cluster_training.AUC_BINS)
+    negative = np.bincount(bins[label == 0], minlength=cluster_training.AUC_BINS)
+    bound = 0.5 * np.sum(positive * negative) / (positive.sum() * negative.sum())
+    assert abs(cluster_training.binned_roc_auc(positive, negative) - roc_auc_score(label, probability)) <= bound
+
+
+def test_the_model_trained_on_the_cluster_is_served_by_make_serve(trained_on_cluster, tmp_path):
+    models_dir = trained_on_cluster / "models"
+    port = free_port()
+    env = clean_environment(DIABETES_PORT=str(port))
+    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={trained_on_cluster / 'runs'}",
+                 f"TRAIN_PARAMS={FAST_PARAMS} {trained_on_cluster / 'cluster.yaml'}",
+                 f"PM2_HOME={tmp_path / 'pm2'}", f"LOG_DIR={tmp_path / 'logs'}"]
+    try:
+        result = make("serve", *variables, env=env, timeout=300)
+        assert "papermill notebooks/train.ipynb" not in result.stdout, "make serve should not train again"
+        expected = pd.read_csv(models_dir / "current" / "predictions.csv").head(200)
+        with requests.Session() as session:
+            answers = [session.post(f"http://127.0.0.1:{port}{ROUTE}", json={"data": ",".join(map(repr, row))},
+                                    timeout=5) for row in expected[list(FEATURE_NAMES)].itertuples(index=False)]
+        assert {answer.headers["X-Model-Version"] for answer in answers} == {(models_dir / "latest").resolve().name}
+        served = np.array([answer.json()["prediction"] for answer in answers])
+        assert np.abs(served - expected["probability"].to_numpy()).max() < 1e-6
+    finally:
+        make("stop", *variables, env=env, check=False)
+
+
+def test_a_worker_killed_while_boosting_fails_the_run_clearly_and_publishes_nothing(bigdata, tmp_path):
+    # Deep trees and many rounds, so that the boosting is still going when the worker dies.
+    with ExternalDaskCluster(workers=2, log_dir=tmp_path / "dask-logs") as cluster:
+        run = train_on(cluster, bigdata, tmp_path, extra="n_estimators: 3000\nmax_depth: 6\n", background=True)
+        try:
+            worker_log = cluster.log_dir / "worker-1.log"
+            deadline = time.monotonic() + 240
+            while "got rank" not in worker_log.read_text():
+                assert run.poll() is None, f"the run ended before the boosting began:\n{run.stdout.read()[-3000:]}"
+                assert time.monotonic() < deadline, "the boosting did not begin within 240 s"
+                time.sleep(0.5)
+            time.sleep(2)
+            cluster.kill_worker(1)
+            output, _ = run.communicate(timeout=300)
+        finally:
+            kill_process_group(run.pid)
+        assert cluster.connected_workers() == ["worker-0"]
+    assert run.returncode != 0
+    assert "a worker left the cluster during training (2 workers at its start, 1 now)" in output
+    assert "Nothing was published" in output
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    executed = json.loads((tmp_path / "runs" / "train.ipynb").read_text())
+    assert executed["metadata"]["papermill"]["exception"], "the run's record shows where it stopped"
