@@ -31,9 +31,12 @@ class ExternalDaskCluster:
         self.worker_processes = []
 
     def _start(self, name, arguments):
-        log = open(self.log_dir / f"{name}.log", "w") if self.log_dir else subprocess.DEVNULL
-        return subprocess.Popen([self.dask, *arguments], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        if not self.log_dir:
+            return subprocess.Popen([self.dask, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        with open(self.log_dir / f"{name}.log", "w") as log:  # the child keeps its own copy of the file
+            return subprocess.Popen([self.dask, *arguments], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
 
     def __enter__(self):
         if self.log_dir:
