@@ -89,15 +89,16 @@ class Cluster:
             self.local_cluster.close()
 
 
-def connect(dask_scheduler: str) -> Cluster | None:
-    """None for "" (in process); else a client of a LocalCluster ("local") or of the scheduler at tcp://..."""
+def connect(dask_scheduler: str, local_workers: int | None = None) -> Cluster | None:
+    """None for "" (in process); else a client of a LocalCluster ("local": `local_workers`, by default one
+    per core) or of the scheduler at tcp://..."""
     if not dask_scheduler:
         return None
     from distributed import Client, LocalCluster
     if dask_scheduler == "local":
         # One single-threaded worker process per core: XGBoost's threads and
         # Dask's would otherwise compete for the same cores.
-        local = LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True,
+        local = LocalCluster(n_workers=local_workers or os.cpu_count(), threads_per_worker=1, processes=True,
                              host="127.0.0.1", dashboard_address=None)
         cluster = Cluster(Client(local), "local", local)
     elif dask_scheduler.startswith("tcp://"):
