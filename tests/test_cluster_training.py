@@ -26,7 +26,7 @@ from bench.measure import kill_process_group
 from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
 from diabetes import cluster_training
 from diabetes.bundle import load_bundle
-from diabetes.data import read_training_data
+from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 
 ROWS = 1_000_000
@@ -160,3 +160,25 @@ def test_a_worker_killed_while_boosting_fails_the_run_clearly_and_publishes_noth
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
     executed = json.loads((tmp_path / "runs" / "train.ipynb").read_text())
     assert executed["metadata"]["papermill"]["exception"], "the run's record shows where it stopped"
+
+
+def test_partitions_read_from_sql_by_read_sql_table_are_the_csv_rows(tmp_path):
+    db = tmp_path / "diabetes.sqlite"
+    make("db", f"DB={db}")
+    from_sql = cluster_training.read_training_partitions(f"sqlite:///{db}")
+    from_csv = cluster_training.read_training_partitions(str(PROJECT / "data/pima-indians-diabetes.data.csv"))
+    assert from_sql.row_count == from_csv.row_count == 768
+    assert from_sql.query == "read_sql_table pima_diabetes on index row_id"
+    assert from_sql.rows.compute().reset_index(drop=True).equals(from_csv.rows.compute().reset_index(drop=True))
+    assert from_sql.sha256 == from_csv.sha256, "the same rows in one partition each"
+
+
+@pytest.mark.parametrize("data_url, data_query, expected", [
+    ("{tmp}/nothing/*.parquet", "", "no Parquet or CSV file matches"),
+    ("sqlite:///{tmp}/diabetes.sqlite", "SELECT * FROM pima_diabetes", "data_query names the table"),
+    ("sqlite:///{tmp}/diabetes.sqlite", "no_such_table", "cannot read table no_such_table"),
+])
+def test_a_source_the_cluster_cannot_read_is_a_clear_error(tmp_path, data_url, data_query, expected):
+    make("db", f"DB={tmp_path / 'diabetes.sqlite'}")
+    with pytest.raises(DataSourceError, match=re.escape(expected)):
+        cluster_training.read_training_partitions(data_url.format(tmp=tmp_path), data_query)
