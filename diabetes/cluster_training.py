@@ -408,6 +408,15 @@ def normal_intervals(evaluation: Evaluation, level_z: float = 1.96) -> dict:
     return {"test_accuracy_interval": interval(accuracy, accuracy_se), "test_roc_auc_interval": interval(auc, auc_se)}
 
 
+def run_record(cluster: Cluster, data: PartitionedData, splits: Splits, evaluation: Evaluation) -> dict:
+    """What a model's metadata records about the cluster it was trained on."""
+    return {**cluster.describe(), "partitions": data.partitions, "rows": data.row_count,
+            "training_rows": splits.training_rows, "test_rows": splits.test_rows,
+            "predictions": f"predictions.csv holds a random sample of {len(evaluation.sample)} test rows",
+            "approximations": "splits per partition, AUC from histograms, intervals from formulas, "
+                              "calibration on a sample: see diabetes/cluster_training.py"}
+
+
 def feature_ranges(splits: Splits) -> pd.DataFrame:
     """min, max and missing of each feature over the training rows, computed on the cluster."""
     import dask
