@@ -15,6 +15,11 @@ TRAIN_PARAMS := params/train.yaml
 MODELS_DIR   := build/models
 # Executed notebooks and reports of the latest runs.
 RUNS_DIR     := build/runs
+# Releases of the service (script, package, model, settings, manifest) and the
+# `current` link to the one served; beside the models by default.
+RELEASES_DIR := $(dir $(MODELS_DIR))releases
+# The scripts nbconvert generates from the notebooks.
+SCRIPTS_DIR  := scripts
 # PM2's state (never the user's global ~/.pm2) and the service's logs.
 PM2_HOME     := $(CURDIR)/build/pm2
 LOG_DIR      := $(CURDIR)/build/logs
@@ -73,8 +78,11 @@ NEWMAN    := node_modules/.bin/newman
 PAPERMILL := $(PYTHON) -m papermill -k python3 --no-progress-bar
 NBCONVERT := $(PYTHON) -m nbconvert
 MODEL     := $(MODELS_DIR)/latest/metadata.json
-# When the latest model and script were last checked and promoted.
-DEPLOYED  := $(MODELS_DIR)/.deployed
+RELEASE   := $(PYTHON) -m diabetes.releases
+# The release being built and checked, before it is sealed under its id.
+STAGED    := $(RELEASES_DIR)/.staging
+# When the latest model, script and package were last released.
+DEPLOYED  := $(RELEASES_DIR)/.deployed
 VENV_OK   := $(VENV)/.installed
 TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
 BENCH_VENV_OK := $(BENCH_VENV)/.installed
@@ -95,7 +103,7 @@ IMAGE_VERSION = $(if $(IMAGE_MODEL),$(notdir $(realpath $(IMAGE_MODEL)))-)$(shel
 DEBIAN_MIRROR = $(or $(shell apt-get indextargets --format '$$(REPO_URI)' 'Identifier: Packages' \
                   'Codename: bookworm' 'Component: main' 2> /dev/null | head -n 1),http://deb.debian.org/debian/)
 
-export PM2_HOME LOG_DIR DIABETES_MODEL_DIR
+export PM2_HOME LOG_DIR DIABETES_MODEL_DIR RELEASES_DIR
 export CONTAINER_ENGINE CONTAINER_STORE
 # Kernels come from the project's venv only, never from the user's Jupyter.
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
@@ -103,7 +111,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models rollback postman collection test bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train
+.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection test bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train
 
 ## help     list the verbs (the default)
 help:
@@ -131,12 +139,12 @@ sweep: $(VENV_OK)
 	elif [ -n "$(PUBLISH)" ]; then echo "PUBLISH=$(PUBLISH): only PUBLISH=best is known" >&2; exit 2; fi
 
 ## scripts  convert the notebooks into scripts/*.py with nbconvert
-scripts: scripts/train.py scripts/serve.py
+scripts: $(SCRIPTS_DIR)/train.py $(SCRIPTS_DIR)/serve.py
 
-## serve    install, train if needed, convert, and run the API under PM2 (reloads it after a change)
+## serve    install, train if needed, convert, build and check a release, and run it under PM2 (reloads it after a change)
 serve: $(DEPLOYED)
 	@$(PM2) describe $(APP) > /dev/null 2>&1 || $(PM2) start ecosystem.config.js
-	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(DIABETES_MODEL_DIR)
+	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(RELEASES_DIR)/current/model
 
 ## stop     stop the API and the project's PM2 daemon
 stop:
@@ -147,11 +155,15 @@ stop:
 models: $(VENV_OK)
 	@$(PYTHON) -m diabetes.models list $(MODELS_DIR)
 
-## rollback serve the version before the current one (checked first; reloads without downtime)
+## releases list the releases: id, model version, code commit, when built, checks passed (* marks the one served)
+releases: $(VENV_OK)
+	@$(RELEASE) list $(RELEASES_DIR)
+
+## rollback serve the release before the current one, code and model together (checked first; reloads without downtime)
 rollback: $(VENV_OK) $(NODE_OK)
-	$(PYTHON) -m diabetes.models rollback $(MODELS_DIR)
+	$(RELEASE) rollback $(RELEASES_DIR) --models-dir $(MODELS_DIR)
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; \
-	    $(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(DIABETES_MODEL_DIR); fi
+	    $(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(RELEASES_DIR)/current/model; fi
 
 ## status   show the API's process under PM2
 status: $(NODE_OK)
@@ -194,7 +206,7 @@ reliability: setup wrk
 .PHONY: image run-image base-image container-engine debootstrap
 
 ## image    build the container image diabetes-api:<version> and :latest (podman or docker), the served model baked in
-image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged scripts/serve.py \
+image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged $(SCRIPTS_DIR)/serve.py \
        | container-engine
 	@if [ -n "$(IMAGE_MODEL)" ] && [ ! -f "$(IMAGE_MODEL)/metadata.json" ]; then \
 	    echo "no model at $(IMAGE_MODEL): run make serve (it trains, checks and promotes one)," \
@@ -203,7 +215,7 @@ image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_
 	mkdir -p $(IMAGE_CONTEXT)/app/container $(IMAGE_CONTEXT)/app/scripts $(IMAGE_CONTEXT)/models
 	cp ecosystem.config.js $(IMAGE_CONTEXT)/app/
 	cp container/ecosystem.config.js container/healthcheck.py container/pm2-runtime.js $(IMAGE_CONTEXT)/app/container/
-	cp scripts/serve.py $(IMAGE_CONTEXT)/app/scripts/
+	cp $(SCRIPTS_DIR)/serve.py $(IMAGE_CONTEXT)/app/scripts/
 	$(if $(IMAGE_MODEL),cp -r $(realpath $(IMAGE_MODEL)) $(IMAGE_CONTEXT)/models/ \
 	    && ln -s $(notdir $(realpath $(IMAGE_MODEL))) $(IMAGE_CONTEXT)/models/current)
 	$(ENGINE) build --file Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
@@ -260,7 +272,9 @@ lock:
 
 ## clean    stop the API and delete everything runs produced (build/, scripts/)
 clean: stop
-	rm -rf build scripts
+	@# Releases are read-only: their owner may delete them once they are writable again.
+	chmod -R u+w build 2> /dev/null || true
+	rm -rf build $(SCRIPTS_DIR)
 
 # The HTTP load generator of the benchmark and the reliability tests, from
 # Debian's packages.
@@ -324,22 +338,29 @@ $(DB): data/pima-indians-diabetes.data.csv diabetes/data.py | $(VENV_OK)
 	rm -f $@
 	$(PYTHON) -m diabetes.data load $< sqlite:///$@
 
-scripts/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(VENV_OK)
-	$(NBCONVERT) --to python --no-prompt --log-level=WARN --output-dir scripts \
+$(SCRIPTS_DIR)/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j2 | $(VENV_OK)
+	$(NBCONVERT) --to python --no-prompt --log-level=WARN --output-dir $(SCRIPTS_DIR) \
 	    --template-file notebooks/templates/generated_script.py.j2 \
 	    --TagRemovePreprocessor.remove_cell_tags='["notebook-only"]' $<
 
-# Before a new script or model goes live, the endpoint notebook runs under
-# papermill against them (loads the latest model, checks its sample
-# prediction, answers test requests), and the model is checked again as it is
-# promoted to `current`: a model that fails is never served, and the command
-# fails saying why. A running service then reloads with gunicorn's graceful
-# SIGHUP: new workers load the new script and model, old ones finish the
+# A new script, package or model goes live as a release (diabetes/releases.py):
+# staged (the script, the notebook it came from, a copy of diabetes/ and of
+# the latest model, the resolved settings), checked (the endpoint notebook runs
+# under papermill against the release's own package and model: loads it,
+# checks its sample prediction, answers test requests; then the model's checks
+# run again, with the release's code), then sealed (manifest, read-only, its
+# id) and made `current`. A release that fails is never served, and the
+# command fails saying why. A running service then reloads with gunicorn's
+# graceful SIGHUP: new workers import the new release, old ones finish the
 # requests they hold.
-$(DEPLOYED): scripts/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(NODE_OK)
+$(DEPLOYED): $(SCRIPTS_DIR)/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(NODE_OK)
 	@mkdir -p $(RUNS_DIR)
-	DIABETES_MODEL_DIR=$(abspath $(MODELS_DIR))/latest $(PAPERMILL) notebooks/serve.ipynb $(RUNS_DIR)/serve.ipynb
-	$(PYTHON) -m diabetes.models promote $(MODELS_DIR) latest
+	$(RELEASE) stage $(RELEASES_DIR) --script $(SCRIPTS_DIR)/serve.py --notebook notebooks/serve.ipynb \
+	    --package diabetes --model $(MODELS_DIR)/latest > /dev/null
+	PYTHONPATH=$(abspath $(STAGED))/package DIABETES_MODEL_DIR=$(abspath $(STAGED))/model \
+	    $(PAPERMILL) --cwd $(STAGED) $(STAGED)/serve.ipynb $(RUNS_DIR)/serve.ipynb
+	PYTHONPATH=$(abspath $(STAGED))/package $(PYTHON) -P -m diabetes.releases seal $(RELEASES_DIR) \
+	    --passed "endpoint notebook under papermill" --models-dir $(MODELS_DIR)
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi
 	touch $@
 

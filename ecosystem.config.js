@@ -1,7 +1,19 @@
-// PM2 runs the script generated from notebooks/serve.ipynb with the project's
-// own Python; the script turns itself into a gunicorn master with several
-// workers. Start it with `make serve`, which keeps PM2's state in build/pm2.
+// PM2 runs the script generated from notebooks/serve.ipynb, as the current
+// release holds it, with the project's own Python; the script turns itself
+// into a gunicorn master with several workers. Start it with `make serve`,
+// which builds and checks the release and keeps PM2's state in build/pm2.
 const path = require("path");
+
+// The release being served (diabetes/releases.py): its script, its copy of
+// the project's package and its model, all named through the `current` link,
+// so that a worker started after `make serve` or `make rollback` switched the
+// link and reloaded gunicorn imports that release, and never the working tree.
+const releasesDir = path.resolve(__dirname, process.env.RELEASES_DIR || path.join("build", "releases"));
+const currentRelease = path.join(releasesDir, "current");
+const releaseVariables = {
+  PYTHONPATH: path.join(currentRelease, "package"),
+  DIABETES_MODEL_DIR: path.join(currentRelease, "model"),
+};
 
 // The service's settings (DIABETES_PORT, DIABETES_HOST, DIABETES_MODEL_DIR, ...)
 // are passed on from the environment of `make serve`; unset ones keep the
@@ -33,11 +45,11 @@ module.exports = {
   apps: [
     {
       name: process.env.APP_NAME || "diabetes-api",
-      script: path.join(__dirname, "scripts", "serve.py"),
+      script: path.join(currentRelease, "serve.py"),
       interpreter: path.join(__dirname, ".venv", "bin", "python"),
       cwd: __dirname,
       filter_env: dropTheShellsEnvironment,
-      env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings },
+      env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings, ...releaseVariables },
       autorestart: true,
       // A master that dies within 5 s of starting counts as a failed start;
       // after 10 in a row PM2 gives up instead of looping forever.

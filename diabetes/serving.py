@@ -7,6 +7,9 @@ from http import HTTPStatus
 
 import orjson
 
+# A release's copy of the project's package, beside its script (diabetes/releases.py).
+RELEASE_PACKAGE_DIR = "package"
+
 
 def running_in_notebook() -> bool:
     """True inside Jupyter, papermill or any IPython kernel, where
@@ -23,14 +26,25 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
     a fork (a worker forked from a process that has predicted hangs on its
     first prediction), and a worker that starts later, after a crash or a
     reload, loads the script and the model as they are on disk then. The
-    process keeps its pid, so PM2 keeps supervising it."""
+    process keeps its pid, so PM2 keeps supervising it.
+
+    Run from a release (build/releases/current/serve.py, see
+    diabetes/releases.py), the script's folder and the release's own package
+    go first on the workers' path, named through the `current` link: a worker
+    that starts after a reload imports the release `current` names, and
+    never the project's working tree, whose folder is gunicorn's working
+    directory (which gunicorn also puts on the path)."""
     script_dir, script_file = os.path.split(os.path.abspath(script_path))
     module = os.path.splitext(script_file)[0]
+    release_package = os.path.join(script_dir, RELEASE_PACKAGE_DIR)
+    # gunicorn puts each of these first on the path in turn: the last one ends up first.
+    python_path = [script_dir, *([release_package] if os.path.isdir(release_package) else [])]
     os.execv(sys.executable, [
-        sys.executable, "-m", "gunicorn", f"{module}:{app_name}",
+        # -P: the working directory is not put on the path before gunicorn's own settings are read.
+        sys.executable, "-P", "-m", "gunicorn", f"{module}:{app_name}",
         # A file, not a module: gunicorn reads it again on a reload (SIGHUP).
         "--config", os.path.join(os.path.dirname(__file__), "gunicorn_config.py"),
-        "--pythonpath", script_dir,
+        "--pythonpath", ",".join(python_path),
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
         "--name", module,

@@ -1,0 +1,297 @@
+"""Releases: everything the service runs, built once, checked, then served as it is.
+
+    python -m diabetes.releases stage    RELEASES_DIR --script S --notebook N --package DIR --model VERSION_DIR
+    python -m diabetes.releases seal     RELEASES_DIR --passed CHECK... [--models-dir MODELS_DIR]
+    python -m diabetes.releases list     RELEASES_DIR
+    python -m diabetes.releases rollback RELEASES_DIR [--models-dir MODELS_DIR]
+    python -m diabetes.releases current  RELEASES_DIR
+
+A release is a folder that is never changed once sealed:
+
+    build/releases/
+        20261130T010203Z-1a2b3c4d/
+            serve.py         the script nbconvert generated from the endpoint notebook
+            serve.ipynb      that notebook, which papermill runs against the release to check it
+            package/         the project's package (diabetes/) as it was, first on the workers' path
+            model/           a copy of the model version (its sha256 is checked at every load)
+            settings.json    the service's settings as resolved at build (secrets left out)
+            manifest.json    every file's sha256, the git commit and whether the tree had uncommitted
+                             changes, the model version, when it was built, the checks it passed
+        current -> 20261130T010203Z-1a2b3c4d
+
+`make serve` stages a release in `.staging`, runs the endpoint notebook against
+it, then seals it: the model is checked again, the manifest written, the folder
+made read-only and renamed to its id, and `current` switched to it with a
+rename. gunicorn's workers import the script and the package through `current`
+only, so nothing of the working tree reaches them. A rollback points `current`
+at the release before it, once every file still matches its manifest.
+"""
+
+import argparse
+import compileall
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from diabetes.serving import RELEASE_PACKAGE_DIR as PACKAGE_DIR
+
+CURRENT_LINK = "current"
+STAGING = ".staging"
+MANIFEST_FILE = "manifest.json"
+SETTINGS_FILE = "settings.json"
+SCRIPT_FILE = "serve.py"
+NOTEBOOK_FILE = "serve.ipynb"
+MODEL_DIR = "model"
+# Settings that are secrets: the release records whether they are set, never their value.
+SECRET_SETTINGS = ("api_key",)
+# Files whose content pins what the release runs on, recorded by hash in the manifest.
+DEPENDENCY_LOCKS = ("requirements.txt", "package-lock.json")
+
+
+class ReleaseRefused(Exception):
+    """A release cannot be built, sealed or served; the message says why."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of every file under `folder` but the manifest, by relative path."""
+    return {path.relative_to(folder).as_posix(): sha256_file(path)
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_FILE}
+
+
+def git_state(project: Path) -> tuple[str | None, bool | None]:
+    """The commit checked out, and whether the tree differs from it (None, None outside git)."""
+    def git(*arguments):
+        return subprocess.run(["git", "-C", str(project), *arguments], capture_output=True, text=True, timeout=30)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+def resolved_settings(notebook: Path) -> dict:
+    """The endpoint notebook's parameters with the environment's overrides, as
+    the service reads them; the model is the release's own copy."""
+    from diabetes.settings import notebook_defaults, override_from_environment
+
+    settings = override_from_environment(notebook_defaults(str(notebook)))
+    settings["model_dir"] = MODEL_DIR
+    for name in SECRET_SETTINGS:
+        if name in settings:
+            settings[name] = "(set)" if settings[name] else ""
+    return settings
+
+
+def copy_package(source: Path, destination: Path):
+    """The package's sources, without the bytecode a working tree collects."""
+    shutil.copytree(source, destination / source.name,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "*.egg-info"))
+
+
+def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model: Path) -> Path:
+    """Copy what will run into `releases_dir/.staging` and check that the
+    model copy matches its sha256; the checks and the seal come next."""
+    from diabetes.bundle import ModelRefused, load_bundle
+
+    staging = releases_dir / STAGING
+    make_writable(staging)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copy2(script, staging / SCRIPT_FILE)
+    shutil.copy2(notebook, staging / NOTEBOOK_FILE)
+    copy_package(package, staging / PACKAGE_DIR)
+    model = model.resolve()
+    shutil.copytree(model, staging / MODEL_DIR)
+    (staging / SETTINGS_FILE).write_text(json.dumps(resolved_settings(notebook), indent=2) + "\n")
+    try:
+        bundle = load_bundle(staging / MODEL_DIR)
+    except ModelRefused as error:
+        raise ReleaseRefused(str(error)) from error
+    if bundle.version != model.name:
+        raise ReleaseRefused(f"folder {model.name} holds model version {bundle.version}")
+    commit, dirty = git_state(Path.cwd())
+    (staging / ".source.json").write_text(json.dumps({
+        "commit": commit, "dirty": dirty, "model_version": bundle.version,
+        "model_sha256": bundle.metadata["model_sha256"],
+        "sources": {"script": str(script), "notebook": str(notebook), "package": str(package), "model": str(model)},
+        "dependency_locks": {name: sha256_file(Path(name)) for name in DEPENDENCY_LOCKS if Path(name).exists()},
+    }))
+    return staging
+
+
+def model_checks(model_dir: Path, version: str) -> list[str]:
+    """The model's checks, as a promotion runs them; the names of those passed."""
+    from diabetes.bundle import ModelRefused, load_bundle
+
+    try:
+        bundle = load_bundle(model_dir)
+    except ModelRefused as error:
+        raise ReleaseRefused(str(error)) from error
+    if bundle.version != version:
+        raise ReleaseRefused(f"the release's model is version {bundle.version}, not {version}")
+    if not bundle.sample_check_passes():
+        raise ReleaseRefused(f"model {version} does not give its sample row the probability recorded in training")
+    return ["model matches its sha256", "sample prediction as recorded"]
+
+
+def seal(releases_dir: Path, passed: list[str], models_dir: Path | None = None) -> str:
+    """Check the staged release's model, write its manifest, make it
+    read-only, give it its id and serve it (switch `current`)."""
+    staging = releases_dir / STAGING
+    if not (staging / ".source.json").exists():
+        raise ReleaseRefused(f"nothing staged in {staging}")
+    source = json.loads((staging / ".source.json").read_text())
+    (staging / ".source.json").unlink()
+    checks = [*passed, *model_checks(staging / MODEL_DIR, source["model_version"])]
+    # Bytecode compiled now, so that workers never write into the release (they cannot: it is read-only).
+    compileall.compile_dir(staging, quiet=1, force=True,
+                           invalidation_mode=compileall.py_compile.PycInvalidationMode.CHECKED_HASH)
+    files = file_hashes(staging)
+    content = hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in files.items()
+                                     if not name.endswith(".pyc")).encode()).hexdigest()
+    built_at = datetime.now(timezone.utc)
+    release = f"{built_at:%Y%m%dT%H%M%SZ}-{content[:8]}"
+    manifest = {"release": release, "built_at": built_at.isoformat(timespec="seconds"),
+                "commit": source["commit"], "dirty": source["dirty"],
+                "model_version": source["model_version"], "model_sha256": source["model_sha256"],
+                "checks_passed": checks, "python": sys.version.split()[0],
+                "dependency_locks": source["dependency_locks"], "sources": source["sources"],
+                "content_sha256": content, "files": files}
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    make_read_only(staging)
+    staging.rename(releases_dir / release)
+    serve(releases_dir, release, models_dir)
+    return release
+
+
+def make_read_only(folder: Path):
+    for path in [*folder.rglob("*"), folder]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+def make_writable(folder: Path):
+    """Owner write access back, so that a release can be deleted."""
+    if folder.exists():
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+
+
+def releases(releases_dir: Path) -> list[str]:
+    """Release ids, oldest first (they start with the build time)."""
+    if not releases_dir.is_dir():
+        return []
+    return sorted(path.name for path in releases_dir.iterdir()
+                  if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
+
+
+def current_release(releases_dir: Path) -> str | None:
+    link = releases_dir / CURRENT_LINK
+    return link.resolve().name if link.is_symlink() else None
+
+
+def read_manifest(releases_dir: Path, release: str) -> dict:
+    return json.loads((releases_dir / release / MANIFEST_FILE).read_text())
+
+
+def changed_files(releases_dir: Path, release: str) -> list[str]:
+    """Files added, removed or changed since the release was sealed."""
+    recorded = read_manifest(releases_dir, release)["files"]
+    found = file_hashes(releases_dir / release)
+    return sorted(name for name in recorded.keys() | found.keys() if recorded.get(name) != found.get(name))
+
+
+def serve(releases_dir: Path, release: str, models_dir: Path | None = None):
+    """Point `current` at `release` with a rename (a reader sees the old link
+    or the new one), and the models' `current` link at its model version."""
+    next_link = releases_dir / f".{CURRENT_LINK}.next"
+    next_link.unlink(missing_ok=True)
+    next_link.symlink_to(release, target_is_directory=True)
+    next_link.rename(releases_dir / CURRENT_LINK)
+    if models_dir is not None:
+        from diabetes.bundle import CURRENT_LINK as MODEL_CURRENT_LINK, point_link
+
+        version = read_manifest(releases_dir, release)["model_version"]
+        if (models_dir / version).is_dir():
+            point_link(models_dir, MODEL_CURRENT_LINK, version)
+
+
+def rollback(releases_dir: Path, models_dir: Path | None = None) -> str:
+    """Serve the release before the current one, code and model together,
+    once its files still match its manifest and its model passes its checks."""
+    current = current_release(releases_dir)
+    older = [release for release in releases(releases_dir) if current is None or release < current]
+    if not older:
+        raise ReleaseRefused(f"no release older than {current} to roll back to")
+    release = older[-1]
+    changed = changed_files(releases_dir, release)
+    if changed:
+        raise ReleaseRefused(f"release {release} was changed after it was sealed: {', '.join(changed[:5])}")
+    model_checks(releases_dir / release / MODEL_DIR, read_manifest(releases_dir, release)["model_version"])
+    serve(releases_dir, release, models_dir)
+    return release
+
+
+def describe(releases_dir: Path) -> str:
+    """One line per release: id, model version, code commit (+ when the tree
+    had uncommitted changes), when built, checks passed; * marks the current one."""
+    current = current_release(releases_dir)
+    lines = [f"  {'release':<27}{'model version':<27}{'code commit':<19}{'built (UTC)':<21}checks passed"]
+    for release in releases(releases_dir):
+        try:
+            manifest = read_manifest(releases_dir, release)
+            commit = (manifest["commit"] or "unknown")[:12] + ("+dirty" if manifest["dirty"] else "")
+            changed = changed_files(releases_dir, release)
+            figures = (f"{manifest['model_version']:<27}{commit:<19}{manifest['built_at'][:19]:<21}"
+                       f"{len(manifest['checks_passed'])}: {', '.join(manifest['checks_passed'])}"
+                       + (f"  CHANGED SINCE SEALED: {', '.join(changed[:3])}" if changed else ""))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            figures = f"unreadable: {error}"
+        lines.append(f"{'*' if release == current else ' '} {release:<27}{figures}")
+    return "\n".join(lines)
+
+
+def main(argv) -> int:
+    parser = argparse.ArgumentParser(description="Build, check, list and roll back releases.")
+    parser.add_argument("command", choices=["stage", "seal", "list", "rollback", "current"])
+    parser.add_argument("releases_dir", type=Path)
+    parser.add_argument("--script", type=Path)
+    parser.add_argument("--notebook", type=Path)
+    parser.add_argument("--package", type=Path)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--passed", nargs="*", default=[], help="checks the staged release passed")
+    parser.add_argument("--models-dir", type=Path, help="keep this folder's `current` link on the served model")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "stage":
+            args.releases_dir.mkdir(parents=True, exist_ok=True)
+            print(stage(args.releases_dir, args.script, args.notebook, args.package, args.model))
+        elif args.command == "seal":
+            release = seal(args.releases_dir, args.passed, args.models_dir)
+            print(f"serving release {release}")
+        elif args.command == "list":
+            print(describe(args.releases_dir))
+        elif args.command == "current":
+            print(current_release(args.releases_dir) or "")
+        else:
+            print(f"rolled back: serving release {rollback(args.releases_dir, args.models_dir)}")
+    except (ReleaseRefused, OSError) as error:
+        print(f"refused: {error}; still serving release {current_release(args.releases_dir)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
