@@ -29,7 +29,6 @@ AVOIDED_PORTS = {5000}
 INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR", "APP_NAME")
 SETTINGS_PREFIX = "DIABETES_"
 PM2 = PROJECT / "node_modules" / ".bin" / "pm2"
-SERVICE_SCRIPT = PROJECT / "scripts" / "serve.py"
 # A benchmark measures what is installed: it never reinstalls packages, as
 # make would after a change to requirements.txt.
 KEEP_INSTALLED = ("--old-file=.venv/.installed", "--old-file=node_modules/.installed")
@@ -294,6 +293,10 @@ class ServiceUnderPM2(Server):
         self.models_dir = models_dir
         self.pm2_home = self.workdir / "pm2"
         self.master_pid = None
+        # Beside the models, as the Makefile's RELEASES_DIR is by default.
+        self.releases_dir = models_dir.parent / "releases" if models_dir else PROJECT / "build" / "releases"
+        # The script PM2 runs: the current release's.
+        self.service_script = self.releases_dir / "current" / "serve.py"
 
     def make_variables(self) -> list[str]:
         variables = [f"PM2_HOME={self.pm2_home}", f"LOG_DIR={self.workdir / 'logs'}"]
@@ -315,8 +318,8 @@ class ServiceUnderPM2(Server):
     def nothing_to_redeploy(self) -> bool:
         """Would `make serve` now only check the service: no conversion, no
         training, no deploy? `make -q` on the Makefile's deploy stamp."""
-        models_dir = self.models_dir or "build/models"  # the Makefile's MODELS_DIR, spelled as make spells it
-        return self.make("-q", f"{models_dir}/.deployed", timeout=60).returncode == 0
+        releases_dir = self.releases_dir if self.models_dir else "build/releases"  # as make spells it
+        return self.make("-q", f"{releases_dir}/.deployed", timeout=60).returncode == 0
 
     @property
     def root_pid(self) -> int:
@@ -343,7 +346,7 @@ class ServiceUnderPM2(Server):
         self.answer = self.wait_until_answering(30)
 
     def _gunicorn_master_pid(self) -> int:
-        """The pid PM2 started for scripts/serve.py, which became the gunicorn
+        """The pid PM2 started for the current release's serve.py, which became the gunicorn
         master. Found by its script, not its name: ecosystem.config.js names
         it from the environment, and runs other apps beside it (log rotation)."""
         result = run_bounded([str(PM2), "jlist"], timeout=30, cwd=PROJECT,
@@ -353,10 +356,10 @@ class ServiceUnderPM2(Server):
         except ValueError:
             raise ServerFailed(f"pm2 jlist gave no list of apps: {result.stdout[-500:]} {result.stderr[-500:]}")
         pids = [app["pid"] for app in apps
-                if app.get("pid") and Path(app["pm2_env"].get("pm_exec_path", "")) == SERVICE_SCRIPT]
+                if app.get("pid") and Path(app["pm2_env"].get("pm_exec_path", "")) == self.service_script]
         if len(pids) != 1:
             running = {app.get("name"): app["pm2_env"].get("pm_exec_path") for app in apps}
-            raise ServerFailed(f"expected one app of {SERVICE_SCRIPT} under PM2 in {self.pm2_home}, "
+            raise ServerFailed(f"expected one app of {self.service_script} under PM2 in {self.pm2_home}, "
                                f"found pids {pids} among {running}")
         return pids[0]
 

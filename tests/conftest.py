@@ -20,8 +20,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
 
 
-def make(*arguments, env=None, check=True, timeout=300) -> subprocess.CompletedProcess:
-    result = subprocess.run(["make", "--no-print-directory", "-C", str(PROJECT), *arguments],
+def make(*arguments, env=None, check=True, timeout=300, project=PROJECT) -> subprocess.CompletedProcess:
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(project), *arguments],
                             env=env or clean_environment(), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         pytest.fail(f"make {' '.join(arguments)} failed ({result.returncode}):\n"
@@ -37,17 +37,20 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(workspace) -> dict:
     """`make train` with the fast parameter set: the make variables that place
-    its outputs, and the folder of the models it published."""
+    its outputs (the generated scripts too, and the releases beside the
+    models), and the folder of the models it published."""
     variables = {"MODELS_DIR": str(workspace / "models"), "RUNS_DIR": str(workspace / "runs"),
-                 "TRAIN_PARAMS": FAST_PARAMS}
+                 "SCRIPTS_DIR": str(workspace / "scripts"), "TRAIN_PARAMS": FAST_PARAMS}
     make("train", *[f"{name}={value}" for name, value in variables.items()])
     return {"variables": variables, "models_dir": workspace / "models"}
 
 
 @pytest.fixture(scope="session")
-def scripts():
-    make("scripts")
-    return PROJECT / "scripts"
+def scripts(workspace):
+    """`make scripts` into the tests' own folder: the project's scripts/ may be
+    what a running service was built from."""
+    make("scripts", f"SCRIPTS_DIR={workspace / 'scripts'}")
+    return workspace / "scripts"
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +115,8 @@ def service(workspace, trained):
                  f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
     env = clean_environment(DIABETES_PORT=str(port))
     service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "pm2_home": workspace / "pm2", "models_dir": trained["models_dir"]}
+               "pm2_home": workspace / "pm2", "models_dir": trained["models_dir"],
+               "releases_dir": workspace / "releases"}
     try:
         make("serve", *variables, env=env)
         yield service

@@ -41,7 +41,8 @@ def service(trained, tmp_path_factory):
     key_file.chmod(0o600)
     port = free_port()
     variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
+                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
+                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
     env = clean_environment(DIABETES_PORT=str(port), DIABETES_API_KEY_FILE=str(key_file),
                             DIABETES_PREDICTION_LOG=str(workspace / "predictions.jsonl"),
                             **dict([UNRELATED_SECRET]))

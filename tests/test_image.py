@@ -141,7 +141,8 @@ def image(trained, model_version):
     with build_lock():
         timed_make("base image (s)", "base-image", timeout=1200)
         timed_make("image build (s)", "image", f"IMAGE={IMAGE}", f"BASE_IMAGE={LOCAL_BASE}",
-                   f"IMAGE_MODEL={trained['models_dir'] / 'latest'}", timeout=1200)
+                   f"IMAGE_MODEL={trained['models_dir'] / 'latest'}",
+                   f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}", timeout=1200)
     FIGURES["image size (MB)"] = round(int(engine("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout) / 1e6)
     yield IMAGE
     with build_lock():
@@ -273,8 +274,8 @@ def test_podman_stop_lets_a_request_in_flight_finish_and_the_container_exits_0(c
 def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(image, trained, model_version,
                                                                              tmp_path):
     with build_lock():
-        make("image", f"IMAGE={UNBAKED_IMAGE}", f"BASE_IMAGE={LOCAL_BASE}", "IMAGE_MODEL=", env=engine_environment(),
-             timeout=600)
+        make("image", f"IMAGE={UNBAKED_IMAGE}", f"BASE_IMAGE={LOCAL_BASE}", "IMAGE_MODEL=",
+             f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}", env=engine_environment(), timeout=600)
     models = tmp_path / "models"
     shutil.copytree(trained["models_dir"] / model_version, models / model_version)
     (models / "current").symlink_to(model_version)

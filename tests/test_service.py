@@ -38,7 +38,7 @@ def test_pm2_runs_the_generated_script_with_the_projects_python_under_gunicorn(s
     app = app_process(service)
     environment = app["pm2_env"]
     assert environment["status"] == "online"
-    assert environment["pm_exec_path"] == str(PROJECT / "scripts" / "serve.py")
+    assert environment["pm_exec_path"] == str(service["releases_dir"] / "current" / "serve.py")
     assert environment["exec_interpreter"] == str(PROJECT / ".venv" / "bin" / "python")
     command = Path(f"/proc/{app['pid']}/cmdline").read_text().split("\0")
     assert "gunicorn" in command and "serve:app" in command
