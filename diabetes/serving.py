@@ -29,26 +29,33 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
     process keeps its pid, so PM2 keeps supervising it.
 
     Run from a release (build/releases/current/serve.py, see
-    diabetes/releases.py), the script's folder and the release's own package
+    diabetes/releases.py), the release's own package and the script's folder
     go first on the workers' path, named through the `current` link: a worker
-    that starts after a reload imports the release `current` names, and
-    never the project's working tree, whose folder is gunicorn's working
-    directory (which gunicorn also puts on the path)."""
+    that starts after a reload imports the release `current` names, never the
+    working tree. gunicorn puts its working directory (the project, where
+    diabetes/ is) on the path too, and `--pythonpath` entries ahead of it only
+    if they are not on the path already: so they are taken out of the
+    PYTHONPATH this process passes on. (A hooks file that imports the package
+    at its top would still get the working tree's: gunicorn reads it first.)"""
     script_dir, script_file = os.path.split(os.path.abspath(script_path))
     module = os.path.splitext(script_file)[0]
     release_package = os.path.join(script_dir, RELEASE_PACKAGE_DIR)
     # gunicorn puts each of these first on the path in turn: the last one ends up first.
     python_path = [script_dir, *([release_package] if os.path.isdir(release_package) else [])]
-    os.execv(sys.executable, [
-        # -P: the working directory is not put on the path before gunicorn's own settings are read.
-        sys.executable, "-P", "-m", "gunicorn", f"{module}:{app_name}",
+    inherited_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                      if entry and os.path.abspath(entry) not in python_path]
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    if inherited_path:
+        environment["PYTHONPATH"] = os.pathsep.join(inherited_path)
+    os.execve(sys.executable, [
+        sys.executable, "-m", "gunicorn", f"{module}:{app_name}",
         # A file, not a module: gunicorn reads it again on a reload (SIGHUP).
         "--config", os.path.join(os.path.dirname(__file__), "gunicorn_config.py"),
         "--pythonpath", ",".join(python_path),
         "--bind", f"{host}:{port}",
         "--workers", str(workers),
         "--name", module,
-    ])
+    ], environment)
 
 
 def write_server_refusal(sock, status: int, reason: str, message: str):
