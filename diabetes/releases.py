@@ -164,7 +164,7 @@ def seal(releases_dir: Path, passed: list[str], models_dir: Path | None = None) 
                                      if not name.endswith(".pyc")).encode()).hexdigest()
     built_at = datetime.now(timezone.utc)
     release = f"{built_at:%Y%m%dT%H%M%SZ}-{content[:8]}"
-    manifest = {"release": release, "built_at": built_at.isoformat(timespec="seconds"),
+    manifest = {"release": release, "built_at": built_at.isoformat(timespec="microseconds"),
                 "commit": source["commit"], "dirty": source["dirty"],
                 "model_version": source["model_version"], "model_sha256": source["model_sha256"],
                 "checks_passed": checks, "python": sys.version.split()[0],
@@ -190,11 +190,20 @@ def make_writable(folder: Path):
 
 
 def releases(releases_dir: Path) -> list[str]:
-    """Release ids, oldest first (they start with the build time)."""
+    """Release ids, oldest first: by the build time in their manifests, which
+    tells apart two releases built within the second that their ids name."""
     if not releases_dir.is_dir():
         return []
-    return sorted(path.name for path in releases_dir.iterdir()
-                  if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
+
+    def built_at(release: str) -> str:
+        try:
+            return read_manifest(releases_dir, release)["built_at"]
+        except (OSError, ValueError, KeyError):
+            return ""
+
+    names = [path.name for path in releases_dir.iterdir()
+             if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
+    return sorted(names, key=lambda name: (name[:16], built_at(name), name))
 
 
 def current_release(releases_dir: Path) -> str | None:
@@ -232,7 +241,8 @@ def rollback(releases_dir: Path, models_dir: Path | None = None) -> str:
     """Serve the release before the current one, code and model together,
     once its files still match its manifest and its model passes its checks."""
     current = current_release(releases_dir)
-    older = [release for release in releases(releases_dir) if current is None or release < current]
+    listed = releases(releases_dir)
+    older = listed[:listed.index(current)] if current in listed else listed
     if not older:
         raise ReleaseRefused(f"no release older than {current} to roll back to")
     release = older[-1]
