@@ -104,8 +104,6 @@ def copy_package(source: Path, destination: Path):
 def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model: Path) -> Path:
     """Copy what will run into `releases_dir/.staging` and check that the
     model copy matches its sha256; the checks and the seal come next."""
-    from diabetes.bundle import ModelRefused, load_bundle
-
     staging = releases_dir / STAGING
     make_writable(staging)
     shutil.rmtree(staging, ignore_errors=True)
@@ -116,20 +114,30 @@ def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model
     model = model.resolve()
     shutil.copytree(model, staging / MODEL_DIR)
     (staging / SETTINGS_FILE).write_text(json.dumps(resolved_settings(notebook), indent=2) + "\n")
-    try:
-        bundle = load_bundle(staging / MODEL_DIR)
-    except ModelRefused as error:
-        raise ReleaseRefused(str(error)) from error
-    if bundle.version != model.name:
-        raise ReleaseRefused(f"folder {model.name} holds model version {bundle.version}")
+    metadata = verified_model_copy(staging / MODEL_DIR)
+    if metadata["version"] != model.name:
+        raise ReleaseRefused(f"folder {model.name} holds model version {metadata['version']}")
     commit, dirty = git_state(Path.cwd())
     (staging / ".source.json").write_text(json.dumps({
-        "commit": commit, "dirty": dirty, "model_version": bundle.version,
-        "model_sha256": bundle.metadata["model_sha256"],
+        "commit": commit, "dirty": dirty, "model_version": metadata["version"],
+        "model_sha256": metadata["model_sha256"],
         "sources": {"script": str(script), "notebook": str(notebook), "package": str(package), "model": str(model)},
         "dependency_locks": {name: sha256_file(Path(name)) for name in DEPENDENCY_LOCKS if Path(name).exists()},
     }))
     return staging
+
+
+def verified_model_copy(model_dir: Path) -> dict:
+    """The metadata of a copied model version whose file matches its sha256
+    (read without XGBoost, which takes seconds to import: the checks load it)."""
+    try:
+        metadata = json.loads((model_dir / "metadata.json").read_text())
+        model_file = model_dir / Path(metadata["model_file"]).name
+        if sha256_file(model_file) != metadata["model_sha256"]:
+            raise ReleaseRefused(f"{model_file} does not match the sha256 in its metadata")
+        return metadata
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ReleaseRefused(f"cannot read the model in {model_dir}: {error}") from error
 
 
 def model_checks(model_dir: Path, version: str) -> list[str]:
