@@ -122,7 +122,8 @@ def test_the_model_trained_on_the_cluster_is_served_by_make_serve(trained_on_clu
     env = clean_environment(DIABETES_PORT=str(port))
     variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={trained_on_cluster / 'runs'}",
                  f"TRAIN_PARAMS={FAST_PARAMS} {trained_on_cluster / 'cluster.yaml'}",
-                 f"PM2_HOME={tmp_path / 'pm2'}", f"LOG_DIR={tmp_path / 'logs'}"]
+                 f"PM2_HOME={tmp_path / 'pm2'}", f"LOG_DIR={tmp_path / 'logs'}",
+                 f"SCRIPTS_DIR={tmp_path / 'scripts'}"]
     try:
         result = make("serve", *variables, env=env, timeout=300)
         assert "papermill notebooks/train.ipynb" not in result.stdout, "make serve should not train again"

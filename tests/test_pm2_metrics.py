@@ -38,7 +38,8 @@ def service(trained, tmp_path_factory):
     shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
     port = free_port()
     variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
+                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
+                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
     env = clean_environment(DIABETES_PORT=str(port), DIABETES_RELEASE=RELEASE)
     service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
                "pm2_home": workspace / "pm2", "models_dir": models_dir,
