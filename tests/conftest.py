@@ -5,9 +5,11 @@ folder so that the tests never touch the user's service or models."""
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,41 @@ def service(workspace, trained):
         assert not (daemon and Path(f"/proc/{daemon}").exists()), "make stop left the PM2 daemon running"
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+@contextmanager
+def service_of_its_own(trained, workspace: Path, **settings):
+    """`make serve` for a test module that deploys, kills or configures its
+    service: a copy of the fast run's models, its own PM2 home, logs, scripts
+    and port, `settings` in the environment of `make serve`; `make stop` on
+    the way out."""
+    models_dir = workspace / "models"
+    shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
+    port = free_port()
+    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
+                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
+                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
+    env = clean_environment(DIABETES_PORT=str(port), **settings)
+    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
+               "workspace": workspace, "pm2_home": workspace / "pm2", "models_dir": models_dir}
+    try:
+        make("serve", *variables, env=env)
+        yield service
+    finally:
+        make("stop", *variables, env=env, check=False)
+
+
+def pm2(service, *arguments) -> str:
+    """A pm2 command in the service's own PM2 home; its output."""
+    return subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), *arguments], capture_output=True, text=True,
+                          check=True, timeout=30,
+                          env={**service["env"], "PM2_HOME": str(service["pm2_home"])}).stdout
+
+
+def pm2_app(service) -> dict:
+    """The service's app as `pm2 jlist` describes it."""
+    [app] = [app for app in json.loads(pm2(service, "jlist")) if app["name"] == "diabetes-api"]
+    return app
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,14 @@ They run in a process of their own: hundreds of threads in the test's
 process would make its own measuring requests wait for the interpreter lock,
 and the test would time itself rather than the service."""
 
+import json
 import multiprocessing
 import socket
 import threading
 import time
 from contextlib import contextmanager
+
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 
 
 @contextmanager
@@ -81,6 +84,18 @@ def _hold_connections(port, idle, slow, byte_every, opened, stop, results):
     results.put(dict(closed))
     for connection in list(sockets):
         connection.close()
+
+
+def slow_article_call(port: int, pause: float) -> str:
+    """The article's call, its body sent in two parts `pause` seconds apart:
+    in flight for that long. Returns the answer's status line."""
+    body = json.dumps(ARTICLE_BODY).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
+        time.sleep(pause)
+        connection.sendall(body[10:])
+        return connection.makefile("rb").readline().decode().strip()
 
 
 def worst_latency(send, seconds: float) -> float:

@@ -19,7 +19,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
+from conftest import PROJECT, clean_environment, free_port, make, pm2, pm2_app, service_of_its_own
 from diabetes.bundle import LATEST_LINK, point_link
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 from slow_clients import idle_and_slow_connections, worst_latency
@@ -35,25 +35,13 @@ def service(trained, tmp_path_factory):
     """A service of this module's own, with an API key from a 0600 file and a
     prediction log, started by `make serve` from a shell holding a secret."""
     workspace = tmp_path_factory.mktemp("hostile")
-    models_dir = workspace / "models"
-    shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
     key_file = workspace / "api-key"
     key_file.write_text(API_KEY + "\n")
     key_file.chmod(0o600)
-    port = free_port()
-    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
-                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
-    env = clean_environment(DIABETES_PORT=str(port), DIABETES_API_KEY_FILE=str(key_file),
+    with service_of_its_own(trained, workspace, DIABETES_API_KEY_FILE=str(key_file),
                             DIABETES_PREDICTION_LOG=str(workspace / "predictions.jsonl"),
-                            **dict([UNRELATED_SECRET]))
-    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "workspace": workspace, "pm2_home": workspace / "pm2", "models_dir": models_dir}
-    try:
-        make("serve", *variables, env=env)
+                            **dict([UNRELATED_SECRET])) as service:
         yield service
-    finally:
-        make("stop", *variables, env=env, check=False)
 
 
 def keyed(**headers) -> dict:
@@ -347,10 +335,9 @@ def test_what_the_http_server_refuses_is_a_json_error_counted_in_the_metrics(ser
 # ---- private state and logs ---------------------------------------------------
 
 def test_pm2_passes_the_apps_only_their_settings(service):
-    listing = subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "jlist"], capture_output=True, text=True,
-                             check=True, env={**service["env"], "PM2_HOME": str(service["pm2_home"])}).stdout
+    listing = pm2(service, "jlist")
     assert UNRELATED_SECRET[1] not in listing and API_KEY not in listing
-    [app] = [app for app in json.loads(listing) if app["name"] == "diabetes-api"]
+    app = pm2_app(service)
     environment = Path(f"/proc/{app['pid']}/environ").read_bytes().decode().split("\0")
     assert not any(entry.startswith(UNRELATED_SECRET[0] + "=") for entry in environment)
     assert f"DIABETES_PORT={service['port']}" in environment

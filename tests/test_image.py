@@ -15,19 +15,18 @@ figures measured are printed (pytest -s)."""
 import fcntl
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import PROJECT, clean_environment, free_port, make
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from slow_clients import slow_article_call
 
 ENGINE = PROJECT / "container" / "engine"
 STORE = PROJECT / "build" / "container-store"
@@ -113,18 +112,6 @@ def gunicorn_processes(name: str) -> tuple[int, list[int]]:
 
 def article_call(port: int) -> requests.Response:
     return requests.post(url_of(port) + ARTICLE_PATH, json=ARTICLE_BODY, timeout=10)
-
-
-def slow_article_call(port: int, pause: float) -> str:
-    """The article's call, its body sent in two parts `pause` seconds apart:
-    in flight for that long. Returns the answer's status line."""
-    body = json.dumps(ARTICLE_BODY).encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
-        time.sleep(pause)
-        connection.sendall(body[10:])
-        return connection.makefile("rb").readline().decode().strip()
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,19 @@ PM2, or with a channel that takes nothing, serves as before."""
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import memory_of_tree, run_wrk, write_wrk_script
-from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
+from conftest import PROJECT, clean_environment, free_port, pm2_app, service_of_its_own
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
 
@@ -34,29 +32,10 @@ def service(trained, tmp_path_factory):
     """A service of this module's own under PM2, told its release id through
     the environment of `make serve`."""
     workspace = tmp_path_factory.mktemp("pm2-metrics")
-    models_dir = workspace / "models"
-    shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
-    port = free_port()
-    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
-                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
-    env = clean_environment(DIABETES_PORT=str(port), DIABETES_RELEASE=RELEASE)
-    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "pm2_home": workspace / "pm2", "models_dir": models_dir,
-               "wrk_script": write_wrk_script(workspace / "article.lua", ARTICLE_BODY)}
-    try:
-        make("serve", *variables, env=env)
+    with service_of_its_own(trained, workspace, DIABETES_RELEASE=RELEASE) as service:
+        service["wrk_script"] = write_wrk_script(workspace / "article.lua", ARTICLE_BODY)
         yield service
-    finally:
-        make("stop", *variables, env=env, check=False)
 
-
-def pm2_app(service) -> dict:
-    listing = subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "jlist"], capture_output=True, text=True,
-                             env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True,
-                             timeout=30).stdout
-    [app] = [app for app in json.loads(listing) if app["name"] == "diabetes-api"]
-    return app
 
 
 def reported(service) -> dict:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,9 +20,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import process_tree, run_wrk, write_wrk_script
-from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
+from conftest import FAST_PARAMS, PROJECT, make, pm2_app, service_of_its_own
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
-from slow_clients import idle_and_slow_connections, worst_latency
+from slow_clients import idle_and_slow_connections, slow_article_call, worst_latency
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5
@@ -54,29 +53,14 @@ def service(trained, tmp_path_factory):
     """A service of this module's own (its models, PM2 home and port), since
     these tests deploy models and kill processes."""
     workspace = tmp_path_factory.mktemp("reliability")
-    models_dir = workspace / "models"
-    shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
-    port = free_port()
-    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
-                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
     # Small logs, checked every second, so that the soak makes PM2 rotate them.
-    env = clean_environment(DIABETES_PORT=str(port), LOG_MAX_SIZE="100K", LOG_CHECK_SECONDS="1")
-    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "models_dir": models_dir, "workspace": workspace, "pm2_home": workspace / "pm2",
-               "wrk_script": write_wrk_script(workspace / "article.lua", ARTICLE_BODY)}
-    try:
-        make("serve", *variables, env=env)
+    with service_of_its_own(trained, workspace, LOG_MAX_SIZE="100K", LOG_CHECK_SECONDS="1") as service:
+        service["wrk_script"] = write_wrk_script(workspace / "article.lua", ARTICLE_BODY)
         yield service
-    finally:
-        make("stop", *variables, env=env, check=False)
 
 
 def master_pid(service) -> int:
-    listing = subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "jlist"], capture_output=True, text=True,
-                             env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True).stdout
-    [app] = [app for app in json.loads(listing) if app["name"] == "diabetes-api"]
-    return app["pid"]
+    return pm2_app(service)["pid"]
 
 
 def workers(service) -> list[int]:
@@ -268,23 +252,11 @@ def test_a_killed_master_is_replaced_under_pm2_and_leaves_no_orphan(service):
     assert orphans == []
 
 
-def slow_request(port, body: bytes, pause: float) -> str:
-    """A request whose body arrives in two parts, `pause` seconds apart: in
-    flight for that long. Returns the status line of the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
-        time.sleep(pause)
-        connection.sendall(body[10:])
-        return connection.makefile("rb").readline().decode().strip()
-
-
 @pytest.mark.parametrize("how", ["pm2 restart", "make stop"])
 def test_a_request_in_flight_during_a_restart_or_stop_gets_its_answer(service, how):
     wait_until_serving(service)
-    body = json.dumps(ARTICLE_BODY).encode()
     answer = {}
-    thread = threading.Thread(target=lambda: answer.update(status=slow_request(service["port"], body, 2)))
+    thread = threading.Thread(target=lambda: answer.update(status=slow_article_call(service["port"], 2)))
     thread.start()
     time.sleep(0.5)
     if how == "pm2 restart":

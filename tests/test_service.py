@@ -10,23 +10,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import requests
 
-from conftest import PROJECT, make
+from conftest import PROJECT, make, pm2, pm2_app
 from diabetes.features import FEATURE_NAMES
 
 ROUTE = "/katana-ml/api/v1.0/diabetes"
-
-
-def pm2(service, *arguments) -> str:
-    return subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), *arguments], capture_output=True, text=True,
-                          check=True, env={**service["env"], "PM2_HOME": str(service["pm2_home"])}).stdout
-
-
-def app_process(service) -> dict:
-    [app] = [app for app in json.loads(pm2(service, "jlist")) if app["name"] == "diabetes-api"]
-    return app
 
 
 def children_of(pid: int) -> list[int]:
@@ -35,7 +24,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def test_pm2_runs_the_generated_script_with_the_projects_python_under_gunicorn(service):
-    app = app_process(service)
+    app = pm2_app(service)
     environment = app["pm2_env"]
     assert environment["status"] == "online"
     assert environment["pm_exec_path"] == str(service["releases_dir"] / "current" / "serve.py")
@@ -69,11 +58,11 @@ def test_a_bad_request_over_http_answers_a_json_400(service):
 
 
 def test_a_second_make_serve_with_nothing_changed_is_a_no_op(service):
-    before = app_process(service)
+    before = pm2_app(service)
     started = time.monotonic()
     result = make("serve", *service["variables"], env=service["env"])
     elapsed = time.monotonic() - started
-    after = app_process(service)
+    after = pm2_app(service)
     assert "papermill" not in result.stdout and "nbconvert" not in result.stdout
     assert after["pid"] == before["pid"]
     assert after["pm2_env"]["restart_time"] == before["pm2_env"]["restart_time"]
@@ -83,7 +72,7 @@ def test_a_second_make_serve_with_nothing_changed_is_a_no_op(service):
 
 
 def test_a_gunicorn_worker_killed_is_replaced_and_the_service_keeps_answering(service):
-    master = app_process(service)["pid"]
+    master = pm2_app(service)["pid"]
     victim = children_of(master)[0]
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 10
