@@ -111,7 +111,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection test bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train
+.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train
 
 ## help     list the verbs (the default)
 help:
@@ -187,9 +187,19 @@ postman: serve
 collection: $(VENV_OK)
 	$(PYTHON) -m diabetes.postman
 
-## test     run the whole test suite (trains, serves under PM2, runs newman; cleans up)
-test: setup wrk postgresql
+## test     lint, then run the whole test suite (trains, serves under PM2, runs newman; cleans up)
+test: setup wrk postgresql lint
 	$(PYTHON) -m pytest
+
+## lint     ruff's checks and its formatting, of the code and the notebooks (make format applies both)
+lint: $(VENV_OK)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+## format   format the code and the notebooks, and fix what ruff's checks can fix
+format: $(VENV_OK)
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
 
 ## bench    load the API over HTTP beside the article's endpoint, a hello-world ceiling, MLServer and MLflow if installed (QUICK=1: short)
 bench: setup wrk $(BENCH_VENV_OK)

@@ -20,8 +20,7 @@ from bench.measure import measure_load, write_raw_wrk_script
 from bench.servers import Server, ServerFailed
 
 # Rows per request of each encoding; one row on /predict shows what the route costs with no batch.
-ROWS_PER_REQUEST = {PREDICT: (1, 100, 1_000, 10_000), V2_JSON: (100, 1_000, 10_000),
-                    V2_BINARY: (100, 1_000, 10_000)}
+ROWS_PER_REQUEST = {PREDICT: (1, 100, 1_000, 10_000), V2_JSON: (100, 1_000, 10_000), V2_BINARY: (100, 1_000, 10_000)}
 # The service's stages, in the order a request goes through them.
 STAGES = ("parse", "validate", "predict", "serialize")
 # Enough for a stable median, few enough to take a second at 10,000 rows.
@@ -91,8 +90,10 @@ def check_answer(url: str, batch: Batch):
     answer, headers, _ = post(url, batch.body)
     count = predictions_in(answer, headers)
     if count != batch.rows:
-        raise ServerFailed(f"{url} answered {'no' if count is None else count} predictions for {batch.rows} rows "
-                           f"({batch.encoding.label})")
+        raise ServerFailed(
+            f"{url} answered {'no' if count is None else count} predictions for {batch.rows} rows "
+            f"({batch.encoding.label})"
+        )
 
 
 def stage_milliseconds(server_timing: str) -> dict[str, float]:
@@ -118,8 +119,9 @@ def time_requests(url: str, batch: Batch, count: int) -> dict:
     return {"server_ms": {name: median(values) for name, values in stages.items()}, "client_ms": median(client)}
 
 
-def load_batches(server: Server, batches: list[Batch], seconds: int, connections: int,
-                 log) -> tuple[list[dict], list[dict]]:
+def load_batches(
+    server: Server, batches: list[Batch], seconds: int, connections: int, log
+) -> tuple[list[dict], list[dict]]:
     """For each encoding then each batch size: check, load with wrk, then
     time requests one by one. Returns the runs, and the encodings the server
     refused (optional ones only: any other refusal fails the benchmark)."""
@@ -132,17 +134,20 @@ def load_batches(server: Server, batches: list[Batch], seconds: int, connections
             except Refused as refusal:
                 if not encoding.optional:
                     raise
-                refused.append({"server": server.key, "encoding": encoding.key, "status": refusal.status,
-                                "detail": refusal.detail})
+                refused.append(
+                    {"server": server.key, "encoding": encoding.key, "status": refusal.status, "detail": refusal.detail}
+                )
                 log(f"  {encoding.label}: not supported ({refusal.status}: {refusal.detail[:120]})")
                 break
-            load = measure_load(url, batch.wrk_script, connections, seconds, server.root_pid,
-                                server.supervisor_pid)
+            load = measure_load(url, batch.wrk_script, connections, seconds, server.root_pid, server.supervisor_pid)
             load["rows_per_second"] = load["requests_per_second"] * batch.rows
             load.update(time_requests(url, batch, TIMED_REQUESTS))
-            runs.append({"server": server.key, "encoding": encoding.key, "rows": batch.rows,
-                         "connections": connections, **load})
-            log(f"  {encoding.key} {batch.rows:>6} rows per request: {load['requests_per_second']:7.0f} requests/s, "
+            runs.append(
+                {"server": server.key, "encoding": encoding.key, "rows": batch.rows, "connections": connections, **load}
+            )
+            log(
+                f"  {encoding.key} {batch.rows:>6} rows per request: {load['requests_per_second']:7.0f} requests/s, "
                 f"{load['rows_per_second']:10,.0f} rows/s, p99 {load['p99_ms']:.1f} ms, "
-                f"errors {sum(load['errors'].values())}")
+                f"errors {sum(load['errors'].values())}"
+            )
     return runs, refused

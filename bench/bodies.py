@@ -29,8 +29,7 @@ class Encoding:
 
 PREDICT = Encoding("predict", "/predict", '`POST /predict`, JSON `{"instances": [...]}`')
 V2_JSON = Encoding("v2_json", V2_INFER, "`POST " + V2_INFER + "`, V2 JSON tensor")
-V2_BINARY = Encoding("v2_binary", V2_INFER, "`POST " + V2_INFER + "`, V2 binary tensor (tritonclient's)",
-                     optional=True)
+V2_BINARY = Encoding("v2_binary", V2_INFER, "`POST " + V2_INFER + "`, V2 binary tensor (tritonclient's)", optional=True)
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,7 @@ class Body:
 
 def data_rows() -> list[list]:
     """The data set's 8 feature columns (the 9th is the label), as numbers."""
+
     def number(text: str):
         return int(text) if text.isdigit() else float(text)
 
@@ -57,8 +57,16 @@ def cyclic_rows(data: list[list], count: int) -> list[list]:
 def v2_json_request(rows: list[list]) -> dict:
     """One FP32 tensor of shape [N, 8], its data flat (row-major), as the
     protocol's canonical form and tritonclient's JSON mode send it."""
-    return {"inputs": [{"name": V2_INPUT, "shape": [len(rows), len(rows[0])], "datatype": "FP32",
-                        "data": [value for row in rows for value in row]}]}
+    return {
+        "inputs": [
+            {
+                "name": V2_INPUT,
+                "shape": [len(rows), len(rows[0])],
+                "datatype": "FP32",
+                "data": [value for row in rows for value in row],
+            }
+        ]
+    }
 
 
 V2_SINGLE_ROW = v2_json_request([ARTICLE_VALUES])
@@ -70,9 +78,17 @@ def v2_binary_request(rows: list[list]) -> tuple[bytes, int]:
     binary too), and the length of its JSON part. tritonclient sends no
     Content-Type."""
     values = [value for row in rows for value in row]
-    header = {"inputs": [{"name": V2_INPUT, "shape": [len(rows), len(rows[0])], "datatype": "FP32",
-                          "parameters": {"binary_data_size": 4 * len(values)}}],
-              "parameters": {"binary_data_output": True}}
+    header = {
+        "inputs": [
+            {
+                "name": V2_INPUT,
+                "shape": [len(rows), len(rows[0])],
+                "datatype": "FP32",
+                "parameters": {"binary_data_size": 4 * len(values)},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
     text = json.dumps(header, separators=(",", ":")).encode()
     return text + struct.pack(f"<{len(values)}f", *values), len(text)
 
@@ -92,7 +108,7 @@ def predictions_in(answer: bytes, headers) -> int | None:
     None when the answer is neither."""
     header_length = headers.get(INFERENCE_HEADER)
     try:
-        document = json.loads(answer[:int(header_length)] if header_length else answer)
+        document = json.loads(answer[: int(header_length)] if header_length else answer)
     except ValueError:
         return None
     if not isinstance(document, dict):
@@ -103,4 +119,3 @@ def predictions_in(answer: bytes, headers) -> int | None:
         return int(document["outputs"][0]["shape"][0])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
-

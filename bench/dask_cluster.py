@@ -32,23 +32,43 @@ class ExternalDaskCluster:
 
     def _start(self, name, arguments):
         if not self.log_dir:
-            return subprocess.Popen([self.dask, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                [self.dask, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
         with open(self.log_dir / f"{name}.log", "w") as log:  # the child keeps its own copy of the file
-            return subprocess.Popen([self.dask, *arguments], stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                [self.dask, *arguments], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def __enter__(self):
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.scheduler = self._start("scheduler", ["scheduler", "--host", LOCALHOST, "--port", str(self.port),
-                                                       "--no-dashboard"])
+            self.scheduler = self._start(
+                "scheduler", ["scheduler", "--host", LOCALHOST, "--port", str(self.port), "--no-dashboard"]
+            )
             self._wait(lambda: port_is_open(self.port), "the scheduler to listen")
             for number in range(self.workers):
-                self.worker_processes.append(self._start(f"worker-{number}", [
-                    "worker", self.address, "--host", LOCALHOST, "--nthreads", "1", "--nworkers", "1",
-                    "--memory-limit", self.memory_limit, "--no-dashboard", "--name", f"worker-{number}"]))
+                self.worker_processes.append(
+                    self._start(
+                        f"worker-{number}",
+                        [
+                            "worker",
+                            self.address,
+                            "--host",
+                            LOCALHOST,
+                            "--nthreads",
+                            "1",
+                            "--nworkers",
+                            "1",
+                            "--memory-limit",
+                            self.memory_limit,
+                            "--no-dashboard",
+                            "--name",
+                            f"worker-{number}",
+                        ],
+                    )
+                )
             self._wait(lambda: len(self.connected_workers()) == self.workers, f"{self.workers} workers to register")
         except BaseException:
             self.stop()
@@ -63,8 +83,10 @@ class ExternalDaskCluster:
         while not condition():
             for process in [self.scheduler, *self.worker_processes]:
                 if process.poll() is not None:
-                    raise RuntimeError(f"a dask process exited ({process.returncode}) while waiting for {what}"
-                                       + (f"; logs in {self.log_dir}" if self.log_dir else ""))
+                    raise RuntimeError(
+                        f"a dask process exited ({process.returncode}) while waiting for {what}"
+                        + (f"; logs in {self.log_dir}" if self.log_dir else "")
+                    )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"waited {START_TIMEOUT_SECONDS} s for {what}")
             time.sleep(0.3)

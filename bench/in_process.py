@@ -46,8 +46,7 @@ def microseconds_per_call(call, budget_seconds: float) -> dict:
             timings.append(time.perf_counter_ns() - started)
         repeat_medians.append(median(timings) / 1000)
         calls += len(timings)
-    return {"median": median(repeat_medians), "min": min(repeat_medians), "max": max(repeat_medians),
-            "calls": calls}
+    return {"median": median(repeat_medians), "min": min(repeat_medians), "max": max(repeat_medians), "calls": calls}
 
 
 def tree_depth(node: dict) -> int:
@@ -60,8 +59,12 @@ def leaf_count(node: dict) -> int:
 
 def model_size(bundle) -> dict:
     trees = [json.loads(tree) for tree in bundle.booster.get_dump(dump_format="json")]
-    return {"trees": bundle.metadata["trees"], "trees_in_booster": len(trees),
-            "max_depth": max(map(tree_depth, trees)), "leaves": sum(map(leaf_count, trees))}
+    return {
+        "trees": bundle.metadata["trees"],
+        "trees_in_booster": len(trees),
+        "max_depth": max(map(tree_depth, trees)),
+        "leaves": sum(map(leaf_count, trees)),
+    }
 
 
 def measure(model_dir: Path, budget_seconds: float) -> dict:
@@ -77,10 +80,12 @@ def measure(model_dir: Path, budget_seconds: float) -> dict:
         "row": ARTICLE_BODY["data"],
         "microseconds": {
             "bundle": microseconds_per_call(lambda: bundle.predict_proba(batch_of_one), budget_seconds),
-            "xgboost": microseconds_per_call(lambda: bundle.booster.inplace_predict(to_model_input(batch_of_one)),
-                                             budget_seconds),
-            "article": microseconds_per_call(lambda: article_prediction(classifier, ARTICLE_BODY["data"]),
-                                             budget_seconds),
+            "xgboost": microseconds_per_call(
+                lambda: bundle.booster.inplace_predict(to_model_input(batch_of_one)), budget_seconds
+            ),
+            "article": microseconds_per_call(
+                lambda: article_prediction(classifier, ARTICLE_BODY["data"]), budget_seconds
+            ),
         },
         "max_difference_to_xgboost": float(np.max(np.abs(one_at_a_time - all_at_once))),
         "rows_compared": len(rows),

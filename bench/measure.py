@@ -50,8 +50,9 @@ def run_bounded(command, timeout: float, **options) -> subprocess.CompletedProce
 
     On a timeout or an interruption the whole process group is killed, not
     only its leader: a killed `make` would leave papermill or pm2 running."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, **options)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except BaseException:
@@ -88,8 +89,7 @@ def write_raw_wrk_script(path: Path, body: bytes, headers: dict[str, str]) -> Pa
     if any(set('"\\\n') & set(name + value) for name, value in headers.items()) or "]==]" in str(body_path):
         raise ValueError("a header or the body's path would end the Lua string that holds it")
     lines = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
-    path.write_text(_LUA_FILE_BODY.format(body_path=body_path, headers=lines)
-                    + _LUA_DONE.format(marker=_RESULT_MARKER))
+    path.write_text(_LUA_FILE_BODY.format(body_path=body_path, headers=lines) + _LUA_DONE.format(marker=_RESULT_MARKER))
     return path
 
 
@@ -98,13 +98,21 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
     figures wrk's done() hook printed, with requests/s and latencies in ms."""
     if not url.startswith(LOCALHOST_URL):
         raise ValueError(f"the benchmark loads 127.0.0.1 only, not {url}")
-    command = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s",
-               f"--timeout={WRK_TIMEOUT_SECONDS}s", "-s", str(script), url]
+    command = [
+        "wrk",
+        f"-t{WRK_THREADS}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        f"--timeout={WRK_TIMEOUT_SECONDS}s",
+        "-s",
+        str(script),
+        url,
+    ]
     result = run_bounded(command, timeout=seconds + WRK_TIMEOUT_SECONDS + 20)
     lines = [line for line in result.stdout.splitlines() if line.startswith(_RESULT_MARKER)]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
-    raw = json.loads(lines[-1][len(_RESULT_MARKER):])
+    raw = json.loads(lines[-1][len(_RESULT_MARKER) :])
     return {
         "requests": raw["requests"],
         "seconds": raw["duration_us"] / 1e6,
@@ -122,7 +130,7 @@ def _stat_fields(pid: int) -> list[str]:
     """Fields of /proc/<pid>/stat from the 3rd (state) on: the 2nd, the
     command name, may hold spaces and parentheses, so split after its last ')'."""
     text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def process_tree(root_pid: int) -> list[int]:
@@ -174,8 +182,9 @@ def memory_of_tree(root_pid: int) -> dict:
     return {"master": master, "workers": workers, "total": (master or 0) + sum(workers)}
 
 
-def measure_load(url: str, script: Path, connections: int, seconds: int,
-                 root_pid: int, supervisor_pid: int | None = None) -> dict:
+def measure_load(
+    url: str, script: Path, connections: int, seconds: int, root_pid: int, supervisor_pid: int | None = None
+) -> dict:
     """wrk's figures, plus the CPU the server's process tree (and its
     supervisor, PM2's daemon, when there is one) spent per request, and the
     memory of the tree after the load."""

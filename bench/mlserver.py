@@ -62,13 +62,27 @@ class MlserverServer(ChildProcessServer):
         model_dir = self.repository / MODEL_NAME
         model_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.model_file, model_dir / "model.ubj")
-        (model_dir / "model-settings.json").write_text(json.dumps({
-            "name": MODEL_NAME, "implementation": "mlserver_xgboost.XGBoostModel",
-            "parameters": {"uri": "./model.ubj"}}))
+        (model_dir / "model-settings.json").write_text(
+            json.dumps(
+                {
+                    "name": MODEL_NAME,
+                    "implementation": "mlserver_xgboost.XGBoostModel",
+                    "parameters": {"uri": "./model.ubj"},
+                }
+            )
+        )
         ports = {self.port}
         while len(ports) < 3:
             ports.add(free_port())
         grpc_port, metrics_port = sorted(ports - {self.port})
-        (self.repository / "settings.json").write_text(json.dumps({
-            "host": LOCALHOST, "http_port": self.port, "grpc_port": grpc_port, "metrics_port": metrics_port,
-            "parallel_workers": 0}))
+        (self.repository / "settings.json").write_text(
+            json.dumps(
+                {
+                    "host": LOCALHOST,
+                    "http_port": self.port,
+                    "grpc_port": grpc_port,
+                    "metrics_port": metrics_port,
+                    "parallel_workers": 0,
+                }
+            )
+        )

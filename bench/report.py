@@ -34,8 +34,11 @@ def summarize(runs: list) -> dict:
         "p99_ms": spread(run["p99_ms"] for run in runs),
         "errors": sum(sum(run["errors"].values()) for run in runs),
         "cpu_ms_per_request": spread(run["cpu_ms_per_request"] for run in runs),
-        "pss_mib": {"total": median(run["pss_mib"]["total"] for run in runs),
-                    "master": typical_memory["master"], "workers": typical_memory["workers"]},
+        "pss_mib": {
+            "total": median(run["pss_mib"]["total"] for run in runs),
+            "master": typical_memory["master"],
+            "workers": typical_memory["workers"],
+        },
     }
     if all("supervisor_cpu_ms_per_request" in run for run in runs):
         summary["supervisor_cpu_ms_per_request"] = median(run["supervisor_cpu_ms_per_request"] for run in runs)
@@ -52,8 +55,10 @@ def summarize_batches(runs: list) -> dict:
         by_rows[str(rows)] = {
             **summarize(of_size),
             "rows_per_second": spread(run["rows_per_second"] for run in of_size),
-            "server_ms": {stage: median(run["server_ms"][stage] for run in of_size if stage in run["server_ms"])
-                          for stage in stages},
+            "server_ms": {
+                stage: median(run["server_ms"][stage] for run in of_size if stage in run["server_ms"])
+                for stage in stages
+            },
             "client_ms": median(run["client_ms"] for run in of_size),
         }
     return by_rows
@@ -62,8 +67,7 @@ def summarize_batches(runs: list) -> dict:
 def batch_ratios(runs: list) -> dict:
     """rows/s of the service over MLServer on the same encoding and batch
     size, each round against the same round, then the median."""
-    throughput = {(run["server"], run["encoding"], run["rows"], run["round"]): run["rows_per_second"]
-                  for run in runs}
+    throughput = {(run["server"], run["encoding"], run["rows"], run["round"]): run["rows_per_second"] for run in runs}
     result = {}
     for numerator, denominator, encoding in BATCH_RATIOS:
         per_rows = {}
@@ -73,7 +77,8 @@ def batch_ratios(runs: list) -> dict:
                 per_rows.setdefault(str(rows), []).append(mate / value)
         if per_rows:
             result[f"{numerator}/{denominator} {encoding}"] = {
-                rows: {"median": median(values), "per_round": values} for rows, values in per_rows.items()}
+                rows: {"median": median(values), "per_round": values} for rows, values in per_rows.items()
+            }
     return result
 
 
@@ -106,8 +111,7 @@ def targets(results: dict) -> dict:
     service = results["servers"]["service"]
     single_row = service["by_connections"][TARGET_CONNECTIONS]
     at = f"{TARGET_CONNECTIONS} connections"
-    ratio = {name: per_count.get(TARGET_CONNECTIONS, {}).get("median")
-             for name, per_count in results["ratios"].items()}
+    ratio = {name: per_count.get(TARGET_CONNECTIONS, {}).get("median") for name, per_count in results["ratios"].items()}
     p99 = single_row["p99_ms"]["median"]
     cpu = single_row["cpu_ms_per_request"]["median"]
     service_keys = ("service", "service_v2")
@@ -131,44 +135,89 @@ def targets(results: dict) -> dict:
     return {
         "single_row_vs_ceiling": _at_least(
             f"single row: service ≥ 0.75× the ceiling's requests/s ({at}, median of per-round ratios)",
-            ratio.get("service/ceiling"), 0.75, "×", "no ceiling"),
+            ratio.get("service/ceiling"),
+            0.75,
+            "×",
+            "no ceiling",
+        ),
         "single_row_vs_mlserver": _at_least(
             f"single row, V2 JSON: service ≥ 3× MLServer's requests/s ({at}, median of per-round ratios)",
-            ratio.get("service_v2/mlserver"), 3, "×", _why_missing(results, "mlserver")),
+            ratio.get("service_v2/mlserver"),
+            3,
+            "×",
+            _why_missing(results, "mlserver"),
+        ),
         "single_row_vs_article": _at_least(
             f"single row: service ≥ 5× the article's requests/s ({at}, median of per-round ratios)",
-            ratio.get("service/article"), 5, "×", "no article"),
-        "single_row_p99": _target(f"single row: p99 ≤ 10 ms at {at} (the article's route, median over rounds)",
-                                  p99, f"{p99:.1f} ms", p99 <= 10),
+            ratio.get("service/article"),
+            5,
+            "×",
+            "no article",
+        ),
+        "single_row_p99": _target(
+            f"single row: p99 ≤ 10 ms at {at} (the article's route, median over rounds)",
+            p99,
+            f"{p99:.1f} ms",
+            p99 <= 10,
+        ),
         "single_row_cpu": _target(
-            f"single row: CPU ≤ 0.40 ms per request at {at} (the article's route, gunicorn's processes, "
-            "PM2 apart)", cpu, f"{cpu:.2f} ms", cpu <= 0.40),
-        "service_errors": _target("0 errors (every load of the service: single rows on both routes, batches)",
-                                  errors, str(errors), errors == 0),
+            f"single row: CPU ≤ 0.40 ms per request at {at} (the article's route, gunicorn's processes, PM2 apart)",
+            cpu,
+            f"{cpu:.2f} ms",
+            cpu <= 0.40,
+        ),
+        "service_errors": _target(
+            "0 errors (every load of the service: single rows on both routes, batches)",
+            errors,
+            str(errors),
+            errors == 0,
+        ),
         "batch_predict_rows_per_second": _at_least(
-            f"{rows}: ≥ 1.5 M rows/s as JSON, `/predict` with instances", rows_per_second("predict"),
-            1_500_000, "rows/s", "no figure"),
+            f"{rows}: ≥ 1.5 M rows/s as JSON, `/predict` with instances",
+            rows_per_second("predict"),
+            1_500_000,
+            "rows/s",
+            "no figure",
+        ),
         "batch_v2_json_rows_per_second": _at_least(
-            f"{rows}: ≥ 1.5 M rows/s as JSON, V2 infer", rows_per_second("v2_json"), 1_500_000, "rows/s",
-            "no figure"),
+            f"{rows}: ≥ 1.5 M rows/s as JSON, V2 infer", rows_per_second("v2_json"), 1_500_000, "rows/s", "no figure"
+        ),
         "batch_v2_binary_rows_per_second": _at_least(
-            f"{rows}: ≥ 2.5 M rows/s with V2 binary tensors", rows_per_second("v2_binary"), 2_500_000, "rows/s",
-            _why_missing(results, "service", "v2_binary")),
+            f"{rows}: ≥ 2.5 M rows/s with V2 binary tensors",
+            rows_per_second("v2_binary"),
+            2_500_000,
+            "rows/s",
+            _why_missing(results, "service", "v2_binary"),
+        ),
         "batch_vs_mlserver": _at_least(
             f"{rows}: service ≥ 2× MLServer's rows/s on the same request (V2 JSON; MLServer refuses binary "
             "tensors), median of per-round ratios",
-            batch_vs_mlserver and batch_vs_mlserver["median"], 2, "×", _why_missing(results, "mlserver")),
-        "worker_memory": _target("memory ≤ 150 MiB PSS per worker (largest worker after any load)",
-                                 largest_worker, f"{largest_worker:.0f} MiB", largest_worker <= 150),
-        "in_process_predict": _target("one row in process: `bundle.predict_proba` ≤ 50 µs",
-                                      predict_us, f"{predict_us:.1f} µs", predict_us <= 50),
+            batch_vs_mlserver and batch_vs_mlserver["median"],
+            2,
+            "×",
+            _why_missing(results, "mlserver"),
+        ),
+        "worker_memory": _target(
+            "memory ≤ 150 MiB PSS per worker (largest worker after any load)",
+            largest_worker,
+            f"{largest_worker:.0f} MiB",
+            largest_worker <= 150,
+        ),
+        "in_process_predict": _target(
+            "one row in process: `bundle.predict_proba` ≤ 50 µs", predict_us, f"{predict_us:.1f} µs", predict_us <= 50
+        ),
         "in_process_difference": _target(
-            f"in process: largest difference to XGBoost ≤ 1e-6 over all "
-            f"{results['in_process']['rows_compared']} rows", difference, f"{difference:.1e}", difference <= 1e-6),
-        "make_serve_unchanged": _target("`make serve` with nothing changed ≤ 2 s",
-                                        make_serve, f"{make_serve:.2f} s", make_serve <= 2),
-        "training": _target("training through papermill (`make train`) ≤ 10 s",
-                            training, f"{training:.1f} s", training <= 10),
+            f"in process: largest difference to XGBoost ≤ 1e-6 over all {results['in_process']['rows_compared']} rows",
+            difference,
+            f"{difference:.1e}",
+            difference <= 1e-6,
+        ),
+        "make_serve_unchanged": _target(
+            "`make serve` with nothing changed ≤ 2 s", make_serve, f"{make_serve:.2f} s", make_serve <= 2
+        ),
+        "training": _target(
+            "training through papermill (`make train`) ≤ 10 s", training, f"{training:.1f} s", training <= 10
+        ),
     }
 
 
@@ -180,10 +229,11 @@ def ratios(runs: list, connection_counts) -> dict:
     for numerator, denominator in RATIOS:
         per_count = {}
         for connections in connection_counts:
-            per_round = [throughput[numerator, round_, connections] / throughput[denominator, round_, connections]
-                         for (server, round_, count) in throughput
-                         if server == denominator and count == connections
-                         and (numerator, round_, connections) in throughput]
+            per_round = [
+                throughput[numerator, round_, connections] / throughput[denominator, round_, connections]
+                for (server, round_, count) in throughput
+                if server == denominator and count == connections and (numerator, round_, connections) in throughput
+            ]
             if per_round:
                 per_count[str(connections)] = {"median": median(per_round), "per_round": per_round}
         if per_count:
@@ -222,18 +272,23 @@ def markdown(results: dict) -> str:
         "PSS MiB: total (master + workers) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for key, server in results["servers"].items():
+    for server in results["servers"].values():
         for connections, summary in server["by_connections"].items():
             lines.append(
                 f"| {server['label']} | `{server['path']}` | {connections} | "
                 f"{_with_spread(summary['requests_per_second'], 0)} | "
                 f"{_with_spread(summary['p50_ms'], 1)} | {_with_spread(summary['p99_ms'], 1)} | "
-                f"{summary['errors']} | {_cpu(summary)} | {_memory(summary['pss_mib'])} |")
+                f"{summary['errors']} | {_cpu(summary)} | {_memory(summary['pss_mib'])} |"
+            )
     if results["ratios"]:
         counts = list(next(iter(results["servers"].values()))["by_connections"])
-        lines += ["", "| requests/s ratio (median of per-round ratios) | "
-                  + " | ".join(f"{count} connections" for count in counts) + " |",
-                  "| --- |" + " ---: |" * len(counts)]
+        lines += [
+            "",
+            "| requests/s ratio (median of per-round ratios) | "
+            + " | ".join(f"{count} connections" for count in counts)
+            + " |",
+            "| --- |" + " ---: |" * len(counts),
+        ]
         for name, per_count in results["ratios"].items():
             cells = [f"{per_count[count]['median']:.2f}×" if count in per_count else "–" for count in counts]
             lines.append(f"| {name.replace('/', ' / ')} | " + " | ".join(cells) + " |")
@@ -247,10 +302,17 @@ def markdown(results: dict) -> str:
 
 def _batch_lines(results: dict) -> list[str]:
     batches, plan = results["batches"], results["plan"]
-    stages = list(dict.fromkeys(stage for route in batches["routes"].values()
-                                for summary in route["by_rows"].values() for stage in summary["server_ms"]))
+    stages = list(
+        dict.fromkeys(
+            stage
+            for route in batches["routes"].values()
+            for summary in route["by_rows"].values()
+            for stage in summary["server_ms"]
+        )
+    )
     lines = [
-        "", "### Batches: many rows per request",
+        "",
+        "### Batches: many rows per request",
         "",
         f"`wrk` at {batches['connections']} connections (one per worker of the service) for "
         f"{plan['batch_seconds']} s per size. Stages: the `Server-Timing` header's median over the "
@@ -258,7 +320,8 @@ def _batch_lines(results: dict) -> list[str]:
         "client: the same requests' time as the client saw it (a new connection each).",
         "",
         "| server | request | rows per request | requests/s | rows/s | p50 ms | p99 ms | errors | "
-        + "".join(f"{stage} ms | " for stage in stages) + "client ms | CPU ms/request | PSS MiB |",
+        + "".join(f"{stage} ms | " for stage in stages)
+        + "client ms | CPU ms/request | PSS MiB |",
         "| --- | --- |" + " ---: |" * (10 + len(stages)),
     ]
     for route in batches["routes"].values():
@@ -268,17 +331,27 @@ def _batch_lines(results: dict) -> list[str]:
                 f"{_with_spread(summary['requests_per_second'], 0)} | "
                 f"{_with_spread(summary['rows_per_second'], 0)} | {_with_spread(summary['p50_ms'], 1)} | "
                 f"{_with_spread(summary['p99_ms'], 1)} | {summary['errors']} | "
-                + "".join(f"{summary['server_ms'][stage]:.3f} | " if stage in summary["server_ms"] else "– | "
-                          for stage in stages)
-                + f"{summary['client_ms']:.2f} | {_cpu(summary)} | {_memory(summary['pss_mib'])} |")
+                + "".join(
+                    f"{summary['server_ms'][stage]:.3f} | " if stage in summary["server_ms"] else "– | "
+                    for stage in stages
+                )
+                + f"{summary['client_ms']:.2f} | {_cpu(summary)} | {_memory(summary['pss_mib'])} |"
+            )
     for refusal in batches["not_supported"]:
-        lines += ["", f"Not supported: {refusal['server']} answered {refusal['status']} to "
-                      f"{refusal['label']} (`{refusal['detail'][:160]}`), so it is not measured there."]
+        lines += [
+            "",
+            f"Not supported: {refusal['server']} answered {refusal['status']} to "
+            f"{refusal['label']} (`{refusal['detail'][:160]}`), so it is not measured there.",
+        ]
     if batches["ratios"]:
         sizes = sorted({rows for per_rows in batches["ratios"].values() for rows in per_rows}, key=int)
-        lines += ["", "| rows/s ratio, same request (median of per-round ratios) | "
-                  + " | ".join(f"{int(rows):,} rows" for rows in sizes) + " |",
-                  "| --- |" + " ---: |" * len(sizes)]
+        lines += [
+            "",
+            "| rows/s ratio, same request (median of per-round ratios) | "
+            + " | ".join(f"{int(rows):,} rows" for rows in sizes)
+            + " |",
+            "| --- |" + " ---: |" * len(sizes),
+        ]
         for name, per_rows in batches["ratios"].items():
             cells = [f"{per_rows[rows]['median']:.2f}×" if rows in per_rows else "–" for rows in sizes]
             lines.append(f"| {name.replace('/', ' / ')} | " + " | ".join(cells) + " |")
@@ -294,16 +367,24 @@ _IN_PROCESS_PATHS = {
 
 def _in_process_lines(results: dict) -> list[str]:
     in_process = results["in_process"]
-    lines = ["", f"### One row in process: `{in_process['row']}`", "",
-             "Each call timed on its own; median over the calls of each repeat, then median (min–max) "
-             "of the repeats.", "",
-             "| path | µs per call | calls |", "| --- | ---: | ---: |"]
+    lines = [
+        "",
+        f"### One row in process: `{in_process['row']}`",
+        "",
+        "Each call timed on its own; median over the calls of each repeat, then median (min–max) of the repeats.",
+        "",
+        "| path | µs per call | calls |",
+        "| --- | ---: | ---: |",
+    ]
     for key, label in _IN_PROCESS_PATHS.items():
         figures = in_process["microseconds"][key]
         lines.append(f"| {label} | {_with_spread(figures, 1)} | {figures['calls']:,} |")
-    lines += ["", f"Largest difference between `bundle.predict_proba`, one row at a time, and XGBoost's "
-                  f"`inplace_predict` over all {in_process['rows_compared']} rows of the data set: "
-                  f"{in_process['max_difference_to_xgboost']:.1e}."]
+    lines += [
+        "",
+        f"Largest difference between `bundle.predict_proba`, one row at a time, and XGBoost's "
+        f"`inplace_predict` over all {in_process['rows_compared']} rows of the data set: "
+        f"{in_process['max_difference_to_xgboost']:.1e}.",
+    ]
     return lines
 
 
@@ -311,11 +392,17 @@ def _make_lines(results: dict) -> list[str]:
     serve, train = results["make"]["serve_unchanged_seconds"], results["make"]["train"]
     repeats = len(serve["samples"])
     note = "" if serve["nothing_changed"] else "; a source had changed, so the first one redeployed"
-    return ["", "### make", "", "| command | seconds |", "| --- | ---: |",
-            f"| `make serve` with nothing changed, against the running service "
-            f"({'median of ' + str(repeats) if repeats > 1 else 'once'}{note}) | {_with_spread(serve, 2)} |",
-            f"| `make train`: papermill, default parameters, a fresh models folder | "
-            f"{train['seconds']:.1f} (papermill's run: {train['papermill_seconds']:.1f}) |"]
+    return [
+        "",
+        "### make",
+        "",
+        "| command | seconds |",
+        "| --- | ---: |",
+        f"| `make serve` with nothing changed, against the running service "
+        f"({'median of ' + str(repeats) if repeats > 1 else 'once'}{note}) | {_with_spread(serve, 2)} |",
+        f"| `make train`: papermill, default parameters, a fresh models folder | "
+        f"{train['seconds']:.1f} (papermill's run: {train['papermill_seconds']:.1f}) |",
+    ]
 
 
 def _target_lines(results: dict) -> list[str]:

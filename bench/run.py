@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.batches import TIMED_REQUESTS, load_batches, post, prepare_batches
@@ -34,8 +34,18 @@ from bench.bodies import V2_JSON, V2_SINGLE_ROW, encode
 from bench.measure import WRK_THREADS, measure_load, run_bounded, run_wrk, write_wrk_script
 from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
 from bench.report import batch_ratios, markdown, ratios, spread, summarize, summarize_batches, targets
-from bench.servers import (KEEP_INSTALLED, PROJECT, ArticleServer, CeilingServer, MlflowServer, ServerFailed,
-                           ServiceUnderPM2, prepare_models_copy, run_make, running)
+from bench.servers import (
+    KEEP_INSTALLED,
+    PROJECT,
+    ArticleServer,
+    CeilingServer,
+    MlflowServer,
+    ServerFailed,
+    ServiceUnderPM2,
+    prepare_models_copy,
+    run_make,
+    running,
+)
 from diabetes.catalog import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
 from diabetes.settings import notebook_defaults
 
@@ -44,16 +54,15 @@ PROJECT_MODELS = PROJECT / "build" / "models"
 SERVICE_V2 = "service_v2"
 SERVICE_V2_LABEL = "this project: the same service, V2 JSON"
 DEFAULT_OUTPUT = PROJECT / "build" / "bench"
-WRK_MISSING = ("wrk is not installed; the benchmark loads the servers with it. "
-               "Install it with: apt-get install -y wrk")
+WRK_MISSING = "wrk is not installed; the benchmark loads the servers with it. Install it with: apt-get install -y wrk"
 
 
 @dataclass(frozen=True)
 class Plan:
     rounds: int
-    seconds: int          # of each measured load
-    warmup_seconds: int   # of a discarded load after each start (wrk counts whole seconds)
-    batch_seconds: int    # of each load of a batch size
+    seconds: int  # of each measured load
+    warmup_seconds: int  # of a discarded load after each start (wrk counts whole seconds)
+    batch_seconds: int  # of each load of a batch size
     make_serve_repeats: int
     in_process_seconds: float  # most time spent timing each in-process path
     connection_counts: tuple = (16, 64)
@@ -84,6 +93,7 @@ def stop_cleanly_on_signals():
     """Ctrl-C or SIGTERM unwinds through the `finally` blocks that stop the
     servers. Further signals are ignored meanwhile: they would cut a stop
     short, and every step of it has its own timeout."""
+
     def interrupt(signum, frame):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -97,8 +107,9 @@ def stop_cleanly_on_signals():
 def write_article_pickle(model_file: Path, destination: Path) -> Path:
     # In a child process: the benchmark itself never imports XGBoost, whose
     # threads would make forking the servers unsafe.
-    result = run_bounded([sys.executable, "-c", _PICKLE_CLASSIFIER, str(model_file), str(destination)],
-                         timeout=120, cwd=PROJECT)
+    result = run_bounded(
+        [sys.executable, "-c", _PICKLE_CLASSIFIER, str(model_file), str(destination)], timeout=120, cwd=PROJECT
+    )
     if result.returncode != 0:
         raise ServerFailed(f"could not pickle the article's classifier:\n{result.stderr[-2000:]}")
     return destination
@@ -108,9 +119,21 @@ def measure_in_process(model_dir: Path, workdir: Path, budget_seconds: float) ->
     """bench.in_process's figures, measured in a child process for the same
     reason as the pickle above."""
     output = workdir / "in-process.json"
-    result = run_bounded([sys.executable, "-m", "bench.in_process", "--model-dir", str(model_dir),
-                          "--budget-seconds", str(budget_seconds), "--output", str(output)],
-                         timeout=120 + 3 * budget_seconds, cwd=PROJECT)
+    result = run_bounded(
+        [
+            sys.executable,
+            "-m",
+            "bench.in_process",
+            "--model-dir",
+            str(model_dir),
+            "--budget-seconds",
+            str(budget_seconds),
+            "--output",
+            str(output),
+        ],
+        timeout=120 + 3 * budget_seconds,
+        cwd=PROJECT,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"the in-process measurement failed:\n{result.stderr[-2000:]}")
     return json.loads(output.read_text())
@@ -125,8 +148,9 @@ def time_training(workdir: Path) -> dict:
     result = run_make([*KEEP_INSTALLED, "train", f"MODELS_DIR={models}", f"RUNS_DIR={runs}"], timeout=300)
     seconds = time.monotonic() - started
     if result.returncode != 0:
-        raise RuntimeError(f"make train failed ({result.returncode}):\n{result.stdout[-2000:]}\n"
-                           f"{result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"make train failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
     notebook = json.loads((runs / "train.ipynb").read_text())
     return {"seconds": seconds, "papermill_seconds": notebook["metadata"]["papermill"]["duration"]}
 
@@ -144,8 +168,10 @@ def time_make_serve(service: ServiceUnderPM2, repeats: int) -> dict:
         result = service.make("serve", timeout=service.start_timeout)
         samples.append(time.monotonic() - started)
         if result.returncode != 0:
-            raise RuntimeError(f"make serve failed against the running service ({result.returncode}):\n"
-                               f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            raise RuntimeError(
+                f"make serve failed against the running service ({result.returncode}):\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
     log(f"  make serve with nothing changed: {', '.join(f'{sample:.2f}' for sample in samples)} s")
     return {**spread(samples), "samples": samples, "nothing_changed": nothing_changed}
 
@@ -170,8 +196,9 @@ def rotated(servers: list, round_: int) -> list:
     return servers[shift:] + servers[:shift]
 
 
-def peers(workdir: Path, model_dir: Path, with_mlflow: bool, mlserver_venv: Path,
-          mlserver_threads: int | None) -> tuple[list, list[str]]:
+def peers(
+    workdir: Path, model_dir: Path, with_mlflow: bool, mlserver_venv: Path, mlserver_threads: int | None
+) -> tuple[list, list[str]]:
     """The servers a user might pick instead that are installed, and why any other is skipped."""
     servers, skipped = [], []
     executable = mlserver_executable(mlserver_venv)
@@ -194,8 +221,10 @@ def load_single_rows(plan: Plan, key: str, url: str, script: Path, server, round
     for connections in plan.connection_counts:
         load = measure_load(url, script, connections, plan.seconds, server.root_pid, server.supervisor_pid)
         runs.append({"server": key, "round": round_, "connections": connections, **load})
-        log(f"  {key} {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "
-            f"p99 {load['p99_ms']:.1f} ms, errors {sum(load['errors'].values())}")
+        log(
+            f"  {key} {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "
+            f"p99 {load['p99_ms']:.1f} ms, errors {sum(load['errors'].values())}"
+        )
     return runs
 
 
@@ -204,8 +233,9 @@ def answer_of(url: str, encoding, values: list) -> dict:
     return {"body": json.loads(answer), "model_version": headers.get("X-Model-Version")}
 
 
-def benchmark(plan: Plan, workdir: Path, with_mlflow: bool, mlserver_venv: Path,
-              mlserver_threads: int | None = None) -> dict:
+def benchmark(
+    plan: Plan, workdir: Path, with_mlflow: bool, mlserver_venv: Path, mlserver_threads: int | None = None
+) -> dict:
     models = models_to_serve(workdir)
     model_dir = (models / "current").resolve()
     model_version = json.loads((model_dir / "metadata.json").read_text())["version"]
@@ -224,8 +254,10 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool, mlserver_venv: Path,
     scripts[SERVICE_V2] = write_wrk_script(workdir / f"{SERVICE_V2}.lua", V2_SINGLE_ROW)
     batches = prepare_batches(workdir)
     # MLServer has only the V2 route.
-    batches_of = {service.key: batches,
-                  MlserverServer.key: [batch for batch in batches if batch.encoding.path == V2_INFER]}
+    batches_of = {
+        service.key: batches,
+        MlserverServer.key: [batch for batch in batches if batch.encoding.path == V2_INFER],
+    }
 
     runs, batch_runs, refused, answers, make_serve = [], [], {}, {}, None
     for round_ in range(plan.rounds):
@@ -254,31 +286,45 @@ def benchmark(plan: Plan, workdir: Path, with_mlflow: bool, mlserver_venv: Path,
     order.insert(order.index(service.key) + 1, SERVICE_V2)
     encodings = {batch.encoding.key: batch.encoding for batch in batches}
     results = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "path": ARTICLE_PATH,
         "plan": asdict(plan),
         "model_version": model_version,
         "model": in_process.pop("model"),
-        "servers": {key: {
-            "label": labels[key][0],
-            "path": labels[key][1],
-            "answer": answers.get(key),
-            "by_connections": {str(connections): summarize([run for run in runs if run["server"] == key
-                                                            and run["connections"] == connections])
-                               for connections in plan.connection_counts},
-            "runs": [run for run in runs if run["server"] == key],
-        } for key in order},
+        "servers": {
+            key: {
+                "label": labels[key][0],
+                "path": labels[key][1],
+                "answer": answers.get(key),
+                "by_connections": {
+                    str(connections): summarize(
+                        [run for run in runs if run["server"] == key and run["connections"] == connections]
+                    )
+                    for connections in plan.connection_counts
+                },
+                "runs": [run for run in runs if run["server"] == key],
+            }
+            for key in order
+        },
         "ratios": ratios(runs, plan.connection_counts),
         "batches": {
-            "connections": workers, "timed_requests": TIMED_REQUESTS,
-            "routes": {f"{server} {encoding}": {
-                "server": server, "encoding": encoding, "path": encodings[encoding].path,
-                "label": encodings[encoding].label,
-                "by_rows": summarize_batches([run for run in batch_runs
-                                              if (run["server"], run["encoding"]) == (server, encoding)])}
-                for server, encoding in dict.fromkeys((run["server"], run["encoding"]) for run in batch_runs)},
-            "not_supported": [{**refusal, "label": encodings[refusal["encoding"]].label}
-                              for refusal in refused.values()],
+            "connections": workers,
+            "timed_requests": TIMED_REQUESTS,
+            "routes": {
+                f"{server} {encoding}": {
+                    "server": server,
+                    "encoding": encoding,
+                    "path": encodings[encoding].path,
+                    "label": encodings[encoding].label,
+                    "by_rows": summarize_batches(
+                        [run for run in batch_runs if (run["server"], run["encoding"]) == (server, encoding)]
+                    ),
+                }
+                for server, encoding in dict.fromkeys((run["server"], run["encoding"]) for run in batch_runs)
+            },
+            "not_supported": [
+                {**refusal, "label": encodings[refusal["encoding"]].label} for refusal in refused.values()
+            ],
             "ratios": batch_ratios(batch_runs),
             "runs": batch_runs,
         },
@@ -294,10 +340,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short round: a smoke run, not figures to compare")
     parser.add_argument("--mlflow", action="store_true", help="add `mlflow models serve` if MLflow is installed")
-    parser.add_argument("--mlserver-venv", type=Path, default=BENCH_VENV,
-                        help="the venv of MLServer (skipped when it has none)")
-    parser.add_argument("--mlserver-threads", type=int, metavar="N",
-                        help="OMP_NUM_THREADS for MLServer's XGBoost (default: XGBoost's own, all cores)")
+    parser.add_argument(
+        "--mlserver-venv", type=Path, default=BENCH_VENV, help="the venv of MLServer (skipped when it has none)"
+    )
+    parser.add_argument(
+        "--mlserver-threads",
+        type=int,
+        metavar="N",
+        help="OMP_NUM_THREADS for MLServer's XGBoost (default: XGBoost's own, all cores)",
+    )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where results.json and .md go")
     arguments = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -306,12 +357,15 @@ def main(argv=None) -> int:
     stop_cleanly_on_signals()
     plan = QUICK if arguments.quick else NORMAL
     started = time.monotonic()
-    machine = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
-               "python": platform.python_version(), "platform": platform.platform()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        results = benchmark(plan, workdir, arguments.mlflow, arguments.mlserver_venv,
-                            arguments.mlserver_threads)
+        results = benchmark(plan, workdir, arguments.mlflow, arguments.mlserver_venv, arguments.mlserver_threads)
     except (ServerFailed, RuntimeError, subprocess.TimeoutExpired) as error:
         log(f"benchmark failed: {error}")
         return 1

@@ -79,15 +79,21 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
 
 def clean_environment(**settings) -> dict:
     """Our environment without what would steer the service elsewhere, plus `settings`."""
-    kept = {name: value for name, value in os.environ.items()
-            if not name.startswith(SETTINGS_PREFIX) and name not in INHERITED_SETTINGS}
+    kept = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(SETTINGS_PREFIX) and name not in INHERITED_SETTINGS
+    }
     return {**kept, **settings}
 
 
 def run_make(arguments: list[str], timeout: float, **settings) -> subprocess.CompletedProcess:
     """`make ARGUMENTS` in the project, in our cleaned environment plus `settings`."""
-    return run_bounded(["make", "--no-print-directory", "-C", str(PROJECT), *arguments], timeout=timeout,
-                       env=clean_environment(**settings))
+    return run_bounded(
+        ["make", "--no-print-directory", "-C", str(PROJECT), *arguments],
+        timeout=timeout,
+        env=clean_environment(**settings),
+    )
 
 
 def _die_with_parent():
@@ -138,8 +144,9 @@ class Server:
 
     def wait_until_answering(self, timeout: float, still_starting=lambda: True) -> dict:
         """Its answer to the benchmark's request, once it gives one with 200."""
-        request = urllib.request.Request(self.url, data=json.dumps(self.body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url, data=json.dumps(self.body).encode(), headers={"Content-Type": "application/json"}
+        )
         deadline = time.monotonic() + timeout
         problem = "no answer yet"
         while time.monotonic() < deadline and still_starting():
@@ -190,9 +197,16 @@ class ChildProcessServer(Server):
         self.port = free_port()
         self.prepare()
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), cwd=PROJECT, env=self.environment(),
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=PROJECT,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         self.answer = self.wait_until_answering(self.start_timeout, lambda: self.process.poll() is None)
 
     def stop(self):
@@ -226,8 +240,7 @@ class ArticleServer(ChildProcessServer):
         self.model_pickle = model_pickle
 
     def command(self):
-        return [sys.executable, "-m", "bench.article_app", "--model", str(self.model_pickle),
-                "--port", str(self.port)]
+        return [sys.executable, "-m", "bench.article_app", "--model", str(self.model_pickle), "--port", str(self.port)]
 
 
 class CeilingServer(ChildProcessServer):
@@ -249,8 +262,12 @@ class MlflowServer(ChildProcessServer):
     key = "mlflow"
     label = "mlflow models serve (defaults)"
     path = "/invocations"
-    body = {"dataframe_split": {"columns": list(FEATURE_NAMES),
-                                "data": [[float(value) for value in ARTICLE_BODY["data"].split(",")]]}}
+    body = {
+        "dataframe_split": {
+            "columns": list(FEATURE_NAMES),
+            "data": [[float(value) for value in ARTICLE_BODY["data"].split(",")]],
+        }
+    }
     start_timeout = 120
 
     def __init__(self, workdir: Path, model_file: Path):
@@ -259,17 +276,33 @@ class MlflowServer(ChildProcessServer):
         self.mlflow_model = self.workdir / "mlflow-model"
 
     def command(self):
-        return [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", str(self.mlflow_model),
-                "--env-manager", "local", "--host", LOCALHOST, "--port", str(self.port)]
+        return [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            str(self.mlflow_model),
+            "--env-manager",
+            "local",
+            "--host",
+            LOCALHOST,
+            "--port",
+            str(self.port),
+        ]
 
     def start(self):
         if not self.mlflow_model.exists():
-            save = ("import sys, mlflow.xgboost, xgboost\n"
-                    "model = xgboost.XGBClassifier()\n"
-                    "model.load_model(sys.argv[1])\n"
-                    "mlflow.xgboost.save_model(model, sys.argv[2])\n")
-            result = run_bounded([sys.executable, "-c", save, str(self.model_file), str(self.mlflow_model)],
-                                 timeout=180, cwd=self.workdir)
+            save = (
+                "import sys, mlflow.xgboost, xgboost\n"
+                "model = xgboost.XGBClassifier()\n"
+                "model.load_model(sys.argv[1])\n"
+                "mlflow.xgboost.save_model(model, sys.argv[2])\n"
+            )
+            result = run_bounded(
+                [sys.executable, "-c", save, str(self.model_file), str(self.mlflow_model)],
+                timeout=180,
+                cwd=self.workdir,
+            )
             if result.returncode != 0:
                 raise ServerFailed(f"could not save the model for MLflow:\n{result.stderr[-2000:]}")
         super().start()
@@ -312,8 +345,11 @@ class ServiceUnderPM2(Server):
         return list(KEEP_INSTALLED)
 
     def make(self, *targets: str, timeout: float) -> subprocess.CompletedProcess:
-        return run_make([*self.make_options(), *targets, *self.make_variables()], timeout,
-                        **{f"{SETTINGS_PREFIX}PORT": str(self.port)})
+        return run_make(
+            [*self.make_options(), *targets, *self.make_variables()],
+            timeout,
+            **{f"{SETTINGS_PREFIX}PORT": str(self.port)},
+        )
 
     def nothing_to_redeploy(self) -> bool:
         """Would `make serve` now only check the service: no conversion, no
@@ -340,8 +376,9 @@ class ServiceUnderPM2(Server):
         except subprocess.TimeoutExpired:
             raise ServerFailed(f"make serve did not finish within {self.start_timeout} s") from None
         if result.returncode != 0:
-            raise ServerFailed(f"make serve failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                               f"{result.stderr[-3000:]}")
+            raise ServerFailed(
+                f"make serve failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         self.master_pid = self._gunicorn_master_pid()
         self.answer = self.wait_until_answering(30)
 
@@ -349,18 +386,25 @@ class ServiceUnderPM2(Server):
         """The pid PM2 started for the current release's serve.py, which became the gunicorn
         master. Found by its script, not its name: ecosystem.config.js names
         it from the environment, and runs other apps beside it (log rotation)."""
-        result = run_bounded([str(PM2), "jlist"], timeout=30, cwd=PROJECT,
-                             env=clean_environment(PM2_HOME=str(self.pm2_home)))
+        result = run_bounded(
+            [str(PM2), "jlist"], timeout=30, cwd=PROJECT, env=clean_environment(PM2_HOME=str(self.pm2_home))
+        )
         try:
-            apps = json.loads(result.stdout[result.stdout.index("["):])
-        except ValueError:
-            raise ServerFailed(f"pm2 jlist gave no list of apps: {result.stdout[-500:]} {result.stderr[-500:]}")
-        pids = [app["pid"] for app in apps
-                if app.get("pid") and Path(app["pm2_env"].get("pm_exec_path", "")) == self.service_script]
+            apps = json.loads(result.stdout[result.stdout.index("[") :])
+        except ValueError as error:
+            output = f"{result.stdout[-500:]} {result.stderr[-500:]}"
+            raise ServerFailed(f"pm2 jlist gave no list of apps: {output}") from error
+        pids = [
+            app["pid"]
+            for app in apps
+            if app.get("pid") and Path(app["pm2_env"].get("pm_exec_path", "")) == self.service_script
+        ]
         if len(pids) != 1:
             running = {app.get("name"): app["pm2_env"].get("pm_exec_path") for app in apps}
-            raise ServerFailed(f"expected one app of {self.service_script} under PM2 in {self.pm2_home}, "
-                               f"found pids {pids} among {running}")
+            raise ServerFailed(
+                f"expected one app of {self.service_script} under PM2 in {self.pm2_home}, "
+                f"found pids {pids} among {running}"
+            )
         return pids[0]
 
     def stop(self):
@@ -370,8 +414,10 @@ class ServiceUnderPM2(Server):
         try:
             result = self.make("stop", timeout=90)
             if result.returncode != 0:
-                print(f"make stop failed ({result.returncode}): {(result.stdout + result.stderr).strip()[-1000:]}",
-                      file=sys.stderr)
+                print(
+                    f"make stop failed ({result.returncode}): {(result.stdout + result.stderr).strip()[-1000:]}",
+                    file=sys.stderr,
+                )
         except subprocess.TimeoutExpired:
             print("make stop did not finish within 90 s", file=sys.stderr)
         finally:
@@ -383,6 +429,7 @@ class ServiceUnderPM2(Server):
     def _end_what_make_stop_left(self, daemon_pid: int | None):
         """Only the benchmark's own: what runs in its PM2 home. PM2's daemon
         goes first, as a whole tree: while it lives, it restarts a killed master."""
+
         def all_gone():
             return not process_exists(daemon_pid) and not process_exists(self.master_pid)
 
@@ -390,14 +437,16 @@ class ServiceUnderPM2(Server):
             return
         print("make stop left PM2 running in the benchmark's PM2 home: pm2 kill", file=sys.stderr)
         try:
-            run_bounded([str(PM2), "kill"], timeout=60, cwd=PROJECT,
-                        env=clean_environment(PM2_HOME=str(self.pm2_home)))
+            run_bounded([str(PM2), "kill"], timeout=60, cwd=PROJECT, env=clean_environment(PM2_HOME=str(self.pm2_home)))
         except subprocess.TimeoutExpired:
             pass
         if wait_until(all_gone, timeout=30):
             return
-        leftovers = list(dict.fromkeys(pid for root in (daemon_pid, self.master_pid) if process_exists(root)
-                                       for pid in process_tree(root)))
+        leftovers = list(
+            dict.fromkeys(
+                pid for root in (daemon_pid, self.master_pid) if process_exists(root) for pid in process_tree(root)
+            )
+        )
         print(f"pm2 kill left pids {leftovers} running: killing them", file=sys.stderr)
         for pid in leftovers:
             try:

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,16 +61,23 @@ def notebook_parameters() -> dict:
 
 def train_once(setup: str, data_dir: str, scheduler: str = "") -> dict:
     """One measured run, in this process (the child of `main`)."""
-    import numpy as np
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
     from diabetes import cluster_training, training
     from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
+
     p = notebook_parameters()
-    parameters = training.booster_parameters(p["max_depth"], p["learning_rate"], p["subsample"],
-                                             p["colsample_bytree"], p["min_child_weight"], p["reg_lambda"],
-                                             p["seed"], p["threads"] if "threads" in p else 1)
+    parameters = training.booster_parameters(
+        p["max_depth"],
+        p["learning_rate"],
+        p["subsample"],
+        p["colsample_bytree"],
+        p["min_child_weight"],
+        p["reg_lambda"],
+        p["seed"],
+        p["threads"] if "threads" in p else 1,
+    )
     seeds = range(p["seed"], p["seed"] + p["cv_repeats"])
     started = time.monotonic()
     result = {"setup": setup}
@@ -83,8 +89,7 @@ def train_once(setup: str, data_dir: str, scheduler: str = "") -> dict:
         X_train, _, y_train, _ = train_test_split(X, y, test_size=p["test_size"], stratify=y, random_state=p["seed"])
         folds = training.repeated_folds(y_train, p["cv_folds"], seeds)
         read = time.monotonic()
-        cv = training.cross_validate(parameters, X_train, y_train, folds, p["n_estimators"],
-                                     p["early_stopping_rounds"])
+        cv = training.cross_validate(parameters, X_train, y_train, folds, p["n_estimators"], p["early_stopping_rounds"])
         training.fit(parameters, X_train, y_train, cv.trees)
         result.update(rows=len(y), partitions=len(list(Path(data_dir).glob("*.parquet"))), workers=0)
     else:
@@ -92,14 +97,19 @@ def train_once(setup: str, data_dir: str, scheduler: str = "") -> dict:
         data = cluster_training.read_training_partitions(data_dir)
         splits = cluster_training.split(data, p["test_size"], p["seed"], p["cv_folds"], seeds)
         read = time.monotonic()
-        cv = cluster_training.cross_validate(cluster, parameters, splits, p["cv_folds"], p["n_estimators"],
-                                             p["early_stopping_rounds"])
+        cv = cluster_training.cross_validate(
+            cluster, parameters, splits, p["cv_folds"], p["n_estimators"], p["early_stopping_rounds"]
+        )
         cluster_training.fit(cluster, parameters, splits, cv.trees)
         result.update(rows=data.row_count, partitions=data.partitions, **cluster.describe())
         result["worker_peak_mb"] = sorted(cluster.client.run(peak_megabytes).values())
     finished = time.monotonic()
-    result.update(read_seconds=round(read - started, 1), train_seconds=round(finished - read, 1),
-                  trees=cv.trees, process_peak_mb=peak_megabytes())
+    result.update(
+        read_seconds=round(read - started, 1),
+        train_seconds=round(finished - read, 1),
+        trees=cv.trees,
+        process_peak_mb=peak_megabytes(),
+    )
     if setup != "in process":
         cluster.close()
     return result
@@ -109,29 +119,38 @@ def ensure_data(rows: int, data_dir: Path) -> Path:
     folder = data_dir / f"rows-{rows}"
     if not (folder / ".complete").exists():
         from diabetes import bigdata
+
         bigdata.write(rows, folder)
         (folder / ".complete").touch()
     return folder
 
 
 def run_child(setup: str, folder: Path, scheduler: str = "") -> dict:
-    result = run_bounded([sys.executable, "-m", "bench.train_on_cluster", "--one", setup, str(folder),
-                          "--scheduler", scheduler], timeout=RUN_TIMEOUT_SECONDS, cwd=PROJECT)
+    result = run_bounded(
+        [sys.executable, "-m", "bench.train_on_cluster", "--one", setup, str(folder), "--scheduler", scheduler],
+        timeout=RUN_TIMEOUT_SECONDS,
+        cwd=PROJECT,
+    )
     if result.returncode != 0:
         return {"setup": setup, "error": (result.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| setup | rows | partitions | workers | read+split s | train s | training process peak MB "
-             "| each worker's peak MB |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| setup | rows | partitions | workers | read+split s | train s | training process peak MB "
+        "| each worker's peak MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['setup']} | {r.get('rows', '')} | | | | | failed: {r['error']} | |")
             continue
         workers = ", ".join(f"{peak:.0f}" for peak in r.get("worker_peak_mb", [])) or "-"
-        lines.append(f"| {r['setup']} | {r['rows']:,} | {r['partitions']} | {r['workers']} | {r['read_seconds']} "
-                     f"| {r['train_seconds']} | {r['process_peak_mb']:.0f} | {workers} |")
+        lines.append(
+            f"| {r['setup']} | {r['rows']:,} | {r['partitions']} | {r['workers']} | {r['read_seconds']} "
+            f"| {r['train_seconds']} | {r['process_peak_mb']:.0f} | {workers} |"
+        )
     return "\n".join(lines)
 
 
@@ -153,16 +172,19 @@ def main(argv) -> int:
         for setup in args.setups:
             print(f"{rows:,} rows, {setup} ...", file=sys.stderr, flush=True)
             if setup == "external scheduler":
-                with ExternalDaskCluster(workers=LOCAL_WORKERS, log_dir=data_dir / "dask-logs",
-                                         memory_limit="6GB") as cluster:
+                with ExternalDaskCluster(
+                    workers=LOCAL_WORKERS, log_dir=data_dir / "dask-logs", memory_limit="6GB"
+                ) as cluster:
                     result = run_child(setup, folder, cluster.address)
                     result["scheduler_peak_mb"] = peak_megabytes(cluster.scheduler.pid)
             else:
                 result = run_child(setup, folder)
             results.append(result)
             print(table([result]).splitlines()[-1], file=sys.stderr, flush=True)
-    report = (f"Training time and peak memory per process ({platform.node()}, {os.cpu_count()} cores; "
-              f"parameters {' + '.join(PARAMETER_FILES)})\n\n{table(results)}\n")
+    report = (
+        f"Training time and peak memory per process ({platform.node()}, {os.cpu_count()} cores; "
+        f"parameters {' + '.join(PARAMETER_FILES)})\n\n{table(results)}\n"
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (data_dir / "results.md").write_text(report)

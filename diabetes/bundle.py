@@ -16,10 +16,9 @@ the file does not match the sha256 recorded in its metadata.
 import ctypes
 import hashlib
 import json
-import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,7 @@ def sha256_of(data: bytes) -> str:
 
 def new_version_id(model_bytes: bytes) -> str:
     """Sortable by training time, and unique to the model's content."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{sha256_of(model_bytes)[:8]}"
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{sha256_of(model_bytes)[:8]}"
 
 
 def publish_version(booster: xgb.Booster, metadata: dict, models_dir, extra_files=()) -> Path:
@@ -64,8 +63,7 @@ def publish_version(booster: xgb.Booster, metadata: dict, models_dir, extra_file
     models_dir = Path(models_dir)
     model_bytes = bytes(booster.save_raw(raw_format="ubj"))
     version = new_version_id(model_bytes)
-    metadata = {**metadata, "version": version, "model_file": MODEL_FILE,
-                "model_sha256": sha256_of(model_bytes)}
+    metadata = {**metadata, "version": version, "model_file": MODEL_FILE, "model_sha256": sha256_of(model_bytes)}
 
     staging = models_dir / f".{version}.partial"
     staging.mkdir(parents=True)
@@ -96,17 +94,25 @@ class TreelitePredictor:
 
     def __init__(self, model: treelite.Model):
         if (model.input_type, model.output_type) != ("float32", "float32"):
-            raise ModelRefused(f"Treelite reads this model as {model.input_type} -> {model.output_type}, "
-                               "expected float32 -> float32")
+            raise ModelRefused(
+                f"Treelite reads this model as {model.input_type} -> {model.output_type}, expected float32 -> float32"
+            )
         self.model = model
         self.config = GTILConfig(predict_type="default", nthread=1)
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Probabilities for a C-contiguous float32 matrix of rows."""
         output = np.empty(len(matrix), dtype=np.float32)
-        _check_call(_LIB.TreeliteGTILPredict(
-            self.model.handle, matrix.ctypes.data_as(_FLOAT32_POINTER), b"float32",
-            ctypes.c_uint64(len(matrix)), output.ctypes.data_as(_FLOAT32_POINTER), self.config.handle))
+        _check_call(
+            _LIB.TreeliteGTILPredict(
+                self.model.handle,
+                matrix.ctypes.data_as(_FLOAT32_POINTER),
+                b"float32",
+                ctypes.c_uint64(len(matrix)),
+                output.ctypes.data_as(_FLOAT32_POINTER),
+                self.config.handle,
+            )
+        )
         return output
 
 
@@ -154,12 +160,15 @@ def check_metadata(metadata: dict):
     order than the model's, a threshold outside (0, 1), a model file that is
     not a plain name in the version's folder."""
     if tuple(metadata.get("feature_names", ())) != FEATURE_NAMES:
-        raise ModelRefused(f"the model expects features {metadata.get('feature_names')}, "
-                           f"this code sends {list(FEATURE_NAMES)}")
+        raise ModelRefused(
+            f"the model expects features {metadata.get('feature_names')}, this code sends {list(FEATURE_NAMES)}"
+        )
     described = tuple(feature.get("name") for feature in metadata.get("features", ()))
     if described != FEATURE_NAMES:
-        raise ModelRefused(f"the metadata describes features {list(described)}, in another order than the "
-                           f"model's {list(FEATURE_NAMES)}")
+        raise ModelRefused(
+            f"the metadata describes features {list(described)}, in another order than the "
+            f"model's {list(FEATURE_NAMES)}"
+        )
     threshold = metadata.get("threshold")
     if type(threshold) not in (int, float) or not 0 < threshold < 1:
         raise ModelRefused(f"threshold {threshold!r} is not a probability strictly between 0 and 1")
@@ -188,8 +197,9 @@ def load_bundle(model_dir) -> ModelBundle:
     except xgb.core.XGBoostError as error:
         raise ModelRefused(f"XGBoost cannot load {model_dir}: {error}") from error
     if booster.num_features() != len(FEATURE_NAMES):
-        raise ModelRefused(f"the model in {model_dir} reads {booster.num_features()} features, "
-                           f"not {len(FEATURE_NAMES)}")
+        raise ModelRefused(
+            f"the model in {model_dir} reads {booster.num_features()} features, not {len(FEATURE_NAMES)}"
+        )
     # One thread per prediction: the server runs several workers, and XGBoost's
     # default of one OpenMP thread per core would make them fight for the cores.
     booster.set_param({"nthread": 1})

@@ -29,8 +29,8 @@ V2_INPUT_DATATYPES = ("FP32", "FP64")
 V2_OUTPUTS = {"probability": "FP32", "label": "INT64"}
 # Triton's binary tensor data extension (diabetes/open_inference.py)
 V2_INFERENCE_HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
-V2_BINARY_DATA_SIZE = "binary_data_size"      # $request_input and $response_output parameter
-V2_BINARY_DATA = "binary_data"                # $request_output parameter
+V2_BINARY_DATA_SIZE = "binary_data_size"  # $request_input and $response_output parameter
+V2_BINARY_DATA = "binary_data"  # $request_output parameter
 V2_BINARY_DATA_OUTPUT = "binary_data_output"  # $inference_request parameter
 V2_BYTE_ORDER = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
 _ALLOWED_VALUE_TYPES = {int, float, type(None)}
@@ -78,8 +78,7 @@ class InvalidRequest(Exception):
         self.message, self.code, self.status, self.field, self.row = message, str(code), status, field, row
 
     def envelope(self) -> dict:
-        return {"error": self.message, "code": self.code, "status": self.status,
-                "field": self.field, "row": self.row}
+        return {"error": self.message, "code": self.code, "status": self.status, "field": self.field, "row": self.row}
 
 
 def parse_number_text(text: str) -> float | None:
@@ -108,21 +107,30 @@ class Contract:
     def rows_from_article(self, body) -> np.ndarray:
         """`{"data": "1,106,70,28,135,34.2,0.142,22"}` or the same 8 values as a list."""
         if not isinstance(body, dict) or "data" not in body:
-            raise InvalidRequest('expected a JSON object with a "data" member, e.g. '
-                                 '{"data": "1,106,70,28,135,34.2,0.142,22"}', "missing_field", field="data")
+            raise InvalidRequest(
+                'expected a JSON object with a "data" member, e.g. {"data": "1,106,70,28,135,34.2,0.142,22"}',
+                "missing_field",
+                field="data",
+            )
         data = body["data"]
         if isinstance(data, str):
             values = data.split(",")
         elif isinstance(data, list):
             values = data
         else:
-            raise InvalidRequest(f'"data" must be a string of {len(self.names)} comma-separated numbers '
-                                 f"or a list of {len(self.names)} numbers", "invalid_type", field="data")
+            raise InvalidRequest(
+                f'"data" must be a string of {len(self.names)} comma-separated numbers '
+                f"or a list of {len(self.names)} numbers",
+                "invalid_type",
+                field="data",
+            )
         if len(values) != len(self.names):
-            raise InvalidRequest(f'"data" has {len(values)} values, expected {len(self.names)}: '
-                                 + ", ".join(self.names), "wrong_value_count", field="data")
-        return np.array([[self._article_number(value, index) for index, value in enumerate(values)]],
-                        dtype=np.float32)
+            raise InvalidRequest(
+                f'"data" has {len(values)} values, expected {len(self.names)}: ' + ", ".join(self.names),
+                "wrong_value_count",
+                field="data",
+            )
+        return np.array([[self._article_number(value, index) for index, value in enumerate(values)]], dtype=np.float32)
 
     def _article_number(self, value, index) -> float:
         if isinstance(value, str):
@@ -135,8 +143,11 @@ class Contract:
             number = math.nan
         if not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
             shown = value if isinstance(value, str) and len(value) <= 20 else type(value).__name__
-            raise InvalidRequest(f"data[{index}] ({self.names[index]}) is {shown!r}, expected a finite number",
-                                 "invalid_value", field=f"data[{index}]")
+            raise InvalidRequest(
+                f"data[{index}] ({self.names[index]}) is {shown!r}, expected a finite number",
+                "invalid_value",
+                field=f"data[{index}]",
+            )
         return number
 
     # ---- named features: one record, a list of records, or instances ---------
@@ -157,8 +168,11 @@ class Contract:
         if isinstance(body, list):
             self._check_row_count(len(body))
             return self._matrix(self._records_as_rows(body, field=""), field="")
-        raise InvalidRequest("expected a record (an object keyed by feature name), a list of records, or "
-                             '{"instances": [[8 numbers], ...]}', "invalid_body")
+        raise InvalidRequest(
+            "expected a record (an object keyed by feature name), a list of records, or "
+            '{"instances": [[8 numbers], ...]}',
+            "invalid_body",
+        )
 
     def _records_as_rows(self, records, field) -> list:
         names = self.names
@@ -167,9 +181,12 @@ class Contract:
         for index, record in enumerate(records):
             where = _row_field(field, index)
             if type(record) is not dict:
-                raise InvalidRequest(f"{where or 'the body'} must be an object keyed by feature name "
-                                     f"({', '.join(names)})", "invalid_body", field=where or None,
-                                     row=None if field is None else index)
+                raise InvalidRequest(
+                    f"{where or 'the body'} must be an object keyed by feature name ({', '.join(names)})",
+                    "invalid_body",
+                    field=where or None,
+                    row=None if field is None else index,
+                )
             if record.keys() != expected:
                 self._raise_for_keys(record, where, None if field is None else index)
             rows.append([record[name] for name in names])
@@ -180,19 +197,29 @@ class Contract:
         unknown = [name for name in record if name not in self.names]
         prefix = f"{where}: " if where else ""
         if missing:
-            raise InvalidRequest(f"{prefix}missing feature(s) {', '.join(missing)}; every record needs all of "
-                                 f"{', '.join(self.names)} (null for a value not measured)", "missing_feature",
-                                 field=_join(where, missing[0]), row=row)
-        raise InvalidRequest(f"{prefix}unknown feature(s) {', '.join(map(str, unknown))}; expected exactly "
-                             f"{', '.join(self.names)}", "unknown_feature", field=_join(where, str(unknown[0])),
-                             row=row)
+            raise InvalidRequest(
+                f"{prefix}missing feature(s) {', '.join(missing)}; every record needs all of "
+                f"{', '.join(self.names)} (null for a value not measured)",
+                "missing_feature",
+                field=_join(where, missing[0]),
+                row=row,
+            )
+        raise InvalidRequest(
+            f"{prefix}unknown feature(s) {', '.join(map(str, unknown))}; expected exactly {', '.join(self.names)}",
+            "unknown_feature",
+            field=_join(where, str(unknown[0])),
+            row=row,
+        )
 
     def _check_row_count(self, count):
         if count == 0:
             raise InvalidRequest("the batch is empty: send at least one row", "empty_batch")
         if count > self.max_rows:
-            raise InvalidRequest(f"the batch has {count} rows, at most {self.max_rows} are accepted per request: "
-                                 "split it", "too_many_rows", status=413)
+            raise InvalidRequest(
+                f"the batch has {count} rows, at most {self.max_rows} are accepted per request: split it",
+                "too_many_rows",
+                status=413,
+            )
 
     def _matrix(self, rows, field) -> np.ndarray:
         """Rows of Python values as float32, None meaning missing; strings,
@@ -201,10 +228,14 @@ class Contract:
         if any(type(row) is not list or len(row) != width for row in rows):
             index = next(i for i, row in enumerate(rows) if type(row) is not list or len(row) != width)
             count = len(rows[index]) if type(rows[index]) is list else None
-            raise InvalidRequest(f"{_row_field(field, index) or 'the row'} "
-                                 + (f"has {count} values" if count is not None else "is not a list")
-                                 + f", expected {width}: {', '.join(self.names)}", "wrong_value_count",
-                                 field=_row_field(field, index) or None, row=index if field is not None else None)
+            raise InvalidRequest(
+                f"{_row_field(field, index) or 'the row'} "
+                + (f"has {count} values" if count is not None else "is not a list")
+                + f", expected {width}: {', '.join(self.names)}",
+                "wrong_value_count",
+                field=_row_field(field, index) or None,
+                row=index if field is not None else None,
+            )
         # One pass at C speed over all values; the slow search below runs only
         # to name the value that is wrong.
         values = list(itertools.chain.from_iterable(rows))
@@ -222,11 +253,18 @@ class Contract:
                 if is_wrong(value):
                     name = self.names[column]
                     where = _join(_row_field(field, index), name)
-                    shown = repr(value) if isinstance(value, (str, bool, int, float)) and len(repr(value)) <= 24 \
+                    shown = (
+                        repr(value)
+                        if isinstance(value, (str, bool, int, float)) and len(repr(value)) <= 24
                         else type(value).__name__
-                    raise InvalidRequest(f"{where} is {shown}, expected a number ({name}, "
-                                         f"{self._unit(column)}) or null for not measured", "invalid_value",
-                                         field=where, row=index if field is not None else None)
+                    )
+                    raise InvalidRequest(
+                        f"{where} is {shown}, expected a number ({name}, "
+                        f"{self._unit(column)}) or null for not measured",
+                        "invalid_value",
+                        field=where,
+                        row=index if field is not None else None,
+                    )
 
     def _unit(self, column) -> str:
         return self.features[column]["unit"]
@@ -246,21 +284,29 @@ class Contract:
                     continue
                 row_index = len(rows)
                 if row_index == self.max_rows:
-                    raise InvalidRequest(f"the CSV has more than {self.max_rows} rows, at most {self.max_rows} "
-                                         "are accepted per request: split it", ErrorCode.TOO_MANY_ROWS, status=413)
+                    raise InvalidRequest(
+                        f"the CSV has more than {self.max_rows} rows, at most {self.max_rows} "
+                        "are accepted per request: split it",
+                        ErrorCode.TOO_MANY_ROWS,
+                        status=413,
+                    )
                 where = f"line {row_index + first_line}"
                 if len(line) != width:
-                    raise InvalidRequest(f"{where} has {len(line)} values, expected {width}: "
-                                         f"{', '.join(self.names)}", ErrorCode.WRONG_VALUE_COUNT, field=where,
-                                         row=row_index)
+                    raise InvalidRequest(
+                        f"{where} has {len(line)} values, expected {width}: {', '.join(self.names)}",
+                        ErrorCode.WRONG_VALUE_COUNT,
+                        field=where,
+                        row=row_index,
+                    )
                 if order is not None:
                     line = [line[position] for position in order]
                 rows.append([self._csv_number(value, where, row_index, column) for column, value in enumerate(line)])
         except csv.Error as error:
             raise InvalidRequest(f"the body is not valid CSV: {error}", ErrorCode.INVALID_CSV) from None
         except UnicodeDecodeError as error:
-            raise InvalidRequest(f"the body is not UTF-8 text: byte {error.start} cannot be decoded",
-                                 ErrorCode.INVALID_CSV) from None
+            raise InvalidRequest(
+                f"the body is not UTF-8 text: byte {error.start} cannot be decoded", ErrorCode.INVALID_CSV
+            ) from None
         self._check_row_count(len(rows))
         return np.array(rows, dtype=np.float32)
 
@@ -274,10 +320,12 @@ class Contract:
         if sorted(header) != sorted(self.names):
             missing = [name for name in self.names if name not in header]
             unknown = [name for name in header if name not in self.names]
-            raise InvalidRequest(f"the CSV header must name each feature once ({', '.join(self.names)}); "
-                                 f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}",
-                                 ErrorCode.UNKNOWN_FEATURE if unknown else ErrorCode.MISSING_FEATURE,
-                                 field="line 1")
+            raise InvalidRequest(
+                f"the CSV header must name each feature once ({', '.join(self.names)}); "
+                f"missing: {', '.join(missing) or 'none'}, unknown: {', '.join(unknown) or 'none'}",
+                ErrorCode.UNKNOWN_FEATURE if unknown else ErrorCode.MISSING_FEATURE,
+                field="line 1",
+            )
         return [header.index(name) for name in self.names]
 
     def _csv_number(self, value, where, index, column):
@@ -286,9 +334,13 @@ class Contract:
         number = parse_number_text(value)
         if number is None or not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
             shown = value if len(value) <= 20 else value[:20] + "..."
-            raise InvalidRequest(f"{where}, {self.names[column]} is {shown!r}, expected a number "
-                                 f"({self._unit(column)}) or an empty field for not measured",
-                                 ErrorCode.INVALID_VALUE, field=f"{where}, {self.names[column]}", row=index)
+            raise InvalidRequest(
+                f"{where}, {self.names[column]} is {shown!r}, expected a number "
+                f"({self._unit(column)}) or an empty field for not measured",
+                ErrorCode.INVALID_VALUE,
+                field=f"{where}, {self.names[column]}",
+                row=index,
+            )
         return number
 
     # ---- Open Inference Protocol V2 --------------------------------------------
@@ -298,44 +350,72 @@ class Contract:
         JSON request when it came with Triton's binary tensor data extension
         (`diabetes.open_inference`), None when the whole body was JSON."""
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-            raise InvalidRequest('expected an inference request: {"inputs": [{"name": "features", "shape": '
-                                 f'[N, {len(self.names)}], "datatype": "FP32", "data": [...]}}]}}',
-                                 ErrorCode.INVALID_BODY, field="inputs")
+            raise InvalidRequest(
+                'expected an inference request: {"inputs": [{"name": "features", "shape": '
+                f'[N, {len(self.names)}], "datatype": "FP32", "data": [...]}}]}}',
+                ErrorCode.INVALID_BODY,
+                field="inputs",
+            )
         parameters = _v2_parameters(body, "parameters")
         binary_output = _v2_boolean(parameters, V2_BINARY_DATA_OUTPUT, "parameters") or False
         if len(body["inputs"]) != 1 or not isinstance(body["inputs"][0], dict):
-            raise InvalidRequest(f"expected exactly one input tensor, {V2_INPUT_NAME!r}, got "
-                                 f"{len(body['inputs'])}", ErrorCode.INVALID_TENSOR, field="inputs")
+            raise InvalidRequest(
+                f"expected exactly one input tensor, {V2_INPUT_NAME!r}, got {len(body['inputs'])}",
+                ErrorCode.INVALID_TENSOR,
+                field="inputs",
+            )
         tensor = body["inputs"][0]
         for member in ("name", "shape", "datatype"):
             if member not in tensor:
-                raise InvalidRequest(f'the input tensor has no "{member}"', ErrorCode.INVALID_TENSOR,
-                                     field=f"inputs[0].{member}")
+                raise InvalidRequest(
+                    f'the input tensor has no "{member}"', ErrorCode.INVALID_TENSOR, field=f"inputs[0].{member}"
+                )
         if tensor["name"] != V2_INPUT_NAME:
-            raise InvalidRequest(f"the input tensor is named {str(tensor['name'])[:40]!r}, this model's input is "
-                                 f"{V2_INPUT_NAME!r}", ErrorCode.INVALID_TENSOR, field="inputs[0].name")
+            raise InvalidRequest(
+                f"the input tensor is named {str(tensor['name'])[:40]!r}, this model's input is {V2_INPUT_NAME!r}",
+                ErrorCode.INVALID_TENSOR,
+                field="inputs[0].name",
+            )
         if tensor["datatype"] not in V2_INPUT_DATATYPES:
-            raise InvalidRequest(f"datatype {str(tensor['datatype'])[:20]!r} is not supported, expected one of "
-                                 f"{', '.join(V2_INPUT_DATATYPES)}", ErrorCode.INVALID_TENSOR,
-                                 field="inputs[0].datatype")
+            raise InvalidRequest(
+                f"datatype {str(tensor['datatype'])[:20]!r} is not supported, expected one of "
+                f"{', '.join(V2_INPUT_DATATYPES)}",
+                ErrorCode.INVALID_TENSOR,
+                field="inputs[0].datatype",
+            )
         shape = tensor["shape"]
-        if (not isinstance(shape, list) or len(shape) != 2 or not all(type(d) is int for d in shape)
-                or shape[1] != len(self.names) or shape[0] < 0):
-            raise InvalidRequest(f"shape {str(shape)[:40]} is not supported, expected [N, {len(self.names)}]: "
-                                 f"N rows of {', '.join(self.names)}", ErrorCode.INVALID_TENSOR,
-                                 field="inputs[0].shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(type(d) is int for d in shape)
+            or shape[1] != len(self.names)
+            or shape[0] < 0
+        ):
+            raise InvalidRequest(
+                f"shape {str(shape)[:40]} is not supported, expected [N, {len(self.names)}]: "
+                f"N rows of {', '.join(self.names)}",
+                ErrorCode.INVALID_TENSOR,
+                field="inputs[0].shape",
+            )
         self._check_row_count(shape[0])
         input_parameters = _v2_parameters(tensor, "inputs[0].parameters")
         if V2_BINARY_DATA_SIZE in input_parameters:
             if "data" in tensor:
-                raise InvalidRequest(f'the input tensor has both "data" and a {V2_BINARY_DATA_SIZE} parameter: '
-                                     "send its values one way only", ErrorCode.INVALID_TENSOR, field="inputs[0]")
+                raise InvalidRequest(
+                    f'the input tensor has both "data" and a {V2_BINARY_DATA_SIZE} parameter: '
+                    "send its values one way only",
+                    ErrorCode.INVALID_TENSOR,
+                    field="inputs[0]",
+                )
             rows = self._v2_binary_rows(tensor, input_parameters[V2_BINARY_DATA_SIZE], tensor_bytes)
         else:
             _check_no_tensor_bytes_left(tensor_bytes, used=0)
             if "data" not in tensor:
-                raise InvalidRequest(f'the input tensor has neither "data" nor a {V2_BINARY_DATA_SIZE} parameter',
-                                     ErrorCode.INVALID_TENSOR, field="inputs[0].data")
+                raise InvalidRequest(
+                    f'the input tensor has neither "data" nor a {V2_BINARY_DATA_SIZE} parameter',
+                    ErrorCode.INVALID_TENSOR,
+                    field="inputs[0].data",
+                )
             rows = self._v2_json_rows(tensor)
         return rows, self._v2_outputs(body.get("outputs"), binary_output)
 
@@ -345,13 +425,20 @@ class Contract:
             raise InvalidRequest("the tensor's data must be a list", ErrorCode.INVALID_TENSOR, field="inputs[0].data")
         flat = list(itertools.chain.from_iterable(data)) if data and all(type(r) is list for r in data) else data
         if len(flat) != shape[0] * shape[1]:
-            raise InvalidRequest(f"the tensor's data has {len(flat)} values, its shape {shape} needs "
-                                 f"{shape[0] * shape[1]}", ErrorCode.INVALID_TENSOR, field="inputs[0].data")
+            raise InvalidRequest(
+                f"the tensor's data has {len(flat)} values, its shape {shape} needs {shape[0] * shape[1]}",
+                ErrorCode.INVALID_TENSOR,
+                field="inputs[0].data",
+            )
         if None in flat:
             position = flat.index(None)
-            raise InvalidRequest(f"inputs[0].data[{position}] is null: {tensor['datatype']} tensors hold numbers "
-                                 "only (use the /predict route to send a missing value)", ErrorCode.INVALID_VALUE,
-                                 field=f"inputs[0].data[{position}]", row=position // shape[1])
+            raise InvalidRequest(
+                f"inputs[0].data[{position}] is null: {tensor['datatype']} tensors hold numbers "
+                "only (use the /predict route to send a missing value)",
+                ErrorCode.INVALID_VALUE,
+                field=f"inputs[0].data[{position}]",
+                row=position // shape[1],
+            )
         if set(map(type, flat)) <= _NUMBER_TYPES:
             # The common case, checked at C speed over the flat values at once.
             matrix = np.array(flat, dtype=np.float64).reshape(shape[0], shape[1])
@@ -359,7 +446,7 @@ class Contract:
                 return matrix.astype(np.float32)
         # Otherwise row by row, to name the value that is wrong.
         width = shape[1]
-        rows = [flat[start:start + width] for start in range(0, len(flat), width)]
+        rows = [flat[start : start + width] for start in range(0, len(flat), width)]
         return self._matrix(rows, field="inputs[0].data")
 
     def _v2_binary_rows(self, tensor, size, tensor_bytes) -> np.ndarray:
@@ -368,25 +455,39 @@ class Contract:
         datatype, shape = tensor["datatype"], tensor["shape"]
         expected = shape[0] * shape[1] * V2_BYTE_ORDER[datatype].itemsize
         if type(size) is not int or size != expected:
-            raise InvalidRequest(f"{V2_BINARY_DATA_SIZE} is {str(size)[:20]}, a {datatype} tensor of shape {shape} "
-                                 f"takes {expected} bytes", ErrorCode.INVALID_TENSOR, field=field)
+            raise InvalidRequest(
+                f"{V2_BINARY_DATA_SIZE} is {str(size)[:20]}, a {datatype} tensor of shape {shape} "
+                f"takes {expected} bytes",
+                ErrorCode.INVALID_TENSOR,
+                field=field,
+            )
         if tensor_bytes is None:
-            raise InvalidRequest(f"the input tensor's {size} bytes of binary data need an "
-                                 f"{V2_INFERENCE_HEADER_CONTENT_LENGTH} header, the length of the JSON request "
-                                 "that the body starts with", ErrorCode.INVALID_BODY,
-                                 field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
+            raise InvalidRequest(
+                f"the input tensor's {size} bytes of binary data need an "
+                f"{V2_INFERENCE_HEADER_CONTENT_LENGTH} header, the length of the JSON request "
+                "that the body starts with",
+                ErrorCode.INVALID_BODY,
+                field=V2_INFERENCE_HEADER_CONTENT_LENGTH,
+            )
         if len(tensor_bytes) < size:
-            raise InvalidRequest(f"the body holds {len(tensor_bytes)} bytes after its JSON request, the input tensor "
-                                 f"declares {size}", ErrorCode.INVALID_BODY, field=field)
+            raise InvalidRequest(
+                f"the body holds {len(tensor_bytes)} bytes after its JSON request, the input tensor declares {size}",
+                ErrorCode.INVALID_BODY,
+                field=field,
+            )
         _check_no_tensor_bytes_left(tensor_bytes, used=size)
         values = np.frombuffer(tensor_bytes[:size], dtype=V2_BYTE_ORDER[datatype]).reshape(shape)
         wrong = ~np.isfinite(values) | (np.abs(values) > _FLOAT32_MAX)
         if wrong.any():
             row, column = (int(i) for i in np.argwhere(wrong)[0])
             name = self.names[column]
-            raise InvalidRequest(f"inputs[0] row {row}, {name} is {float(values[row, column])}, expected a finite "
-                                 f"number ({self._unit(column)}) that fits FP32", ErrorCode.INVALID_VALUE,
-                                 field=f"inputs[0].data[{row}].{name}", row=row)
+            raise InvalidRequest(
+                f"inputs[0] row {row}, {name} is {float(values[row, column])}, expected a finite "
+                f"number ({self._unit(column)}) that fits FP32",
+                ErrorCode.INVALID_VALUE,
+                field=f"inputs[0].data[{row}].{name}",
+                row=row,
+            )
         return values.astype(np.float32)
 
     def _v2_outputs(self, requested, binary_output=False) -> list:
@@ -394,30 +495,42 @@ class Contract:
         of them when it names none."""
         if requested is None or requested == []:
             return [V2Output(name, binary_output) for name in V2_OUTPUTS]
-        names = [output.get("name") if isinstance(output, dict) else None for output in requested] \
-            if isinstance(requested, list) else [None]
+        names = (
+            [output.get("name") if isinstance(output, dict) else None for output in requested]
+            if isinstance(requested, list)
+            else [None]
+        )
         unknown = [name for name in names if type(name) is not str or name not in V2_OUTPUTS]
         if unknown:
-            raise InvalidRequest(f"unknown output {str(unknown[0])[:40]}; this model has "
-                                 f"{', '.join(V2_OUTPUTS)}", ErrorCode.INVALID_TENSOR, field="outputs")
+            raise InvalidRequest(
+                f"unknown output {str(unknown[0])[:40]}; this model has {', '.join(V2_OUTPUTS)}",
+                ErrorCode.INVALID_TENSOR,
+                field="outputs",
+            )
         if len(set(names)) != len(names):
-            raise InvalidRequest("an output is asked for twice; ask for each once", ErrorCode.INVALID_TENSOR,
-                                 field="outputs")
+            raise InvalidRequest(
+                "an output is asked for twice; ask for each once", ErrorCode.INVALID_TENSOR, field="outputs"
+            )
         outputs = []
         for index, output in enumerate(requested):
             where = f"outputs[{index}].parameters"
             parameters = _v2_parameters(output, where)
             if "classification" in parameters:
-                raise InvalidRequest("the classification extension is not supported: ask for the label output",
-                                     ErrorCode.INVALID_PARAMETER, field=f"{where}.classification")
+                raise InvalidRequest(
+                    "the classification extension is not supported: ask for the label output",
+                    ErrorCode.INVALID_PARAMETER,
+                    field=f"{where}.classification",
+                )
             binary = _v2_boolean(parameters, V2_BINARY_DATA, where)
             outputs.append(V2Output(output["name"], binary_output if binary is None else binary))
         return outputs
+
 
 @dataclass(frozen=True)
 class V2Output:
     """An output a V2 request asks for ($request_output), and whether it goes
     back as binary data after the JSON answer."""
+
     name: str
     binary: bool
 
@@ -433,17 +546,23 @@ def _v2_boolean(parameters, name, where):
     """A boolean parameter of the binary tensor data extension, None when absent."""
     value = parameters.get(name)
     if value is not None and type(value) is not bool:
-        raise InvalidRequest(f"{where}.{name} is {str(value)[:20]}, expected true or false",
-                             ErrorCode.INVALID_PARAMETER, field=f"{where}.{name}")
+        raise InvalidRequest(
+            f"{where}.{name} is {str(value)[:20]}, expected true or false",
+            ErrorCode.INVALID_PARAMETER,
+            field=f"{where}.{name}",
+        )
     return value
 
 
 def _check_no_tensor_bytes_left(tensor_bytes, used):
     if tensor_bytes is not None and len(tensor_bytes) > used:
-        raise InvalidRequest(f"the body has {len(tensor_bytes) - used} bytes after its JSON request and tensor data "
-                             f"that no input declares ({V2_INFERENCE_HEADER_CONTENT_LENGTH} or "
-                             f"{V2_BINARY_DATA_SIZE} is wrong)", ErrorCode.INVALID_BODY,
-                             field=V2_INFERENCE_HEADER_CONTENT_LENGTH)
+        raise InvalidRequest(
+            f"the body has {len(tensor_bytes) - used} bytes after its JSON request and tensor data "
+            f"that no input declares ({V2_INFERENCE_HEADER_CONTENT_LENGTH} or "
+            f"{V2_BINARY_DATA_SIZE} is wrong)",
+            ErrorCode.INVALID_BODY,
+            field=V2_INFERENCE_HEADER_CONTENT_LENGTH,
+        )
 
 
 def _row_field(field, index):

@@ -47,9 +47,9 @@ class DataSourceError(Exception):
 @dataclass(frozen=True)
 class TrainingData:
     rows: pd.DataFrame  # COLUMNS: features as float64 (NaN for SQL NULL), the label as int
-    source: str         # the file path, or the URL without its password
-    query: str | None   # the SQL, for a database
-    canonical: bytes    # the rows in canonical form (see the module's docstring)
+    source: str  # the file path, or the URL without its password
+    query: str | None  # the SQL, for a database
+    canonical: bytes  # the rows in canonical form (see the module's docstring)
 
     @property
     def sha256(self) -> str:
@@ -58,12 +58,19 @@ class TrainingData:
     def provenance(self) -> dict:
         """What a model's metadata records about the data it learned from."""
         keeps_snapshot = len(self.rows) <= SNAPSHOT_MAX_ROWS
-        return {"source": self.source, "query": self.query, "rows": len(self.rows), "sha256": self.sha256,
-                "canonical_form": "CSV with header, columns " + ",".join(COLUMNS)
-                                  + "; features as Python float repr, label as integer",
-                "snapshot": "data.csv" if keeps_snapshot else None,
-                "snapshot_note": None if keeps_snapshot else
-                f"{len(self.rows)} rows (over {SNAPSHOT_MAX_ROWS}): no copy kept; the sha256 names the rows"}
+        return {
+            "source": self.source,
+            "query": self.query,
+            "rows": len(self.rows),
+            "sha256": self.sha256,
+            "canonical_form": "CSV with header, columns "
+            + ",".join(COLUMNS)
+            + "; features as Python float repr, label as integer",
+            "snapshot": "data.csv" if keeps_snapshot else None,
+            "snapshot_note": None
+            if keeps_snapshot
+            else f"{len(self.rows)} rows (over {SNAPSHOT_MAX_ROWS}): no copy kept; the sha256 names the rows",
+        }
 
     def write_snapshot(self, path):
         Path(path).write_bytes(self.canonical)
@@ -76,9 +83,17 @@ def is_database_url(data_url: str) -> bool:
 def redacted(data_url: str) -> str:
     """The URL without its password (in the authority or as a query argument)."""
     from sqlalchemy.engine import URL, make_url
+
     url = make_url(data_url)
-    url = URL.create(url.drivername, url.username, None, url.host, url.port, url.database,
-                     {key: value for key, value in url.query.items() if key.lower() != "password"})
+    url = URL.create(
+        url.drivername,
+        url.username,
+        None,
+        url.host,
+        url.port,
+        url.database,
+        {key: value for key, value in url.query.items() if key.lower() != "password"},
+    )
     return url.render_as_string(hide_password=False)
 
 
@@ -108,9 +123,11 @@ def _safe_redacted(data_url: str) -> str:
     try:
         return redacted(data_url)
     except Exception as error:  # sqlalchemy.exc.ArgumentError, ValueError: not a URL it can parse
-        raise DataSourceError(f"data_url is not a SQLAlchemy URL ({error.__class__.__name__}): "
-                              "expected e.g. sqlite:///build/diabetes.sqlite or "
-                              "postgresql+psycopg://user@host:5432/db") from None
+        raise DataSourceError(
+            f"data_url is not a SQLAlchemy URL ({error.__class__.__name__}): "
+            "expected e.g. sqlite:///build/diabetes.sqlite or "
+            "postgresql+psycopg://user@host:5432/db"
+        ) from None
 
 
 def _read_csv(path: str) -> pd.DataFrame:
@@ -121,14 +138,16 @@ def _read_csv(path: str) -> pd.DataFrame:
     except (ValueError, OSError) as error:
         raise DataSourceError(f"cannot read {path} as CSV: {error}") from None
     if frame.shape[1] != len(COLUMNS):
-        raise DataSourceError(f"{path} has {frame.shape[1]} columns, expected {len(COLUMNS)}: "
-                              + ", ".join(COLUMNS) + " (no header)")
+        raise DataSourceError(
+            f"{path} has {frame.shape[1]} columns, expected {len(COLUMNS)}: " + ", ".join(COLUMNS) + " (no header)"
+        )
     frame.columns = list(COLUMNS)
     return frame
 
 
 def _read_sql(data_url: str, source: str, query: str) -> pd.DataFrame:
     import sqlalchemy
+
     try:
         engine = sqlalchemy.create_engine(data_url)
     except Exception as error:  # unknown dialect or driver, bad arguments
@@ -139,8 +158,7 @@ def _read_sql(data_url: str, source: str, query: str) -> pd.DataFrame:
                 return pd.read_sql_query(sqlalchemy.text(query), connection)
             except (sqlalchemy.exc.SQLAlchemyError, pd.errors.DatabaseError) as error:
                 cause = getattr(error.__cause__, "orig", error.__cause__) or error
-                raise DataSourceError(f"the query failed on {source}: {_first_line(cause)}\n"
-                                      f"  query: {query}") from None
+                raise DataSourceError(f"the query failed on {source}: {_first_line(cause)}\n  query: {query}") from None
     except sqlalchemy.exc.DBAPIError as error:
         raise DataSourceError(f"cannot connect to {source}: {_first_line(error.orig)}") from None
     finally:
@@ -154,8 +172,10 @@ def _first_line(error) -> str:
 def _checked(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     missing = [name for name in COLUMNS if name not in frame.columns]
     if missing:
-        raise DataSourceError(f"the rows from {source} lack column(s) {', '.join(missing)}; "
-                              f"they have {', '.join(map(str, frame.columns))}")
+        raise DataSourceError(
+            f"the rows from {source} lack column(s) {', '.join(missing)}; "
+            f"they have {', '.join(map(str, frame.columns))}"
+        )
     if frame.empty:
         raise DataSourceError(f"no rows from {source}")
     checked = {}
@@ -164,14 +184,18 @@ def _checked(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         wrong = values.isna() & frame[name].notna()
         if wrong.any():
             row = int(np.flatnonzero(wrong.to_numpy())[0])
-            raise DataSourceError(f"column {name} from {source} holds non-numbers, e.g. "
-                                  f"{frame[name].iloc[row]!r} in row {row} ({int(wrong.sum())} in all)")
+            raise DataSourceError(
+                f"column {name} from {source} holds non-numbers, e.g. "
+                f"{frame[name].iloc[row]!r} in row {row} ({int(wrong.sum())} in all)"
+            )
         checked[name] = values.astype(np.float64)
     label = checked[LABEL_NAME]
     if label.isna().any() or not label.isin([0, 1]).all():
         bad = label[~label.isin([0, 1])]
-        raise DataSourceError(f"column {LABEL_NAME} from {source} must be 0 or 1 in every row, found "
-                              f"{bad.iloc[0]!r} in row {int(bad.index[0])} ({len(bad)} in all)")
+        raise DataSourceError(
+            f"column {LABEL_NAME} from {source} must be 0 or 1 in every row, found "
+            f"{bad.iloc[0]!r} in row {int(bad.index[0])} ({len(bad)} in all)"
+        )
     checked[LABEL_NAME] = label.astype(np.int64)
     return pd.DataFrame(checked)
 
@@ -180,6 +204,7 @@ def write_table(rows: pd.DataFrame, data_url: str, table: str = TABLE):
     """Write the rows to a database table (replacing it), with their line
     number as `row_id`: what `make db` and the tests' PostgreSQL do."""
     import sqlalchemy
+
     engine = sqlalchemy.create_engine(data_url)
     try:
         with engine.begin() as connection:
@@ -201,8 +226,10 @@ def main(argv) -> int:
         print(error, file=sys.stderr)
         return 1
     write_table(data.rows, args.url, args.table)
-    print(f"{len(data.rows)} rows from {args.csv_path} in table {args.table} of {redacted(args.url)} "
-          f"(sha256 of the rows {data.sha256})")
+    print(
+        f"{len(data.rows)} rows from {args.csv_path} in table {args.table} of {redacted(args.url)} "
+        f"(sha256 of the rows {data.sha256})"
+    )
     return 0
 
 

@@ -22,8 +22,11 @@ ARTICLE_TEST_ACCURACY = 0.7874
 
 def versions(models_dir: Path) -> list[str]:
     """Version folders, oldest first (their names start with the training time)."""
-    return sorted(path.name for path in models_dir.iterdir()
-                  if path.is_dir() and not path.is_symlink() and not path.name.startswith("."))
+    return sorted(
+        path.name
+        for path in models_dir.iterdir()
+        if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+    )
 
 
 def linked_version(models_dir: Path, link: str) -> str | None:
@@ -61,21 +64,26 @@ def describe(models_dir: Path) -> str:
     the folds of every seed), the test ROC AUC, the test accuracy with its 95%
     bootstrap interval beside the original article's, the test Brier score."""
     current, latest = linked_version(models_dir, CURRENT_LINK), linked_version(models_dir, LATEST_LINK)
-    lines = [f"{'':2}{'version':<28}{'CV AUC':<17}{'test AUC':>8}  "
-             f"{'accuracy [95% interval] (article ' + format(ARTICLE_TEST_ACCURACY, '.2%') + ')':<42}"
-             f"{'Brier':>6}{'trees':>7}"]
+    lines = [
+        f"{'':2}{'version':<28}{'CV AUC':<17}{'test AUC':>8}  "
+        f"{'accuracy [95% interval] (article ' + format(ARTICLE_TEST_ACCURACY, '.2%') + ')':<42}"
+        f"{'Brier':>6}{'trees':>7}"
+    ]
     for version in versions(models_dir):
         try:
             metadata = load_metadata(models_dir / version)
             metrics = metadata["metrics"]
-            cv_auc = (f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}"
-                      if "cv_roc_auc_std" in metrics else "-")
+            cv_auc = (
+                f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}"
+                if "cv_roc_auc_std" in metrics
+                else "-"
+            )
             interval = metrics.get("test_accuracy_interval")
             accuracy = f"{metrics['test_accuracy']:.2%}" + (
-                f" [{interval[0]:.2%}, {interval[1]:.2%}]" if interval else "")
+                f" [{interval[0]:.2%}, {interval[1]:.2%}]" if interval else ""
+            )
             brier = f"{metrics['test_brier']:.4f}" if "test_brier" in metrics else "-"
-            figures = (f"{cv_auc:<17}{metrics['test_roc_auc']:>8.4f}  {accuracy:<42}{brier:>6}"
-                       f"{metadata['trees']:>7}")
+            figures = f"{cv_auc:<17}{metrics['test_roc_auc']:>8.4f}  {accuracy:<42}{brier:>6}{metadata['trees']:>7}"
         except (OSError, ValueError, KeyError, TypeError) as error:
             figures = f"unreadable: {error}"
         marks = [name for name, linked in (("current", current), ("latest", latest)) if linked == version]

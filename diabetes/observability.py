@@ -16,13 +16,21 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
 from flask import Flask, Response, g, request
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics, generate_latest, multiprocess)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 
 disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -35,22 +43,32 @@ _COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "
 UNMATCHED_ROUTE = "unmatched"
 SERVER_REFUSED_ROUTE = "refused_by_server"
 
-REQUESTS = Counter("diabetes_requests_total", "Requests answered, by route, method and status",
-                   ["route", "method", "status"])
-LATENCY = Histogram("diabetes_request_duration_seconds", "Time to answer a request, by route", ["route"],
-                    buckets=_LATENCY_BUCKETS)
-STAGES = Histogram("diabetes_request_stage_duration_seconds",
-                   "Time spent in each stage of a request (parse, validate, predict, serialize)",
-                   ["route", "stage"], buckets=_LATENCY_BUCKETS)
-PREDICTIONS = Counter("diabetes_predictions_total",
-                      "Rows predicted, by label and by probability bin (lower bound, width 0.1)",
-                      ["label", "probability_bin"])
+REQUESTS = Counter(
+    "diabetes_requests_total", "Requests answered, by route, method and status", ["route", "method", "status"]
+)
+LATENCY = Histogram(
+    "diabetes_request_duration_seconds", "Time to answer a request, by route", ["route"], buckets=_LATENCY_BUCKETS
+)
+STAGES = Histogram(
+    "diabetes_request_stage_duration_seconds",
+    "Time spent in each stage of a request (parse, validate, predict, serialize)",
+    ["route", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+PREDICTIONS = Counter(
+    "diabetes_predictions_total",
+    "Rows predicted, by label and by probability bin (lower bound, width 0.1)",
+    ["label", "probability_bin"],
+)
 ERRORS = Counter("diabetes_errors_total", "Error answers, by error code", ["code"])
-LOG_LINES_DROPPED = Counter("diabetes_log_lines_dropped_total",
-                            "Log lines that could not be written (a full disk, a closed pipe), by log: "
-                            "the requests were answered all the same", ["log"])
-MODEL = Gauge("diabetes_model_info", "The model version being served (value 1)", ["version"],
-              multiprocess_mode="liveall")
+LOG_LINES_DROPPED = Counter(
+    "diabetes_log_lines_dropped_total",
+    "Log lines that could not be written (a full disk, a closed pipe), by log: the requests were answered all the same",
+    ["log"],
+)
+MODEL = Gauge(
+    "diabetes_model_info", "The model version being served (value 1)", ["version"], multiprocess_mode="liveall"
+)
 
 
 class RequestWatch:
@@ -200,10 +218,16 @@ def record_predictions(rows: np.ndarray, probabilities: np.ndarray, threshold: f
             for probability_bin in np.flatnonzero(counts):
                 _predictions_counter(label, int(probability_bin)).inc(int(counts[probability_bin]))
     if g.prediction_log is not None:
-        g.prediction_log.append({
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "request_id": g.watch.request_id, "model_version": g.model_version, "route": g.watch.route,
-            "inputs": np.ascontiguousarray(rows), "probabilities": probabilities})
+        g.prediction_log.append(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "request_id": g.watch.request_id,
+                "model_version": g.model_version,
+                "route": g.watch.route,
+                "inputs": np.ascontiguousarray(rows),
+                "probabilities": probabilities,
+            }
+        )
 
 
 def metrics_response() -> Response:
@@ -236,10 +260,18 @@ def record_server_refusal(status: int, code: str, remote_addr: str | None):
     it (gunicorn's own 400, 414, 431, 501), like any request of the app."""
     REQUESTS.labels(SERVER_REFUSED_ROUTE, "other", str(status)).inc()
     ERRORS.labels(code).inc()
-    access_log().write({
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": None,
-        "method": None, "route": SERVER_REFUSED_ROUTE, "path": None, "status": status, "code": code,
-        "remote_addr": remote_addr})
+    access_log().write(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": None,
+            "method": None,
+            "route": SERVER_REFUSED_ROUTE,
+            "path": None,
+            "status": status,
+            "code": code,
+            "remote_addr": remote_addr,
+        }
+    )
 
 
 @functools.cache
@@ -256,8 +288,9 @@ def watch(app: Flask, model_version: str, prediction_log: PredictionLog | None =
     def start():
         given = request.headers.get("X-Request-ID", "")
         rule = request.url_rule
-        g.watch = RequestWatch(given if _REQUEST_ID.match(given) else uuid.uuid4().hex,
-                               rule.rule if rule else UNMATCHED_ROUTE)
+        g.watch = RequestWatch(
+            given if _REQUEST_ID.match(given) else uuid.uuid4().hex, rule.rule if rule else UNMATCHED_ROUTE
+        )
         g.model_version = model_version
         g.prediction_log = prediction_log
 
@@ -277,11 +310,19 @@ def watch(app: Flask, model_version: str, prediction_log: PredictionLog | None =
             _stage_histogram(watched.route, stage).observe(stage_seconds)
         if status >= 400:
             ERRORS.labels(watched.error_code or "unknown").inc()
-        log.write({
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": watched.request_id,
-            "method": current.method, "route": watched.route, "path": current.path, "status": status,
-            "duration_ms": round(seconds * 1000, 3), "model_version": model_version,
-            "remote_addr": current.remote_addr})
+        log.write(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "request_id": watched.request_id,
+                "method": current.method,
+                "route": watched.route,
+                "path": current.path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "model_version": model_version,
+                "remote_addr": current.remote_addr,
+            }
+        )
         return response
 
     @app.get("/metrics")

@@ -27,8 +27,13 @@ import re
 import numpy as np
 import orjson
 
-from diabetes.contract import (V2_BINARY_DATA_SIZE, V2_BYTE_ORDER, V2_INFERENCE_HEADER_CONTENT_LENGTH, ErrorCode,
-                               InvalidRequest)
+from diabetes.contract import (
+    V2_BINARY_DATA_SIZE,
+    V2_BYTE_ORDER,
+    V2_INFERENCE_HEADER_CONTENT_LENGTH,
+    ErrorCode,
+    InvalidRequest,
+)
 
 BINARY_TENSOR_DATA = "binary_tensor_data"  # the extension's name in the server metadata
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -48,16 +53,27 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryvi
     text = header_length.strip(" \t")
     where = V2_INFERENCE_HEADER_CONTENT_LENGTH
     if _MINUS_DECIMAL.fullmatch(text):
-        raise InvalidRequest(f"{where} is {text[:20]}, a negative length; expected the number of bytes of the JSON "
-                             "request at the start of the body", ErrorCode.INVALID_BODY, field=where)
+        raise InvalidRequest(
+            f"{where} is {text[:20]}, a negative length; expected the number of bytes of the JSON "
+            "request at the start of the body",
+            ErrorCode.INVALID_BODY,
+            field=where,
+        )
     if not _DECIMAL.fullmatch(text):
-        raise InvalidRequest(f"{where} is {text[:20]!r}, not an integer; expected the number of bytes of the JSON "
-                             "request at the start of the body", ErrorCode.INVALID_BODY, field=where)
+        raise InvalidRequest(
+            f"{where} is {text[:20]!r}, not an integer; expected the number of bytes of the JSON "
+            "request at the start of the body",
+            ErrorCode.INVALID_BODY,
+            field=where,
+        )
     if len(text) > _MOST_LENGTH_DIGITS or int(text) > len(body):
-        raise InvalidRequest(f"{where} says the JSON request is {text[:20]} bytes long, the whole body is "
-                             f"{len(body)}", ErrorCode.INVALID_BODY, field=where)
+        raise InvalidRequest(
+            f"{where} says the JSON request is {text[:20]} bytes long, the whole body is {len(body)}",
+            ErrorCode.INVALID_BODY,
+            field=where,
+        )
     view = memoryview(body)
-    return view[:int(text)], view[int(text):]
+    return view[: int(text)], view[int(text) :]
 
 
 def parse_json_request(json_bytes):

@@ -26,8 +26,7 @@ def main(argv):
     unknown = unknown_parameters(notebook_path, parameter_files)
     if unknown:
         known = ", ".join(papermill.inspect_notebook(notebook_path))
-        print(f"unknown parameters for {notebook_path}:", *unknown, f"(it has: {known})",
-              sep="\n  ", file=sys.stderr)
+        print(f"unknown parameters for {notebook_path}:", *unknown, f"(it has: {known})", sep="\n  ", file=sys.stderr)
         return 2
     return 0
 

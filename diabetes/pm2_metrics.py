@@ -101,8 +101,10 @@ def request_counts(multiprocess_dir: str) -> tuple[float, float, dict[float, flo
     worker, dead ones included, as /metrics adds them up."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    files = [*glob.glob(os.path.join(multiprocess_dir, "counter_*.db")),
-             *glob.glob(os.path.join(multiprocess_dir, "histogram_*.db"))]
+    files = [
+        *glob.glob(os.path.join(multiprocess_dir, "counter_*.db")),
+        *glob.glob(os.path.join(multiprocess_dir, "histogram_*.db")),
+    ]
     requests, errors, buckets = 0.0, 0.0, {}
     for family in MultiProcessCollector.merge(files, accumulate=True):
         for sample in family.samples:
@@ -242,8 +244,10 @@ class ServiceWatch:
         return {
             "requests/s": {"value": round(answered / seconds, 1) if seconds > 0 else 0.0, "unit": "req/s"},
             "p99 latency": {"value": NOTHING_ANSWERED if p99 is None else round(p99 * 1000, 2), "unit": "ms"},
-            "error rate": {"value": round(100 * (errors - errors_then) / answered, 2) if answered > 0
-                           else NOTHING_ANSWERED, "unit": "%"},
+            "error rate": {
+                "value": round(100 * (errors - errors_then) / answered, 2) if answered > 0 else NOTHING_ANSWERED,
+                "unit": "%",
+            },
             "requests": {"value": int(requests), "unit": "answered"},
             "workers alive": {"value": len(workers)},
             "PSS total": {"value": round(sum(kib for kib in memory if kib) / 1024, 1), "unit": "MiB"},

@@ -63,16 +63,19 @@ def main(argv):
         print(url)
         return 0
     # Read directly, not through diabetes.bundle: importing XGBoost would double this command's time.
-    version = json.loads((Path(args.expect_model) / "metadata.json").read_text())["version"] \
-        if args.expect_model else None
+    version = (
+        json.loads((Path(args.expect_model) / "metadata.json").read_text())["version"] if args.expect_model else None
+    )
     try:
         api_key = read_api_key(settings["api_key"], settings["api_key_file"])
         answer = wait_for_answer(url, args.timeout, version, api_key)
     except (TimeoutError, ValueError) as error:
         print(error, file=sys.stderr)
         return 1
-    print(f"serving model {answer['version']} at {url}{ARTICLE_PATH}: "
-          f"{json.dumps(ARTICLE_BODY)} -> prediction {answer['prediction']:.4f}")
+    print(
+        f"serving model {answer['version']} at {url}{ARTICLE_PATH}: "
+        f"{json.dumps(ARTICLE_BODY)} -> prediction {answer['prediction']:.4f}"
+    )
     return 0
 
 

@@ -31,11 +31,10 @@ import argparse
 import compileall
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from diabetes.serving import RELEASE_PACKAGE_DIR as PACKAGE_DIR
@@ -67,14 +66,19 @@ def sha256_file(path: Path) -> str:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """The sha256 of every file under `folder` but the manifest, by relative path."""
-    return {path.relative_to(folder).as_posix(): sha256_file(path)
-            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MANIFEST_FILE}
+    return {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
 
 
 def git_state(project: Path) -> tuple[str | None, bool | None]:
     """The commit checked out, and whether the tree differs from it (None, None outside git)."""
+
     def git(*arguments):
         return subprocess.run(["git", "-C", str(project), *arguments], capture_output=True, text=True, timeout=30)
+
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return None, None
@@ -97,8 +101,9 @@ def resolved_settings(notebook: Path) -> dict:
 
 def copy_package(source: Path, destination: Path):
     """The package's sources, without the bytecode a working tree collects."""
-    shutil.copytree(source, destination / source.name,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "*.egg-info"))
+    shutil.copytree(
+        source, destination / source.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "*.egg-info")
+    )
 
 
 def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model: Path) -> Path:
@@ -118,12 +123,23 @@ def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model
     if metadata["version"] != model.name:
         raise ReleaseRefused(f"folder {model.name} holds model version {metadata['version']}")
     commit, dirty = git_state(Path.cwd())
-    (staging / ".source.json").write_text(json.dumps({
-        "commit": commit, "dirty": dirty, "model_version": metadata["version"],
-        "model_sha256": metadata["model_sha256"],
-        "sources": {"script": str(script), "notebook": str(notebook), "package": str(package), "model": str(model)},
-        "dependency_locks": {name: sha256_file(Path(name)) for name in DEPENDENCY_LOCKS if Path(name).exists()},
-    }))
+    (staging / ".source.json").write_text(
+        json.dumps(
+            {
+                "commit": commit,
+                "dirty": dirty,
+                "model_version": metadata["version"],
+                "model_sha256": metadata["model_sha256"],
+                "sources": {
+                    "script": str(script),
+                    "notebook": str(notebook),
+                    "package": str(package),
+                    "model": str(model),
+                },
+                "dependency_locks": {name: sha256_file(Path(name)) for name in DEPENDENCY_LOCKS if Path(name).exists()},
+            }
+        )
+    )
     return staging
 
 
@@ -165,19 +181,29 @@ def seal(releases_dir: Path, passed: list[str], models_dir: Path | None = None) 
     (staging / ".source.json").unlink()
     checks = [*passed, *model_checks(staging / MODEL_DIR, source["model_version"])]
     # Bytecode compiled now, so that workers never write into the release (they cannot: it is read-only).
-    compileall.compile_dir(staging, quiet=1, force=True,
-                           invalidation_mode=compileall.py_compile.PycInvalidationMode.CHECKED_HASH)
+    compileall.compile_dir(
+        staging, quiet=1, force=True, invalidation_mode=compileall.py_compile.PycInvalidationMode.CHECKED_HASH
+    )
     files = file_hashes(staging)
-    content = hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in files.items()
-                                     if not name.endswith(".pyc")).encode()).hexdigest()
-    built_at = datetime.now(timezone.utc)
+    content = hashlib.sha256(
+        "".join(f"{name} {digest}\n" for name, digest in files.items() if not name.endswith(".pyc")).encode()
+    ).hexdigest()
+    built_at = datetime.now(UTC)
     release = f"{built_at:%Y%m%dT%H%M%SZ}-{content[:8]}"
-    manifest = {"release": release, "built_at": built_at.isoformat(timespec="microseconds"),
-                "commit": source["commit"], "dirty": source["dirty"],
-                "model_version": source["model_version"], "model_sha256": source["model_sha256"],
-                "checks_passed": checks, "python": sys.version.split()[0],
-                "dependency_locks": source["dependency_locks"], "sources": source["sources"],
-                "content_sha256": content, "files": files}
+    manifest = {
+        "release": release,
+        "built_at": built_at.isoformat(timespec="microseconds"),
+        "commit": source["commit"],
+        "dirty": source["dirty"],
+        "model_version": source["model_version"],
+        "model_sha256": source["model_sha256"],
+        "checks_passed": checks,
+        "python": sys.version.split()[0],
+        "dependency_locks": source["dependency_locks"],
+        "sources": source["sources"],
+        "content_sha256": content,
+        "files": files,
+    }
     (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     make_read_only(staging)
     staging.rename(releases_dir / release)
@@ -209,8 +235,11 @@ def releases(releases_dir: Path) -> list[str]:
         except (OSError, ValueError, KeyError):
             return ""
 
-    names = [path.name for path in releases_dir.iterdir()
-             if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
+    names = [
+        path.name
+        for path in releases_dir.iterdir()
+        if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+    ]
     return sorted(names, key=lambda name: (name[:16], built_at(name), name))
 
 
@@ -238,7 +267,8 @@ def serve(releases_dir: Path, release: str, models_dir: Path | None = None):
     next_link.symlink_to(release, target_is_directory=True)
     next_link.rename(releases_dir / CURRENT_LINK)
     if models_dir is not None:
-        from diabetes.bundle import CURRENT_LINK as MODEL_CURRENT_LINK, point_link
+        from diabetes.bundle import CURRENT_LINK as MODEL_CURRENT_LINK
+        from diabetes.bundle import point_link
 
         version = read_manifest(releases_dir, release)["model_version"]
         if (models_dir / version).is_dir():
@@ -250,7 +280,7 @@ def rollback(releases_dir: Path, models_dir: Path | None = None) -> str:
     once its files still match its manifest and its model passes its checks."""
     current = current_release(releases_dir)
     listed = releases(releases_dir)
-    older = listed[:listed.index(current)] if current in listed else listed
+    older = listed[: listed.index(current)] if current in listed else listed
     if not older:
         raise ReleaseRefused(f"no release older than {current} to roll back to")
     release = older[-1]
@@ -272,9 +302,11 @@ def describe(releases_dir: Path) -> str:
             manifest = read_manifest(releases_dir, release)
             commit = (manifest["commit"] or "unknown")[:12] + ("+dirty" if manifest["dirty"] else "")
             changed = changed_files(releases_dir, release)
-            figures = (f"{manifest['model_version']:<27}{commit:<19}{manifest['built_at'][:19]:<21}"
-                       f"{len(manifest['checks_passed'])}: {', '.join(manifest['checks_passed'])}"
-                       + (f"  CHANGED SINCE SEALED: {', '.join(changed[:3])}" if changed else ""))
+            figures = (
+                f"{manifest['model_version']:<27}{commit:<19}{manifest['built_at'][:19]:<21}"
+                f"{len(manifest['checks_passed'])}: {', '.join(manifest['checks_passed'])}"
+                + (f"  CHANGED SINCE SEALED: {', '.join(changed[:3])}" if changed else "")
+            )
         except (OSError, ValueError, KeyError, TypeError) as error:
             figures = f"unreadable: {error}"
         lines.append(f"{'*' if release == current else ' '} {release:<27}{figures}")

@@ -1,12 +1,13 @@
 """Reading a request's body within its size limit and its time limit,
 whatever its transfer encoding.
 
-A body sent with Content-Length over the limit is refused before it is read. A chunked body has no length to check: it is
-read here chunk by chunk and refused with 413 as soon as it passes the limit,
-never cut at the limit and answered as if it were whole. CSV is read as a
-stream of lines, so that its row limit can stop it early. A body that has not
-fully arrived within `BODY_SECONDS` is refused with 408: a client that sends
-its body a byte at a time holds a connection only that long.
+A body sent with Content-Length over the limit is refused before it is read. A
+chunked body has no length to check: it is read here chunk by chunk and
+refused with 413 as soon as it passes the limit, never cut at the limit and
+answered as if it were whole. CSV is read as a stream of lines, so that its
+row limit can stop it early. A body that has not fully arrived within
+`BODY_SECONDS` is refused with 408: a client that sends its body a byte at a
+time holds a connection only that long.
 """
 
 import io
@@ -54,7 +55,7 @@ class LimitedBody(io.RawIOBase):
         self.seen += len(chunk)
         if self.seen > self.limit:
             raise body_too_large(self.limit)
-        buffer[:len(chunk)] = chunk
+        buffer[: len(chunk)] = chunk
         return len(chunk)
 
 
@@ -65,8 +66,11 @@ def declared_length(environ: dict) -> int:
 
 
 def body_too_large(limit: int) -> InvalidRequest:
-    return InvalidRequest(f"the body is larger than {limit} bytes, the most this service accepts: split it",
-                          ErrorCode.REQUEST_ENTITY_TOO_LARGE, 413)
+    return InvalidRequest(
+        f"the body is larger than {limit} bytes, the most this service accepts: split it",
+        ErrorCode.REQUEST_ENTITY_TOO_LARGE,
+        413,
+    )
 
 
 def body_too_slow() -> InvalidRequest:
@@ -89,8 +93,9 @@ def read_body(environ: dict, limit: int) -> bytes:
 def body_text_lines(environ: dict, limit: int):
     """The body as lines of UTF-8 text (a leading byte-order mark, as Excel
     writes it, is dropped), read as they arrive."""
-    return io.TextIOWrapper(io.BufferedReader(LimitedBody(environ, limit), _CHUNK_BYTES), encoding="utf-8-sig",
-                            errors="strict", newline="")
+    return io.TextIOWrapper(
+        io.BufferedReader(LimitedBody(environ, limit), _CHUNK_BYTES), encoding="utf-8-sig", errors="strict", newline=""
+    )
 
 
 def discard_unread_body(environ: dict):

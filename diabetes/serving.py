@@ -42,20 +42,35 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
     release_package = os.path.join(script_dir, RELEASE_PACKAGE_DIR)
     # gunicorn puts each of these first on the path in turn: the last one ends up first.
     python_path = [script_dir, *([release_package] if os.path.isdir(release_package) else [])]
-    inherited_path = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                      if entry and os.path.abspath(entry) not in python_path]
+    inherited_path = [
+        entry
+        for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if entry and os.path.abspath(entry) not in python_path
+    ]
     environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     if inherited_path:
         environment["PYTHONPATH"] = os.pathsep.join(inherited_path)
-    os.execve(sys.executable, [
-        sys.executable, "-m", "gunicorn", f"{module}:{app_name}",
-        # A file, not a module: gunicorn reads it again on a reload (SIGHUP).
-        "--config", os.path.join(os.path.dirname(__file__), "gunicorn_config.py"),
-        "--pythonpath", ",".join(python_path),
-        "--bind", f"{host}:{port}",
-        "--workers", str(workers),
-        "--name", module,
-    ], environment)
+    os.execve(
+        sys.executable,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            f"{module}:{app_name}",
+            # A file, not a module: gunicorn reads it again on a reload (SIGHUP).
+            "--config",
+            os.path.join(os.path.dirname(__file__), "gunicorn_config.py"),
+            "--pythonpath",
+            ",".join(python_path),
+            "--bind",
+            f"{host}:{port}",
+            "--workers",
+            str(workers),
+            "--name",
+            module,
+        ],
+        environment,
+    )
 
 
 def write_server_refusal(sock, status: int, reason: str, message: str):
@@ -72,14 +87,16 @@ def write_server_refusal(sock, status: int, reason: str, message: str):
         # gunicorn keeps this reason for some other statuses (501).
         reason = HTTPStatus(status).phrase
     code = reason.lower().replace(" ", "_")
-    body = orjson.dumps(InvalidRequest(f"the server could not read the request: {message[:200]}", code,
-                                       status).envelope())
+    body = orjson.dumps(
+        InvalidRequest(f"the server could not read the request: {message[:200]}", code, status).envelope()
+    )
     try:
         peer = sock.getpeername()[0]
     except (OSError, IndexError, TypeError):
         peer = None
     record_server_refusal(status, code, peer)
-    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     write_nonblock(sock, head.encode("latin-1") + body)
-

@@ -36,8 +36,10 @@ def notebook_defaults(notebook_path: str = SERVE_NOTEBOOK) -> dict:
     """The values of a notebook's parameters cell, read without running it."""
     import papermill  # imported here: it takes a second, and only tools need it
 
-    return {name: ast.literal_eval(parameter["default"])
-            for name, parameter in papermill.inspect_notebook(notebook_path).items()}
+    return {
+        name: ast.literal_eval(parameter["default"])
+        for name, parameter in papermill.inspect_notebook(notebook_path).items()
+    }
 
 
 def service_settings() -> dict:
@@ -58,8 +60,9 @@ def read_api_key(api_key: str, api_key_file: str) -> str:
     try:
         mode = os.stat(api_key_file).st_mode
         if mode & 0o077:
-            raise SettingRefused(f"{api_key_file} is readable by others (mode {mode & 0o777:o}): "
-                                 f"chmod 600 {api_key_file}")
+            raise SettingRefused(
+                f"{api_key_file} is readable by others (mode {mode & 0o777:o}): chmod 600 {api_key_file}"
+            )
         with open(api_key_file, encoding="utf-8") as file:
             key = file.read().strip()
     except OSError as error:
@@ -89,5 +92,5 @@ def trusted_host_names(trusted_hosts: str, bind_host: str) -> frozenset | None:
 def host_name_of(host_header: str) -> str:
     """`example.org:5000` -> `example.org`, `[::1]:5000` -> `::1`."""
     if host_header.startswith("["):
-        return host_header[1:host_header.find("]")].lower() if "]" in host_header else host_header.lower()
+        return host_header[1 : host_header.find("]")].lower() if "]" in host_header else host_header.lower()
     return host_header.rsplit(":", 1)[0].lower() if host_header.count(":") == 1 else host_header.lower()

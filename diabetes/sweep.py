@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -47,8 +47,17 @@ LATEST_LINK = "latest"
 # run is measured), one XGBoost thread (runs go in parallel), and no article
 # comparison (the sweep file adds the article's parameters as a run of their own).
 RUN_SETTINGS = {"min_auc": 0.0, "threads": 1, "compare_with_article": False}
-METRICS = ("cv_roc_auc_mean", "cv_roc_auc_std", "cv_accuracy_mean", "cv_accuracy_std", "cv_brier_mean",
-           "cv_log_loss_mean", "test_roc_auc", "test_accuracy", "test_brier")
+METRICS = (
+    "cv_roc_auc_mean",
+    "cv_roc_auc_std",
+    "cv_accuracy_mean",
+    "cv_accuracy_std",
+    "cv_brier_mean",
+    "cv_log_loss_mean",
+    "test_roc_auc",
+    "test_accuracy",
+    "test_brier",
+)
 
 
 class SweepError(Exception):
@@ -92,18 +101,33 @@ def run_one(name: str, parameters: dict, base: list, run_dir: Path, timeout: flo
     run_dir.mkdir(parents=True)
     settings = {**parameters, **RUN_SETTINGS, "models_dir": str(run_dir / "models")}
     (run_dir / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    command = [sys.executable, "-m", "papermill", "-k", "python3", "--no-progress-bar", NOTEBOOK,
-               str(run_dir / "train.ipynb"), *[argument for path in base for argument in ("-f", path)],
-               "-f", str(run_dir / "params.yaml")]
+    command = [
+        sys.executable,
+        "-m",
+        "papermill",
+        "-k",
+        "python3",
+        "--no-progress-bar",
+        NOTEBOOK,
+        str(run_dir / "train.ipynb"),
+        *[argument for path in base for argument in ("-f", path)],
+        "-f",
+        str(run_dir / "params.yaml"),
+    ]
     started = time.monotonic()
     row = {"run": name, **parameters, "status": "failed", "error": "", "notebook": str(run_dir / "train.ipynb")}
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
         if result.returncode == 0:
             metadata = json.loads((run_dir / "models" / "latest" / "metadata.json").read_text())
-            row.update(status="ok", trees=metadata["trees"], model_dir=str((run_dir / "models" / "latest").resolve()),
-                       **{metric: metadata["metrics"].get(metric) for metric in METRICS})
+            row.update(
+                status="ok",
+                trees=metadata["trees"],
+                model_dir=str((run_dir / "models" / "latest").resolve()),
+                **{metric: metadata["metrics"].get(metric) for metric in METRICS},
+            )
         else:
             row["error"] = notebook_error(run_dir / "train.ipynb") or result.stderr.strip().splitlines()[-1]
     except subprocess.TimeoutExpired:
@@ -140,27 +164,31 @@ def progress(done: int, total: int, row: dict, best, started: float) -> str:
     left = elapsed / done * (total - done)
     figure = f"CV AUC {row['cv_roc_auc_mean']:.4f}" if row["status"] == "ok" else f"FAILED: {row['error'][:80]}"
     best_text = f"best {best['cv_roc_auc_mean']:.4f} (run {best['run']})" if best is not None else "no best yet"
-    return f"[{done:>3}/{total}] run {row['run']} {row['duration_s']:>5.1f} s  {figure} | {best_text} | ~{left:.0f} s left"
+    return (
+        f"[{done:>3}/{total}] run {row['run']} {row['duration_s']:>5.1f} s  {figure} | {best_text} | ~{left:.0f} s left"
+    )
 
 
-def sweep(sweep_file: Path, sweeps_dir: Path, jobs: int | None = None, timeout: float = 1800,
-          report: bool = True) -> Path:
+def sweep(
+    sweep_file: Path, sweeps_dir: Path, jobs: int | None = None, timeout: float = 1800, report: bool = True
+) -> Path:
     spec = yaml.safe_load(Path(sweep_file).read_text()) or {}
     base = [str(path) for path in spec.get("base", [])]
     runs = parameter_sets(spec)
     check_names(spec, runs)
     jobs = max(1, min(jobs or len(os.sched_getaffinity(0)), len(runs)))
-    sweep_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     sweep_dir = Path(sweeps_dir) / sweep_id
     (sweep_dir / "runs").mkdir(parents=True)
     (sweep_dir / "sweep.yaml").write_text(Path(sweep_file).read_text())
-    print(f"sweep {sweep_id}: {len(runs)} runs of {NOTEBOOK}, {jobs} at a time, one XGBoost thread each",
-          flush=True)
+    print(f"sweep {sweep_id}: {len(runs)} runs of {NOTEBOOK}, {jobs} at a time, one XGBoost thread each", flush=True)
 
     started, rows = time.monotonic(), []
     with ThreadPoolExecutor(jobs) as pool:
-        futures = [pool.submit(run_one, name, parameters, base, sweep_dir / "runs" / name, timeout)
-                   for name, parameters in runs]
+        futures = [
+            pool.submit(run_one, name, parameters, base, sweep_dir / "runs" / name, timeout)
+            for name, parameters in runs
+        ]
         for future in as_completed(futures):
             rows.append(future.result())
             best = best_run(pd.DataFrame(rows)) if any(row["status"] == "ok" for row in rows) else None
@@ -168,23 +196,34 @@ def sweep(sweep_file: Path, sweeps_dir: Path, jobs: int | None = None, timeout: 
 
     order = {name: index for index, (name, _) in enumerate(runs)}
     results = pd.DataFrame(sorted(rows, key=lambda row: order[row["run"]]))
-    swept = [name for name in results.columns if name not in {"run", "status", "error", "notebook", "model_dir",
-                                                              "duration_s", "trees", *METRICS}]
-    results = results.reindex(columns=["run", *swept, "status", "trees", *METRICS, "duration_s", "error",
-                                       "notebook", "model_dir"])
+    swept = [
+        name
+        for name in results.columns
+        if name not in {"run", "status", "error", "notebook", "model_dir", "duration_s", "trees", *METRICS}
+    ]
+    results = results.reindex(
+        columns=["run", *swept, "status", "trees", *METRICS, "duration_s", "error", "notebook", "model_dir"]
+    )
     results.to_csv(sweep_dir / "results.csv", index=False)
     best = best_run(results)
     if best is not None:
         parameters = dict(next(parameters for name, parameters in runs if name == best["run"]))
         (sweep_dir / "best.yaml").write_text(
             f"# The best run ({best['run']}) of sweep {sweep_id}, by cross-validated ROC AUC\n"
-            + yaml.safe_dump(parameters, sort_keys=False))
+            + yaml.safe_dump(parameters, sort_keys=False)
+        )
         (sweep_dir / "train-params").write_text(" ".join([*base, str(sweep_dir / "best.yaml")]) + "\n")
     point_link(Path(sweeps_dir), LATEST_LINK, sweep_id)
     failed = int((results["status"] != "ok").sum())
-    print(f"{len(results) - failed} runs ok, {failed} failed, in {time.monotonic() - started:.0f} s; "
-          + (f"best: run {best['run']}, CV AUC {best['cv_roc_auc_mean']:.4f} ± {best['cv_roc_auc_std']:.4f}"
-             if best is not None else "no run succeeded"), flush=True)
+    print(
+        f"{len(results) - failed} runs ok, {failed} failed, in {time.monotonic() - started:.0f} s; "
+        + (
+            f"best: run {best['run']}, CV AUC {best['cv_roc_auc_mean']:.4f} ± {best['cv_roc_auc_std']:.4f}"
+            if best is not None
+            else "no run succeeded"
+        ),
+        flush=True,
+    )
     if report:
         write_report(sweep_dir)
     return sweep_dir
@@ -193,10 +232,28 @@ def sweep(sweep_file: Path, sweeps_dir: Path, jobs: int | None = None, timeout: 
 def write_report(sweep_dir: Path):
     """The report notebook, run by papermill, and its HTML (nbconvert)."""
     executed = sweep_dir / "report.ipynb"
-    subprocess.run([sys.executable, "-m", "papermill", "-k", "python3", "--no-progress-bar", REPORT_NOTEBOOK,
-                    str(executed), "-p", "sweep_dir", str(sweep_dir)], check=True, timeout=600)
-    subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", "--no-input", "--log-level=WARN",
-                    str(executed)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            "-k",
+            "python3",
+            "--no-progress-bar",
+            REPORT_NOTEBOOK,
+            str(executed),
+            "-p",
+            "sweep_dir",
+            str(sweep_dir),
+        ],
+        check=True,
+        timeout=600,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "nbconvert", "--to", "html", "--no-input", "--log-level=WARN", str(executed)],
+        check=True,
+        timeout=300,
+    )
     print(f"report: {sweep_dir / 'report.html'}", flush=True)
 
 

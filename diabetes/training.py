@@ -30,30 +30,48 @@ from diabetes.models import ARTICLE_TEST_ACCURACY  # noqa: F401 (the notebook re
 
 # The original article's parameters (XGBClassifier(max_depth=12, subsample=0.33,
 # learning_rate=0.01, ...)), measured here by the same procedure on the same folds.
-ARTICLE_PARAMETERS = {"max_depth": 12, "learning_rate": 0.01, "subsample": 0.33,
-                      "colsample_bytree": 1.0, "min_child_weight": 1.0, "reg_lambda": 1.0}
+ARTICLE_PARAMETERS = {
+    "max_depth": 12,
+    "learning_rate": 0.01,
+    "subsample": 0.33,
+    "colsample_bytree": 1.0,
+    "min_child_weight": 1.0,
+    "reg_lambda": 1.0,
+}
 
 
-def booster_parameters(max_depth, learning_rate, subsample, colsample_bytree, min_child_weight, reg_lambda,
-                       seed, threads=0) -> dict:
+def booster_parameters(
+    max_depth, learning_rate, subsample, colsample_bytree, min_child_weight, reg_lambda, seed, threads=0
+) -> dict:
     """XGBoost's own parameters for a binary classifier (`threads` 0: one per core)."""
-    return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",
-            "max_depth": int(max_depth), "eta": float(learning_rate), "subsample": float(subsample),
-            "colsample_bytree": float(colsample_bytree), "min_child_weight": float(min_child_weight),
-            "lambda": float(reg_lambda), "seed": int(seed), "nthread": int(threads)}
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "tree_method": "hist",
+        "max_depth": int(max_depth),
+        "eta": float(learning_rate),
+        "subsample": float(subsample),
+        "colsample_bytree": float(colsample_bytree),
+        "min_child_weight": float(min_child_weight),
+        "lambda": float(reg_lambda),
+        "seed": int(seed),
+        "nthread": int(threads),
+    }
 
 
 def repeated_folds(y, n_folds: int, seeds) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(seed, fit rows, held-out rows) for K stratified folds per seed."""
-    return [(seed, fit, held_out) for seed in seeds
-            for fit, held_out in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(
-                np.zeros(len(y)), y)]
+    return [
+        (seed, fit, held_out)
+        for seed in seeds
+        for fit, held_out in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+    ]
 
 
 @dataclass
 class CrossValidation:
-    trees: int                  # the number of trees chosen by the mean held-out log loss
-    folds: list[dict]           # each fold's seed and metrics at that many trees
+    trees: int  # the number of trees chosen by the mean held-out log loss
+    folds: list[dict]  # each fold's seed and metrics at that many trees
     out_of_fold: dict = field(repr=False)  # seed -> probability of every training row, from the fold that held it out
     curve: np.ndarray = field(repr=False)  # mean held-out log loss after each round
 
@@ -65,12 +83,16 @@ class CrossValidation:
 
     def summary(self, prefix="cv_") -> dict:
         """Mean and spread over all folds of all seeds."""
-        return {f"{prefix}{metric}_{statistic}": round(getattr(self, statistic)(metric), 4)
-                for metric in ("roc_auc", "accuracy", "brier", "log_loss") for statistic in ("mean", "std")}
+        return {
+            f"{prefix}{metric}_{statistic}": round(getattr(self, statistic)(metric), 4)
+            for metric in ("roc_auc", "accuracy", "brier", "log_loss")
+            for statistic in ("mean", "std")
+        }
 
 
-def cross_validate(parameters: dict, X, y, folds, max_trees: int, early_stopping_rounds: int,
-                   threshold: float = 0.5) -> CrossValidation:
+def cross_validate(
+    parameters: dict, X, y, folds, max_trees: int, early_stopping_rounds: int, threshold: float = 0.5
+) -> CrossValidation:
     """Boost on each fold, choose the number of trees by the mean held-out log
     loss, and measure every fold at that number (see the module's docstring).
 
@@ -81,15 +103,21 @@ def cross_validate(parameters: dict, X, y, folds, max_trees: int, early_stopping
     boosters, curves = [], []
     for seed, fit, held_out in folds:
         history = {}
-        boosters.append(xgb.train(
-            {**parameters, "seed": seed}, xgb.DMatrix(X[fit], y[fit]), num_boost_round=max_trees,
-            evals=[(xgb.DMatrix(X[held_out], y[held_out]), "held_out")], evals_result=history,
-            verbose_eval=False))
+        boosters.append(
+            xgb.train(
+                {**parameters, "seed": seed},
+                xgb.DMatrix(X[fit], y[fit]),
+                num_boost_round=max_trees,
+                evals=[(xgb.DMatrix(X[held_out], y[held_out]), "held_out")],
+                evals_result=history,
+                verbose_eval=False,
+            )
+        )
         curves.append(history["held_out"]["logloss"])
     curve = np.mean(curves, axis=0)
     trees = _early_stopping_point(curve, early_stopping_rounds)
     out_of_fold, results = {}, []
-    for booster, (seed, fit, held_out) in zip(boosters, folds):
+    for booster, (seed, _fit, held_out) in zip(boosters, folds):
         probability = booster.predict(xgb.DMatrix(X[held_out]), iteration_range=(0, trees))
         out_of_fold.setdefault(seed, np.full(len(y), np.nan))[held_out] = probability
         results.append({"seed": seed, **classification_metrics(y[held_out], probability, threshold)})
@@ -108,16 +136,17 @@ def _early_stopping_point(curve, patience: int) -> int:
 
 
 def classification_metrics(y, probability, threshold=0.5) -> dict:
-    return {"roc_auc": roc_auc_score(y, probability),
-            "accuracy": accuracy_score(y, probability >= threshold),
-            "brier": brier_score_loss(y, probability),
-            "log_loss": log_loss(y, probability, labels=[0, 1])}
+    return {
+        "roc_auc": roc_auc_score(y, probability),
+        "accuracy": accuracy_score(y, probability >= threshold),
+        "brier": brier_score_loss(y, probability),
+        "log_loss": log_loss(y, probability, labels=[0, 1]),
+    }
 
 
 def fit(parameters: dict, X, y, trees: int) -> xgb.Booster:
     """The final model: all the training rows, the chosen number of trees."""
-    return xgb.train(parameters, xgb.DMatrix(np.asarray(X, dtype=np.float32), np.asarray(y)),
-                     num_boost_round=trees)
+    return xgb.train(parameters, xgb.DMatrix(np.asarray(X, dtype=np.float32), np.asarray(y)), num_boost_round=trees)
 
 
 def logit(probability):
@@ -137,6 +166,7 @@ def calibration_check(out_of_fold: dict, y, n_folds=5) -> dict:
     other folds of out-of-fold rows and scored on the held-out ones (mean over
     the seeds of the cross-validation)."""
     from sklearn.isotonic import IsotonicRegression
+
     y = np.asarray(y)
     scores = {"none": [], "platt": [], "isotonic": []}
     for seed, probability in out_of_fold.items():
@@ -162,6 +192,7 @@ def calibrated_booster(booster: xgb.Booster, slope: float, intercept: float) -> 
     and TreeSHAP all read the result as an ordinary model (its contributions
     are the old ones times `slope`)."""
     import json
+
     model = json.loads(booster.save_raw(raw_format="json"))
     learner = model["learner"]
     parameter = learner["learner_model_param"]
@@ -183,6 +214,7 @@ def fast_roc_auc(y, probability) -> float:
     """ROC AUC by the Mann-Whitney rank sum (ties share their rank): what
     `roc_auc_score` gives, a hundred times faster on a few hundred rows."""
     from scipy.stats import rankdata
+
     positive = np.asarray(y) == 1
     n_positive, n_negative = positive.sum(), (~positive).sum()
     rank_sum = rankdata(probability)[positive].sum()

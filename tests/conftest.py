@@ -23,11 +23,18 @@ FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
 
 
 def make(*arguments, env=None, check=True, timeout=300, project=PROJECT) -> subprocess.CompletedProcess:
-    result = subprocess.run(["make", "--no-print-directory", "-C", str(project), *arguments],
-                            env=env or clean_environment(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(project), *arguments],
+        env=env or clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and result.returncode != 0:
-        pytest.fail(f"make {' '.join(arguments)} failed ({result.returncode}):\n"
-                    f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        pytest.fail(
+            f"make {' '.join(arguments)} failed ({result.returncode}):\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -41,8 +48,12 @@ def trained(workspace) -> dict:
     """`make train` with the fast parameter set: the make variables that place
     its outputs (the generated scripts too, and the releases beside the
     models), and the folder of the models it published."""
-    variables = {"MODELS_DIR": str(workspace / "models"), "RUNS_DIR": str(workspace / "runs"),
-                 "SCRIPTS_DIR": str(workspace / "scripts"), "TRAIN_PARAMS": FAST_PARAMS}
+    variables = {
+        "MODELS_DIR": str(workspace / "models"),
+        "RUNS_DIR": str(workspace / "runs"),
+        "SCRIPTS_DIR": str(workspace / "scripts"),
+        "TRAIN_PARAMS": FAST_PARAMS,
+    }
     make("train", *[f"{name}={value}" for name, value in variables.items()])
     return {"variables": variables, "models_dir": workspace / "models"}
 
@@ -94,6 +105,7 @@ class Target:
 @pytest.fixture(scope="session")
 def limits():
     from diabetes.settings import notebook_defaults
+
     return notebook_defaults()
 
 
@@ -113,12 +125,21 @@ def service(workspace, trained):
     """`make serve` in a PM2 home of the tests' own, on a free port. On the
     way out, `make stop` must leave no PM2 daemon and no server behind."""
     port = free_port()
-    variables = [*[f"{name}={value}" for name, value in trained["variables"].items()],
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"]
+    variables = [
+        *[f"{name}={value}" for name, value in trained["variables"].items()],
+        f"PM2_HOME={workspace / 'pm2'}",
+        f"LOG_DIR={workspace / 'logs'}",
+    ]
     env = clean_environment(DIABETES_PORT=str(port))
-    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "pm2_home": workspace / "pm2", "models_dir": trained["models_dir"],
-               "releases_dir": workspace / "releases"}
+    service = {
+        "url": f"http://127.0.0.1:{port}",
+        "port": port,
+        "variables": variables,
+        "env": env,
+        "pm2_home": workspace / "pm2",
+        "models_dir": trained["models_dir"],
+        "releases_dir": workspace / "releases",
+    }
     try:
         make("serve", *variables, env=env)
         yield service
@@ -143,12 +164,24 @@ def service_of_its_own(trained, workspace: Path, **settings):
     models_dir = workspace / "models"
     shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
     port = free_port()
-    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={workspace / 'runs'}", f"TRAIN_PARAMS={FAST_PARAMS}",
-                 f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}",
-                 f"SCRIPTS_DIR={workspace / 'scripts'}"]
+    variables = [
+        f"MODELS_DIR={models_dir}",
+        f"RUNS_DIR={workspace / 'runs'}",
+        f"TRAIN_PARAMS={FAST_PARAMS}",
+        f"PM2_HOME={workspace / 'pm2'}",
+        f"LOG_DIR={workspace / 'logs'}",
+        f"SCRIPTS_DIR={workspace / 'scripts'}",
+    ]
     env = clean_environment(DIABETES_PORT=str(port), **settings)
-    service = {"url": f"http://127.0.0.1:{port}", "port": port, "variables": variables, "env": env,
-               "workspace": workspace, "pm2_home": workspace / "pm2", "models_dir": models_dir}
+    service = {
+        "url": f"http://127.0.0.1:{port}",
+        "port": port,
+        "variables": variables,
+        "env": env,
+        "workspace": workspace,
+        "pm2_home": workspace / "pm2",
+        "models_dir": models_dir,
+    }
     try:
         make("serve", *variables, env=env)
         yield service
@@ -158,9 +191,14 @@ def service_of_its_own(trained, workspace: Path, **settings):
 
 def pm2(service, *arguments) -> str:
     """A pm2 command in the service's own PM2 home; its output."""
-    return subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), *arguments], capture_output=True, text=True,
-                          check=True, timeout=30,
-                          env={**service["env"], "PM2_HOME": str(service["pm2_home"])}).stdout
+    return subprocess.run(
+        [str(PROJECT / "node_modules/.bin/pm2"), *arguments],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
+    ).stdout
 
 
 def pm2_app(service) -> dict:

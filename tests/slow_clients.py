@@ -25,8 +25,9 @@ def idle_and_slow_connections(port: int, idle: int, slow: int, byte_every: float
     ends)."""
     context = multiprocessing.get_context("spawn")
     opened, stop, results = context.Event(), context.Event(), context.Queue()
-    attacker = context.Process(target=_hold_connections, args=(port, idle, slow, byte_every, opened, stop, results),
-                               daemon=True)
+    attacker = context.Process(
+        target=_hold_connections, args=(port, idle, slow, byte_every, opened, stop, results), daemon=True
+    )
     attacker.start()
     closed = {}
     try:
@@ -76,8 +77,11 @@ def _hold_connections(port, idle, slow, byte_every, opened, stop, results):
                 return
             connection.sendall(bytes([byte]))
 
-    threads = [threading.Thread(target=hold, args=(kind,), daemon=True)
-               for kind, count in (("idle", idle), ("slow", slow)) for _ in range(count)]
+    threads = [
+        threading.Thread(target=hold, args=(kind,), daemon=True)
+        for kind, count in (("idle", idle), ("slow", slow))
+        for _ in range(count)
+    ]
     for thread in threads:
         thread.start()
     stop.wait()
@@ -91,8 +95,11 @@ def slow_article_call(port: int, pause: float) -> str:
     in flight for that long. Returns the answer's status line."""
     body = json.dumps(ARTICLE_BODY).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
-        connection.sendall(f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body[:10])
+        connection.sendall(
+            f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body[:10]
+        )
         time.sleep(pause)
         connection.sendall(body[10:])
         return connection.makefile("rb").readline().decode().strip()

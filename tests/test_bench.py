@@ -14,20 +14,35 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import PROJECT, make
 
 # The service counts twice: on the article's route, and as `service_v2` on the V2 route beside MLServer.
 SERVERS = ("article", "service", "service_v2", "ceiling", "mlserver")
 CONNECTION_COUNTS = ("16", "64")
-BATCH_ROUTES = {"service predict": ("1", "100", "1000", "10000"), "service v2_json": ("100", "1000", "10000"),
-                "mlserver v2_json": ("100", "1000", "10000")}
+BATCH_ROUTES = {
+    "service predict": ("1", "100", "1000", "10000"),
+    "service v2_json": ("100", "1000", "10000"),
+    "mlserver v2_json": ("100", "1000", "10000"),
+}
 STAGES = {"parse", "validate", "predict", "serialize"}
 IN_PROCESS_PATHS = ("bundle", "xgboost", "article")
-TARGETS = ("single_row_vs_ceiling", "single_row_vs_mlserver", "single_row_vs_article", "single_row_p99",
-           "single_row_cpu", "service_errors", "batch_predict_rows_per_second", "batch_v2_json_rows_per_second",
-           "batch_v2_binary_rows_per_second", "batch_vs_mlserver", "worker_memory", "in_process_predict",
-           "in_process_difference", "make_serve_unchanged", "training")
+TARGETS = (
+    "single_row_vs_ceiling",
+    "single_row_vs_mlserver",
+    "single_row_vs_article",
+    "single_row_p99",
+    "single_row_cpu",
+    "service_errors",
+    "batch_predict_rows_per_second",
+    "batch_v2_json_rows_per_second",
+    "batch_v2_binary_rows_per_second",
+    "batch_vs_mlserver",
+    "worker_memory",
+    "in_process_predict",
+    "in_process_difference",
+    "make_serve_unchanged",
+    "training",
+)
 BENCH_VENV = PROJECT / "build" / "bench-venv"
 
 
@@ -37,9 +52,13 @@ def quick_run(tmp_path_factory) -> dict:
         pytest.skip("wrk is not installed: apt-get install -y wrk")
     make(str(BENCH_VENV.relative_to(PROJECT) / ".installed"), timeout=900)
     output = tmp_path_factory.mktemp("bench")
-    process = subprocess.Popen([sys.executable, "-m", "bench.run", "--quick", "--mlserver-venv", str(BENCH_VENV),
-                                "--output-dir", str(output)],
-                               cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", "--quick", "--mlserver-venv", str(BENCH_VENV), "--output-dir", str(output)],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=420)
     except subprocess.TimeoutExpired:
@@ -48,8 +67,7 @@ def quick_run(tmp_path_factory) -> dict:
         stdout, stderr = process.communicate(timeout=120)
         pytest.fail(f"the quick benchmark took over 420 s:\n{stderr[-4000:]}")
     assert process.returncode == 0, f"the benchmark failed ({process.returncode}):\n{stdout}\n{stderr[-4000:]}"
-    return {"stdout": stdout, "output": output,
-            "results": json.loads((output / "results.json").read_text())}
+    return {"stdout": stdout, "output": output, "results": json.loads((output / "results.json").read_text())}
 
 
 def test_every_server_answers_under_load_at_both_connection_counts(quick_run):
@@ -57,16 +75,18 @@ def test_every_server_answers_under_load_at_both_connection_counts(quick_run):
     assert set(SERVERS) <= set(servers)
     for name in SERVERS:
         for connections in CONNECTION_COUNTS:
-            assert servers[name]["by_connections"][connections]["requests_per_second"]["median"] > 0, \
+            assert servers[name]["by_connections"][connections]["requests_per_second"]["median"] > 0, (
                 f"{name} at {connections} connections"
+            )
 
 
 def test_the_project_service_answers_without_errors_on_both_routes(quick_run):
     servers = quick_run["results"]["servers"]
     for name in ("service", "service_v2"):
         by_connections = servers[name]["by_connections"]
-        assert {connections: by_connections[connections]["errors"] for connections in CONNECTION_COUNTS} == \
-            {connections: 0 for connections in CONNECTION_COUNTS}, name
+        assert {connections: by_connections[connections]["errors"] for connections in CONNECTION_COUNTS} == {
+            connections: 0 for connections in CONNECTION_COUNTS
+        }, name
 
 
 def test_the_service_and_mlserver_give_the_same_probability_on_v2(quick_run):
@@ -91,7 +111,8 @@ def test_every_batch_route_answers_every_size_without_errors(quick_run):
             assert summary["rows_per_second"]["median"] > 0, f"{route}, {rows} rows"
             assert summary["errors"] == 0, f"{route}, {rows} rows"
             assert summary["rows_per_second"]["median"] == pytest.approx(
-                summary["requests_per_second"]["median"] * int(rows))
+                summary["requests_per_second"]["median"] * int(rows)
+            )
             assert summary["client_ms"] > 0, f"{route}, {rows} rows"
 
 
@@ -108,8 +129,9 @@ def test_binary_tensors_are_either_measured_or_reported_as_refused(quick_run):
 
 
 def test_the_service_splits_each_batch_into_its_stages(quick_run):
-    for route in (route for name, route in quick_run["results"]["batches"]["routes"].items()
-                  if name.startswith("service ")):
+    for route in (
+        route for name, route in quick_run["results"]["batches"]["routes"].items() if name.startswith("service ")
+    ):
         for rows, summary in route["by_rows"].items():
             assert STAGES <= set(summary["server_ms"]), f"{route['encoding']}, {rows} rows"
             assert all(milliseconds >= 0 for milliseconds in summary["server_ms"].values())

@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 import requests
 import xgboost as xgb
+from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
 from sklearn.metrics import roc_auc_score
 
 from bench.dask_cluster import ExternalDaskCluster
 from bench.measure import kill_process_group
-from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
 from diabetes import cluster_training
 from diabetes.bundle import load_bundle
 from diabetes.data import DataSourceError, read_training_data
@@ -51,12 +51,21 @@ def external_cluster(tmp_path_factory):
 def train_on(cluster, data_dir, tmp_path, extra="", check=True, background=False):
     parameters = tmp_path / "cluster.yaml"
     parameters.write_text(f"dask_scheduler: {cluster.address}\ndata_url: {data_dir}\n{CLUSTER_PARAMS}{extra}")
-    arguments = ["train", f"MODELS_DIR={tmp_path / 'models'}", f"RUNS_DIR={tmp_path / 'runs'}",
-                 f"TRAIN_PARAMS={FAST_PARAMS} {parameters}"]
+    arguments = [
+        "train",
+        f"MODELS_DIR={tmp_path / 'models'}",
+        f"RUNS_DIR={tmp_path / 'runs'}",
+        f"TRAIN_PARAMS={FAST_PARAMS} {parameters}",
+    ]
     if background:
-        return subprocess.Popen(["make", "--no-print-directory", "-C", str(PROJECT), *arguments],
-                                env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            ["make", "--no-print-directory", "-C", str(PROJECT), *arguments],
+            env=clean_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     return make(*arguments, check=check, timeout=600)
 
 
@@ -78,8 +87,11 @@ def test_make_bigdata_writes_partitions_whose_labels_follow_the_real_rows(bigdat
     assert (synthetic["age"] == synthetic["age"].round()).all() and (synthetic[list(FEATURE_NAMES)] >= 0).all().all()
     # Labels consistent with the features: trees fit on synthetic rows rank the real ones as well as the data allows.
     sample = synthetic.sample(50_000, random_state=0)
-    booster = xgb.train({"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "nthread": 1},
-                        xgb.DMatrix(to_model_input(sample[list(FEATURE_NAMES)].to_numpy()), sample[LABEL_NAME]), 50)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "eta": 0.1, "nthread": 1},
+        xgb.DMatrix(to_model_input(sample[list(FEATURE_NAMES)].to_numpy()), sample[LABEL_NAME]),
+        50,
+    )
     real_probability = booster.inplace_predict(to_model_input(real[list(FEATURE_NAMES)].to_numpy()))
     assert roc_auc_score(real[LABEL_NAME], real_probability) > 0.8
 
@@ -120,17 +132,23 @@ def test_the_model_trained_on_the_cluster_is_served_by_make_serve(trained_on_clu
     models_dir = trained_on_cluster / "models"
     port = free_port()
     env = clean_environment(DIABETES_PORT=str(port))
-    variables = [f"MODELS_DIR={models_dir}", f"RUNS_DIR={trained_on_cluster / 'runs'}",
-                 f"TRAIN_PARAMS={FAST_PARAMS} {trained_on_cluster / 'cluster.yaml'}",
-                 f"PM2_HOME={tmp_path / 'pm2'}", f"LOG_DIR={tmp_path / 'logs'}",
-                 f"SCRIPTS_DIR={tmp_path / 'scripts'}"]
+    variables = [
+        f"MODELS_DIR={models_dir}",
+        f"RUNS_DIR={trained_on_cluster / 'runs'}",
+        f"TRAIN_PARAMS={FAST_PARAMS} {trained_on_cluster / 'cluster.yaml'}",
+        f"PM2_HOME={tmp_path / 'pm2'}",
+        f"LOG_DIR={tmp_path / 'logs'}",
+        f"SCRIPTS_DIR={tmp_path / 'scripts'}",
+    ]
     try:
         result = make("serve", *variables, env=env, timeout=300)
         assert "papermill notebooks/train.ipynb" not in result.stdout, "make serve should not train again"
         expected = pd.read_csv(models_dir / "current" / "predictions.csv").head(200)
         with requests.Session() as session:
-            answers = [session.post(f"http://127.0.0.1:{port}{ROUTE}", json={"data": ",".join(map(repr, row))},
-                                    timeout=5) for row in expected[list(FEATURE_NAMES)].itertuples(index=False)]
+            answers = [
+                session.post(f"http://127.0.0.1:{port}{ROUTE}", json={"data": ",".join(map(repr, row))}, timeout=5)
+                for row in expected[list(FEATURE_NAMES)].itertuples(index=False)
+            ]
         assert {answer.headers["X-Model-Version"] for answer in answers} == {(models_dir / "latest").resolve().name}
         served = np.array([answer.json()["prediction"] for answer in answers])
         assert np.abs(served - expected["probability"].to_numpy()).max() < 1e-6
@@ -174,11 +192,14 @@ def test_partitions_read_from_sql_by_read_sql_table_are_the_csv_rows(tmp_path):
     assert from_sql.sha256 == from_csv.sha256, "the same rows in one partition each"
 
 
-@pytest.mark.parametrize("data_url, data_query, expected", [
-    ("{tmp}/nothing/*.parquet", "", "no Parquet or CSV file matches"),
-    ("sqlite:///{tmp}/diabetes.sqlite", "SELECT * FROM pima_diabetes", "data_query names the table"),
-    ("sqlite:///{tmp}/diabetes.sqlite", "no_such_table", "cannot read table no_such_table"),
-])
+@pytest.mark.parametrize(
+    "data_url, data_query, expected",
+    [
+        ("{tmp}/nothing/*.parquet", "", "no Parquet or CSV file matches"),
+        ("sqlite:///{tmp}/diabetes.sqlite", "SELECT * FROM pima_diabetes", "data_query names the table"),
+        ("sqlite:///{tmp}/diabetes.sqlite", "no_such_table", "cannot read table no_such_table"),
+    ],
+)
 def test_a_source_the_cluster_cannot_read_is_a_clear_error(tmp_path, data_url, data_query, expected):
     make("db", f"DB={tmp_path / 'diabetes.sqlite'}")
     with pytest.raises(DataSourceError, match=re.escape(expected)):

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import PROJECT, clean_environment, free_port, make, pm2, pm2_app, service_of_its_own
+from prometheus_client.parser import text_string_to_metric_families
+from slow_clients import idle_and_slow_connections, worst_latency
+
 from diabetes.bundle import LATEST_LINK, point_link
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
-from slow_clients import idle_and_slow_connections, worst_latency
 
 API_KEY = "k3y-" + uuid.uuid4().hex
 # A variable of the shell that runs `make serve`, which PM2 must not pass on.
@@ -38,9 +38,13 @@ def service(trained, tmp_path_factory):
     key_file = workspace / "api-key"
     key_file.write_text(API_KEY + "\n")
     key_file.chmod(0o600)
-    with service_of_its_own(trained, workspace, DIABETES_API_KEY_FILE=str(key_file),
-                            DIABETES_PREDICTION_LOG=str(workspace / "predictions.jsonl"),
-                            **dict([UNRELATED_SECRET])) as service:
+    with service_of_its_own(
+        trained,
+        workspace,
+        DIABETES_API_KEY_FILE=str(key_file),
+        DIABETES_PREDICTION_LOG=str(workspace / "predictions.jsonl"),
+        **dict([UNRELATED_SECRET]),
+    ) as service:
         yield service
 
 
@@ -95,11 +99,16 @@ def status_and_json(response: bytes) -> tuple[int, dict]:
 
 def series(service, name: str) -> list[dict]:
     text = requests.get(service["url"] + "/metrics", timeout=5).text
-    return [sample.labels | {"value": sample.value} for family in text_string_to_metric_families(text)
-            for sample in family.samples if sample.name == name]
+    return [
+        sample.labels | {"value": sample.value}
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 # ---- slow and idle clients --------------------------------------------------
+
 
 def test_200_idle_and_32_slow_header_connections_leave_the_probe_and_the_article_call_under_500_ms(service):
     with idle_and_slow_connections(service["port"], idle=200, slow=32):
@@ -113,7 +122,7 @@ def test_idle_and_slow_header_connections_are_closed_after_the_keep_alive_timeou
         time.sleep(KEEPALIVE_SECONDS + 2)
     assert closed["idle"] >= 4 and closed["slow"] >= 4, closed
     with socket.create_connection(("127.0.0.1", service["port"]), timeout=KEEPALIVE_SECONDS + 5) as kept_alive:
-        kept_alive.sendall(f"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        kept_alive.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert read_answer(kept_alive).startswith(b"HTTP/1.1 200")
         started = time.monotonic()
         assert kept_alive.recv(1) == b""
@@ -122,24 +131,34 @@ def test_idle_and_slow_header_connections_are_closed_after_the_keep_alive_timeou
 
 # ---- bodies: chunked, oversized, streamed -----------------------------------
 
+
 def chunked_csv(rows: int, chunk_rows: int = 1000, padding: int = 0):
     line = b"1,106,70,28,135,34.2,0.142," + b" " * padding + b"22\n"
     for start in range(0, rows, chunk_rows):
         yield line * min(chunk_rows, rows - start)
 
 
-@pytest.mark.parametrize("rows, padding, code", [(9000, 500, "request_entity_too_large"),
-                                                 (150_000, 0, "too_many_rows")])
+@pytest.mark.parametrize(
+    "rows, padding, code", [(9000, 500, "request_entity_too_large"), (150_000, 0, "too_many_rows")]
+)
 def test_a_chunked_csv_over_a_limit_gets_a_json_413_and_never_a_cut_answer(service, rows, padding, code):
-    response = requests.post(service["url"] + "/predict", data=chunked_csv(rows, padding=padding), timeout=30,
-                             headers=keyed(**{"Content-Type": "text/csv"}))
+    response = requests.post(
+        service["url"] + "/predict",
+        data=chunked_csv(rows, padding=padding),
+        timeout=30,
+        headers=keyed(**{"Content-Type": "text/csv"}),
+    )
     assert response.status_code == 413, response.text[:200]
     assert response.json()["code"] == code
 
 
 def test_a_chunked_body_under_the_limits_is_answered_whole(service):
-    response = requests.post(service["url"] + "/predict", data=chunked_csv(5000, chunk_rows=333), timeout=30,
-                             headers=keyed(**{"Content-Type": "text/csv"}))
+    response = requests.post(
+        service["url"] + "/predict",
+        data=chunked_csv(5000, chunk_rows=333),
+        timeout=30,
+        headers=keyed(**{"Content-Type": "text/csv"}),
+    )
     assert response.status_code == 200, response.text[:200]
     assert len(response.json()["predictions"]) == 5000
 
@@ -151,67 +170,87 @@ def test_a_chunked_json_body_over_the_byte_limit_gets_a_json_413(service):
             yield b"[1, 106, 70, 28, 135, 34.2, 0.142, 22], " * 4
         yield b"[1, 106, 70, 28, 135, 34.2, 0.142, 22]]}"
 
-    response = requests.post(service["url"] + "/predict", data=body(), timeout=30,
-                             headers=keyed(**{"Content-Type": "application/json"}))
+    response = requests.post(
+        service["url"] + "/predict", data=body(), timeout=30, headers=keyed(**{"Content-Type": "application/json"})
+    )
     assert response.status_code == 413 and response.json()["code"] == "request_entity_too_large"
 
 
 def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_read(service):
-    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\nContent-Type: text/csv\r\n"
-            f"Content-Length: {64 * 1024 * 1024 * 1024}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\nContent-Type: text/csv\r\n"
+        f"Content-Length: {64 * 1024 * 1024 * 1024}\r\nConnection: close\r\n\r\n"
+    ).encode()
     status, envelope = status_and_json(raw_exchange(service["port"], head + b"1,2"))
     assert (status, envelope["code"]) == (413, "request_entity_too_large")
 
 
-@pytest.mark.parametrize("headers, code", [
-    ({"Content-Type": "application/json; charset=utf-16"}, "unsupported_media_type"),
-    ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, "unsupported_media_type"),
-])
+@pytest.mark.parametrize(
+    "headers, code",
+    [
+        ({"Content-Type": "application/json; charset=utf-16"}, "unsupported_media_type"),
+        ({"Content-Type": "application/json", "Content-Encoding": "gzip"}, "unsupported_media_type"),
+    ],
+)
 def test_bodies_in_encodings_the_service_does_not_read_get_a_415(service, headers, code):
-    response = requests.post(service["url"] + ARTICLE_PATH, data=json.dumps(ARTICLE_BODY).encode(),
-                             headers=keyed(**headers), timeout=5)
+    response = requests.post(
+        service["url"] + ARTICLE_PATH, data=json.dumps(ARTICLE_BODY).encode(), headers=keyed(**headers), timeout=5
+    )
     assert (response.status_code, response.json()["code"]) == (415, code)
 
 
 def test_a_compressed_transfer_coding_is_refused_not_read_as_it_is(service):
-    head = (f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").encode()
+    head = (
+        f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    ).encode()
     status, envelope = status_and_json(raw_exchange(service["port"], head + b"5\r\nxxxxx\r\n0\r\n\r\n"))
     assert (status, envelope["code"]) == (501, "not_implemented")
 
 
 # ---- strict input -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["٢٢", "２２", "1_000", "0x1A", "1e", "--1"])
 def test_numbers_are_ascii_decimal_text_only(service, value):
-    response = requests.post(service["url"] + ARTICLE_PATH, json={"data": f"1,106,70,28,135,34.2,0.142,{value}"},
-                             headers=keyed(), timeout=5)
+    response = requests.post(
+        service["url"] + ARTICLE_PATH, json={"data": f"1,106,70,28,135,34.2,0.142,{value}"}, headers=keyed(), timeout=5
+    )
     assert response.status_code == 400 and response.json()["code"] == "invalid_value"
     csv = f"1,106,70,28,135,34.2,0.142,{value}\n".encode()
-    response = requests.post(service["url"] + "/predict", data=csv, timeout=5,
-                             headers=keyed(**{"Content-Type": "text/csv"}))
+    response = requests.post(
+        service["url"] + "/predict", data=csv, timeout=5, headers=keyed(**{"Content-Type": "text/csv"})
+    )
     assert response.status_code == 400 and response.json()["code"] == "invalid_value"
 
 
 def test_a_csv_with_a_byte_order_mark_as_excel_writes_it_is_read(service):
     header = "times_pregnant,glucose,blood_pressure,skin_fold_thick,serum_insuling,mass_index,diabetes_pedigree,age"
     body = ("\ufeff" + header + "\r\n1,106,70,28,135,34.2,0.142,22\r\n").encode()
-    response = requests.post(service["url"] + "/predict", data=body, timeout=5,
-                             headers=keyed(**{"Content-Type": "text/csv"}))
+    response = requests.post(
+        service["url"] + "/predict", data=body, timeout=5, headers=keyed(**{"Content-Type": "text/csv"})
+    )
     expected = article_call(service).json()["prediction"]
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["probability"] == pytest.approx(expected, abs=1e-7)
 
 
-@pytest.mark.parametrize("body", ['1,106,"70"x,28,135,34.2,0.142,22\n', '1,106,"70,28,135,34.2,0.142,22\n',
-                                  "1,106,70,28,135,34.2,0.142,\xff22\n"])
+@pytest.mark.parametrize(
+    "body",
+    ['1,106,"70"x,28,135,34.2,0.142,22\n', '1,106,"70,28,135,34.2,0.142,22\n', "1,106,70,28,135,34.2,0.142,\xff22\n"],
+)
 def test_csv_with_bad_quoting_or_bytes_that_are_not_utf8_is_refused(service, body):
-    response = requests.post(service["url"] + "/predict", data=body.encode("latin-1"), timeout=5,
-                             headers=keyed(**{"Content-Type": "text/csv"}))
+    response = requests.post(
+        service["url"] + "/predict",
+        data=body.encode("latin-1"),
+        timeout=5,
+        headers=keyed(**{"Content-Type": "text/csv"}),
+    )
     assert response.status_code == 400 and response.json()["code"] in ("invalid_csv", "invalid_value")
 
 
 # ---- bounded metrics ----------------------------------------------------------
+
 
 def test_1000_made_up_methods_and_paths_do_not_grow_the_metrics(service):
     before = len(series(service, "diabetes_requests_total"))
@@ -229,6 +268,7 @@ def test_1000_made_up_methods_and_paths_do_not_grow_the_metrics(service):
 
 # ---- access -------------------------------------------------------------------
 
+
 def near_misses(key: str) -> list[str]:
     changed_last = key[:-1] + ("0" if key[-1] != "0" else "1")
     changed_middle = key[:10] + ("x" if key[10] != "x" else "y") + key[11:]
@@ -239,8 +279,7 @@ def near_misses(key: str) -> list[str]:
 def test_every_near_miss_of_the_key_is_refused(service, header):
     for given in near_misses(API_KEY):
         value = f"Bearer {given}" if header == "Authorization" else given
-        response = requests.post(service["url"] + ARTICLE_PATH, json=ARTICLE_BODY, headers={header: value},
-                                 timeout=5)
+        response = requests.post(service["url"] + ARTICLE_PATH, json=ARTICLE_BODY, headers={header: value}, timeout=5)
         assert response.status_code == 401, given
         assert response.json()["code"] == "unauthorized"
         assert response.headers["WWW-Authenticate"] == "Bearer"
@@ -248,15 +287,22 @@ def test_every_near_miss_of_the_key_is_refused(service, header):
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_the_bearer_scheme_is_case_insensitive(service, scheme):
-    response = requests.post(service["url"] + ARTICLE_PATH, json=ARTICLE_BODY,
-                             headers={"Authorization": f"{scheme} {API_KEY}"}, timeout=5)
+    response = requests.post(
+        service["url"] + ARTICLE_PATH, json=ARTICLE_BODY, headers={"Authorization": f"{scheme} {API_KEY}"}, timeout=5
+    )
     assert response.status_code == 200
 
 
 def test_a_browsers_preflight_needs_no_key(service):
-    response = requests.options(service["url"] + ARTICLE_PATH, timeout=5, headers={
-        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type, x-api-key"})
+    response = requests.options(
+        service["url"] + ARTICLE_PATH,
+        timeout=5,
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-api-key",
+        },
+    )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
 
@@ -287,8 +333,14 @@ def test_a_key_file_that_others_can_read_is_refused(service, tmp_path):
     key_file.write_text(API_KEY)
     key_file.chmod(0o644)
     env = {**service["env"], "DIABETES_API_KEY_FILE": str(key_file)}
-    result = subprocess.run([str(PROJECT / ".venv/bin/python"), "-m", "diabetes.probe", "--timeout", "1"],
-                            env=env, capture_output=True, text=True, cwd=PROJECT, timeout=30)
+    result = subprocess.run(
+        [str(PROJECT / ".venv/bin/python"), "-m", "diabetes.probe", "--timeout", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT,
+        timeout=30,
+    )
     assert result.returncode != 0 and "chmod 600" in result.stderr
 
 
@@ -304,35 +356,51 @@ def test_a_foreign_host_name_is_refused_except_by_the_probes(service, host):
 
 @pytest.mark.parametrize("host", ["localhost", "LOCALHOST:{port}", "127.0.0.1:{port}", "[::1]:{port}"])
 def test_the_local_names_are_trusted(service, host):
-    response = requests.get(service["url"] + "/metadata", headers={"Host": host.format(port=service["port"])},
-                            timeout=5)
+    response = requests.get(
+        service["url"] + "/metadata", headers={"Host": host.format(port=service["port"])}, timeout=5
+    )
     assert response.status_code == 200
 
 
 # ---- the server's own refusals ------------------------------------------------
 
-@pytest.mark.parametrize("request_head, status", [
-    (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(60)) + b"\r\n", 431),
-    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
-    (b"G\x00T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
-    (b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 400),
-    (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: foo, chunked\r\n\r\n", 501),
-])
+
+@pytest.mark.parametrize(
+    "request_head, status",
+    [
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: 1\r\n" % n for n in range(60)) + b"\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"G\x00T / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n", 400),
+        (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: foo, chunked\r\n\r\n", 501),
+    ],
+)
 def test_what_the_http_server_refuses_is_a_json_error_counted_in_the_metrics(service, request_head, status):
-    refused_before = sum(s["value"] for s in series(service, "diabetes_requests_total")
-                         if s["route"] == "refused_by_server" and s["status"] == str(status))
+    refused_before = sum(
+        s["value"]
+        for s in series(service, "diabetes_requests_total")
+        if s["route"] == "refused_by_server" and s["status"] == str(status)
+    )
     answered, envelope = status_and_json(raw_exchange(service["port"], request_head))
     assert answered == status and envelope["status"] == status
-    assert envelope["code"] == {400: "bad_request", 414: "uri_too_long", 431: "request_header_fields_too_large",
-                                501: "not_implemented"}[status]
+    assert (
+        envelope["code"]
+        == {400: "bad_request", 414: "uri_too_long", 431: "request_header_fields_too_large", 501: "not_implemented"}[
+            status
+        ]
+    )
     assert set(envelope) == {"error", "code", "status", "field", "row"}
-    refused_after = sum(s["value"] for s in series(service, "diabetes_requests_total")
-                        if s["route"] == "refused_by_server" and s["status"] == str(status))
+    refused_after = sum(
+        s["value"]
+        for s in series(service, "diabetes_requests_total")
+        if s["route"] == "refused_by_server" and s["status"] == str(status)
+    )
     assert refused_after == refused_before + 1
 
 
 # ---- private state and logs ---------------------------------------------------
+
 
 def test_pm2_passes_the_apps_only_their_settings(service):
     listing = pm2(service, "jlist")
@@ -358,11 +426,18 @@ def test_the_prediction_log_is_private_and_keeps_the_values_as_sent(service):
 def test_an_access_log_that_cannot_be_written_fails_no_request(scripts, trained, tmp_path):
     """The generated script run directly, its output on a full device."""
     port = free_port()
-    env = clean_environment(DIABETES_PORT=str(port), DIABETES_MODEL_DIR=str(trained["models_dir"] / "latest"),
-                            DIABETES_WORKERS="1")
+    env = clean_environment(
+        DIABETES_PORT=str(port), DIABETES_MODEL_DIR=str(trained["models_dir"] / "latest"), DIABETES_WORKERS="1"
+    )
     with open("/dev/full", "wb") as full, open(tmp_path / "stderr", "wb") as errors:
-        server = subprocess.Popen([str(PROJECT / ".venv/bin/python"), str(scripts / "serve.py")],
-                                  cwd=PROJECT, env=env, stdout=full, stderr=errors, start_new_session=True)
+        server = subprocess.Popen(
+            [str(PROJECT / ".venv/bin/python"), str(scripts / "serve.py")],
+            cwd=PROJECT,
+            env=env,
+            stdout=full,
+            stderr=errors,
+            start_new_session=True,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -374,11 +449,14 @@ def test_an_access_log_that_cannot_be_written_fails_no_request(scripts, trained,
                 assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "stderr").read_text()
                 time.sleep(0.2)
         with requests.Session() as session:
-            statuses = [session.post(url + ARTICLE_PATH, json=ARTICLE_BODY, timeout=5).status_code
-                        for _ in range(200)]
+            statuses = [session.post(url + ARTICLE_PATH, json=ARTICLE_BODY, timeout=5).status_code for _ in range(200)]
         time.sleep(1)  # the access log writes its batch at least twice a second
-        dropped = [s for s in text_string_to_metric_families(requests.get(url + "/metrics", timeout=5).text)
-                   for s in s.samples if s.name == "diabetes_log_lines_dropped_total" and s.labels["log"] == "access"]
+        dropped = [
+            s
+            for s in text_string_to_metric_families(requests.get(url + "/metrics", timeout=5).text)
+            for s in s.samples
+            if s.name == "diabetes_log_lines_dropped_total" and s.labels["log"] == "access"
+        ]
         assert statuses == [200] * 200
         assert dropped and dropped[0].value >= 200
     finally:

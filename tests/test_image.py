@@ -23,10 +23,10 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-
 from conftest import PROJECT, clean_environment, free_port, make
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 from slow_clients import slow_article_call
+
+from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 
 ENGINE = PROJECT / "container" / "engine"
 STORE = PROJECT / "build" / "container-store"
@@ -43,11 +43,14 @@ def engine_environment() -> dict:
 
 
 def engine(*arguments, check=True, timeout=60) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(ENGINE), *arguments], env=engine_environment(), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(ENGINE), *arguments], env=engine_environment(), capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
-        pytest.fail(f"container/engine {' '.join(arguments)} failed ({result.returncode}):\n"
-                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        pytest.fail(
+            f"container/engine {' '.join(arguments)} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -127,9 +130,15 @@ def image(trained, model_version):
     the layers cached for the next run."""
     with build_lock():
         timed_make("base image (s)", "base-image", timeout=1200)
-        timed_make("image build (s)", "image", f"IMAGE={IMAGE}", f"BASE_IMAGE={LOCAL_BASE}",
-                   f"IMAGE_MODEL={trained['models_dir'] / 'latest'}",
-                   f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}", timeout=1200)
+        timed_make(
+            "image build (s)",
+            "image",
+            f"IMAGE={IMAGE}",
+            f"BASE_IMAGE={LOCAL_BASE}",
+            f"IMAGE_MODEL={trained['models_dir'] / 'latest'}",
+            f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}",
+            timeout=1200,
+        )
     FIGURES["image size (MB)"] = round(int(engine("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout) / 1e6)
     yield IMAGE
     with build_lock():
@@ -158,10 +167,16 @@ def test_every_package_the_image_installs_is_pinned_in_requirements_txt():
     def normalized(name):
         return name.lower().replace("_", "-").replace(".", "-")
 
-    pinned = {normalized(line.split("==")[0]) for line in (PROJECT / "requirements.txt").read_text().splitlines()
-              if "==" in line}
-    wanted = [line.strip() for line in (PROJECT / "container" / "requirements.in").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    pinned = {
+        normalized(line.split("==")[0])
+        for line in (PROJECT / "requirements.txt").read_text().splitlines()
+        if "==" in line
+    }
+    wanted = [
+        line.strip()
+        for line in (PROJECT / "container" / "requirements.in").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert [name for name in wanted if normalized(name) not in pinned] == []
 
 
@@ -184,8 +199,11 @@ def test_the_articles_call_and_a_v2_call_answer_from_the_host(container, model_v
     assert 0 < article.json()["prediction"] < 1
 
     rows = [[1, 106, 70, 28, 135, 34.2, 0.142, 22], [6, 148, 72, 35, 0, 33.6, 0.627, 50]]
-    v2 = requests.post(url_of(container["port"]) + "/v2/models/diabetes/infer", timeout=10, json={
-        "inputs": [{"name": "features", "datatype": "FP64", "shape": [2, 8], "data": rows}]})
+    v2 = requests.post(
+        url_of(container["port"]) + "/v2/models/diabetes/infer",
+        timeout=10,
+        json={"inputs": [{"name": "features", "datatype": "FP64", "shape": [2, 8], "data": rows}]},
+    )
     assert v2.status_code == 200, v2.text
     assert v2.json()["model_version"] == model_version
     outputs = {output["name"]: output for output in v2.json()["outputs"]}
@@ -207,8 +225,15 @@ def is_json_object(line: str) -> bool:
 def test_the_access_log_is_json_lines_on_stdout_and_pm2_and_gunicorn_write_to_stderr(container):
     request_ids = [f"image-test-{uuid.uuid4().hex}" for _ in range(3)]
     for request_id in request_ids:
-        assert requests.post(url_of(container["port"]) + ARTICLE_PATH, json=ARTICLE_BODY, timeout=10,
-                             headers={"X-Request-ID": request_id}).status_code == 200
+        assert (
+            requests.post(
+                url_of(container["port"]) + ARTICLE_PATH,
+                json=ARTICLE_BODY,
+                timeout=10,
+                headers={"X-Request-ID": request_id},
+            ).status_code
+            == 200
+        )
     deadline = time.monotonic() + 15
     while True:
         stdout, stderr = logs_of(container["name"])
@@ -258,11 +283,17 @@ def test_podman_stop_lets_a_request_in_flight_finish_and_the_container_exits_0(c
     assert stop_seconds < STOP_TIMEOUT
 
 
-def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(image, trained, model_version,
-                                                                             tmp_path):
+def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(image, trained, model_version, tmp_path):
     with build_lock():
-        make("image", f"IMAGE={UNBAKED_IMAGE}", f"BASE_IMAGE={LOCAL_BASE}", "IMAGE_MODEL=",
-             f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}", env=engine_environment(), timeout=600)
+        make(
+            "image",
+            f"IMAGE={UNBAKED_IMAGE}",
+            f"BASE_IMAGE={LOCAL_BASE}",
+            "IMAGE_MODEL=",
+            f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}",
+            env=engine_environment(),
+            timeout=600,
+        )
     models = tmp_path / "models"
     shutil.copytree(trained["models_dir"] / model_version, models / model_version)
     (models / "current").symlink_to(model_version)
@@ -270,9 +301,21 @@ def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(imag
     name = UNBAKED_IMAGE.rsplit("/", 1)[1]
     output = open(tmp_path / "run-image.log", "w")
     running = subprocess.Popen(
-        ["make", "--no-print-directory", "-C", str(PROJECT), "run-image", f"IMAGE={UNBAKED_IMAGE}",
-         "IMAGE_NETWORK=host", f"IMAGE_PORT={port}", f"IMAGE_MODELS={models}"],
-        env=engine_environment(), stdout=output, stderr=subprocess.STDOUT)
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(PROJECT),
+            "run-image",
+            f"IMAGE={UNBAKED_IMAGE}",
+            "IMAGE_NETWORK=host",
+            f"IMAGE_PORT={port}",
+            f"IMAGE_MODELS={models}",
+        ],
+        env=engine_environment(),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until_ready(port, name)
         answer = article_call(port)

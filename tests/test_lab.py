@@ -11,7 +11,6 @@ import time
 
 import pytest
 import requests
-
 from conftest import PROJECT, clean_environment, free_port
 
 STARTUP_SECONDS = 300  # includes installing JupyterLab on first use
@@ -24,7 +23,11 @@ def lab(tmp_path_factory):
     with open(log, "w") as output:
         process = subprocess.Popen(
             ["make", "--no-print-directory", "-C", str(PROJECT), "lab", f"LAB_PORT={port}", "LAB_FLAGS=--no-browser"],
-            stdout=output, stderr=subprocess.STDOUT, env=clean_environment(), start_new_session=True)
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=clean_environment(),
+            start_new_session=True,
+        )
     try:
         url = None
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -61,8 +64,9 @@ def test_make_lab_serves_the_notebooks_to_whoever_has_the_token(lab):
 
 def test_jupyterlab_stays_out_of_papermills_start(lab):
     # JupyterLab pulls in rfc3987-syntax, which adds ~2 s to every process that imports nbformat.
-    found = subprocess.run([str(PROJECT / ".venv/bin/python"), "-c", "import rfc3987_syntax"],
-                           capture_output=True, timeout=60)
+    found = subprocess.run(
+        [str(PROJECT / ".venv/bin/python"), "-c", "import rfc3987_syntax"], capture_output=True, timeout=60
+    )
     assert found.returncode != 0
     if os.geteuid() == 0:
         assert "--allow-root" in lab["log"].read_text()

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import json_of
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, Call
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
@@ -49,13 +48,21 @@ def test_metrics_count_every_request_of_every_worker(target):
 
 
 def test_a_request_id_is_sent_back_or_made(target):
-    _, headers, _ = target.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(),
-                                {"Content-Type": "application/json", "X-Request-ID": "order-42"})
+    _, headers, _ = target.send(
+        "POST",
+        ARTICLE_PATH,
+        json.dumps(ARTICLE_BODY).encode(),
+        {"Content-Type": "application/json", "X-Request-ID": "order-42"},
+    )
     assert headers["X-Request-ID"] == "order-42"
     made = {target.call(ARTICLE_CALL)[1]["X-Request-ID"] for _ in range(3)}
     assert len(made) == 3 and all(len(request_id) == 32 for request_id in made)
-    _, headers, _ = target.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(),
-                                {"Content-Type": "application/json", "X-Request-ID": "bad id\twith tab"})
+    _, headers, _ = target.send(
+        "POST",
+        ARTICLE_PATH,
+        json.dumps(ARTICLE_BODY).encode(),
+        {"Content-Type": "application/json", "X-Request-ID": "bad id\twith tab"},
+    )
     assert headers["X-Request-ID"] != "bad id\twith tab"
 
 
@@ -65,14 +72,18 @@ def test_every_answer_says_how_long_each_stage_took(target):
 
 
 def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
-    over_http.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(),
-                   {"Content-Type": "application/json", "X-Request-ID": "find-me-in-the-log"})
+    over_http.send(
+        "POST",
+        ARTICLE_PATH,
+        json.dumps(ARTICLE_BODY).encode(),
+        {"Content-Type": "application/json", "X-Request-ID": "find-me-in-the-log"},
+    )
     log = service["pm2_home"].parent / "logs" / "diabetes-api.out.log"
     deadline = time.monotonic() + 5
     while "find-me-in-the-log" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)
     [line] = [line for line in log.read_text().splitlines() if "find-me-in-the-log" in line]
-    entry = json.loads(line[line.index("{"):])
+    entry = json.loads(line[line.index("{") :])
     assert entry["status"] == 200 and entry["route"] == ARTICLE_PATH and entry["model_version"] == over_http.version
     assert entry["duration_ms"] > 0
 
@@ -82,12 +93,17 @@ def guarded(served_module):
     return served_module.create_app(served_module.bundle, api_key="s3cret-for-tests").test_client()
 
 
-@pytest.mark.parametrize("path, body", [
-    (ARTICLE_PATH, ARTICLE_BODY),
-    ("/predict", {"instances": [ARTICLE_VALUES]}),
-    ("/v2/models/diabetes/infer", {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
-                                               "data": ARTICLE_VALUES}]}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        (ARTICLE_PATH, ARTICLE_BODY),
+        ("/predict", {"instances": [ARTICLE_VALUES]}),
+        (
+            "/v2/models/diabetes/infer",
+            {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": ARTICLE_VALUES}]},
+        ),
+    ],
+)
 def test_with_an_api_key_set_prediction_routes_need_it(guarded, path, body):
     refused = guarded.post(path, json=body)
     assert refused.status_code == 401 and refused.get_json()["code"] == "unauthorized"
@@ -97,8 +113,10 @@ def test_with_an_api_key_set_prediction_routes_need_it(guarded, path, body):
     assert guarded.post(path, json=body, headers={"Authorization": "Bearer s3cret-for-tests"}).status_code == 200
 
 
-@pytest.mark.parametrize("path", ["/v2/health/live", "/v2/health/ready", "/v2/models/diabetes/ready", "/metadata",
-                                  "/openapi.json", "/metrics"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v2/health/live", "/v2/health/ready", "/v2/models/diabetes/ready", "/metadata", "/openapi.json", "/metrics"],
+)
 def test_with_an_api_key_set_probes_and_descriptions_stay_open(guarded, path):
     assert guarded.get(path).status_code == 200
 
@@ -113,8 +131,9 @@ def test_the_prediction_log_keeps_each_requests_inputs_and_outputs(served_module
     first, second = [json.loads(line) for line in text.splitlines()]
     assert first["request_id"] == "batch-7" and first["model_version"] == served_module.bundle.version
     assert first["inputs"][0][4] is None and first["inputs"][0][1] == 106
-    assert np.array_equal(np.float32(first["probabilities"]),
-                          np.float32([p["probability"] for p in answer["predictions"]]))
+    assert np.array_equal(
+        np.float32(first["probabilities"]), np.float32([p["probability"] for p in answer["predictions"]])
+    )
     assert second["route"] == ARTICLE_PATH and len(second["inputs"]) == 1
     # As the model read them (float32, shortest form), not widened to float64.
     assert "34.2," in text and "34.20000076293945" not in text
@@ -123,8 +142,9 @@ def test_the_prediction_log_keeps_each_requests_inputs_and_outputs(served_module
 
 def test_the_prediction_log_is_rotated_past_its_size_cap(served_module, tmp_path):
     log = tmp_path / "predictions.jsonl"
-    client = served_module.create_app(served_module.bundle, prediction_log=str(log),
-                                      prediction_log_max_bytes=2000).test_client()
+    client = served_module.create_app(
+        served_module.bundle, prediction_log=str(log), prediction_log_max_bytes=2000
+    ).test_client()
     for _ in range(40):
         assert client.post(ARTICLE_PATH, json=ARTICLE_BODY).status_code == 200
     rotated = sorted(tmp_path.glob("predictions.jsonl.*[0-9]"))
@@ -136,9 +156,11 @@ def test_the_prediction_log_is_rotated_past_its_size_cap(served_module, tmp_path
 
 def test_a_prediction_log_on_a_full_disk_drops_lines_and_answers_all_the_same(served_module):
     client = served_module.create_app(served_module.bundle, prediction_log="/dev/full").test_client()
+
     def dropped() -> float:
-        return metric_value(client.get("/metrics").get_data(as_text=True), "diabetes_log_lines_dropped_total",
-                            log="prediction")
+        return metric_value(
+            client.get("/metrics").get_data(as_text=True), "diabetes_log_lines_dropped_total", log="prediction"
+        )
 
     dropped_before = dropped()
     for _ in range(3):

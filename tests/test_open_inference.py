@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import requests
 import tritonclient.http as triton
+from conftest import PROJECT, json_of
 from tritonclient.utils import InferenceServerException
 
-from conftest import PROJECT, json_of
 from diabetes.catalog import BINARY_ROW, BINARY_ROW_FP32, V2_INFER
 from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH as HEADER
 from diabetes.features import FEATURE_NAMES
@@ -25,8 +25,9 @@ DATA_SET = PROJECT / "data" / "pima-indians-diabetes.data.csv"
 
 @pytest.fixture(scope="module")
 def triton_client(service):
-    client = triton.InferenceServerClient(url=service["url"].removeprefix("http://"), connection_timeout=10,
-                                          network_timeout=30)
+    client = triton.InferenceServerClient(
+        url=service["url"].removeprefix("http://"), connection_timeout=10, network_timeout=30
+    )
     yield client
     client.close()
 
@@ -36,19 +37,25 @@ def served(service) -> dict:
     """The served model's version, threshold and its own probability for every row of the data set."""
     model_dir = (Path(service["models_dir"]) / "current").resolve()
     metadata = json.loads((model_dir / "metadata.json").read_text())
-    rows = pd.read_csv(DATA_SET, header=None).iloc[:, :len(FEATURE_NAMES)].to_numpy(dtype=np.float64)
+    rows = pd.read_csv(DATA_SET, header=None).iloc[:, : len(FEATURE_NAMES)].to_numpy(dtype=np.float64)
     predictions = pd.read_csv(model_dir / "predictions.csv")
     assert np.array_equal(predictions[list(FEATURE_NAMES)].to_numpy(dtype=np.float64), rows)
-    return {"version": model_dir.name, "threshold": metadata["threshold"], "rows": rows,
-            "probabilities": predictions["probability"].to_numpy()}
+    return {
+        "version": model_dir.name,
+        "threshold": metadata["threshold"],
+        "rows": rows,
+        "probabilities": predictions["probability"].to_numpy(),
+    }
 
 
 def infer_every_row(client, served, datatype, binary_input, outputs, **options):
     features = triton.InferInput("features", list(served["rows"].shape), datatype)
-    features.set_data_from_numpy(served["rows"].astype(np.float32 if datatype == "FP32" else np.float64),
-                                 binary_data=binary_input)
-    requested = None if outputs is None else [triton.InferRequestedOutput(name, binary_data=binary)
-                                              for name, binary in outputs]
+    features.set_data_from_numpy(
+        served["rows"].astype(np.float32 if datatype == "FP32" else np.float64), binary_data=binary_input
+    )
+    requested = (
+        None if outputs is None else [triton.InferRequestedOutput(name, binary_data=binary) for name, binary in outputs]
+    )
     return client.infer("diabetes", [features], outputs=requested, **options)
 
 
@@ -69,8 +76,10 @@ def assert_the_models_answers(result, served, names=("probability", "label")):
 
 def binary_sizes(result) -> dict:
     """Each output's binary_data_size, None for an output answered in JSON."""
-    return {output["name"]: output.get("parameters", {}).get("binary_data_size")
-            for output in result.get_response()["outputs"]}
+    return {
+        output["name"]: output.get("parameters", {}).get("binary_data_size")
+        for output in result.get_response()["outputs"]
+    }
 
 
 # ---- tritonclient ---------------------------------------------------------------------------
@@ -92,15 +101,18 @@ def test_tritonclient_reads_the_model_metadata(triton_client, served):
     metadata = triton_client.get_model_metadata("diabetes")
     assert metadata["versions"] == [served["version"]]
     assert metadata["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 8]}]
-    assert {output["name"]: output["datatype"] for output in metadata["outputs"]} == {"probability": "FP32",
-                                                                                      "label": "INT64"}
+    assert {output["name"]: output["datatype"] for output in metadata["outputs"]} == {
+        "probability": "FP32",
+        "label": "INT64",
+    }
     assert triton_client.get_model_metadata("diabetes", model_version=served["version"]) == metadata
 
 
 @pytest.mark.parametrize("datatype", ["FP32", "FP64"])
 @pytest.mark.parametrize("binary_input", [True, False], ids=["binary input", "JSON input"])
-def test_tritonclient_with_its_defaults_gets_the_models_answer_for_every_row(triton_client, served, datatype,
-                                                                          binary_input):
+def test_tritonclient_with_its_defaults_gets_the_models_answer_for_every_row(
+    triton_client, served, datatype, binary_input
+):
     """No outputs named: tritonclient asks for all of them as binary data (binary_data_output)."""
     result = infer_every_row(triton_client, served, datatype, binary_input, outputs=None)
     assert binary_sizes(result) == {"probability": 4 * len(served["rows"]), "label": 8 * len(served["rows"])}
@@ -108,12 +120,16 @@ def test_tritonclient_with_its_defaults_gets_the_models_answer_for_every_row(tri
 
 
 @pytest.mark.parametrize("binary_input", [True, False], ids=["binary input", "JSON input"])
-@pytest.mark.parametrize("outputs", [
-    [("probability", False), ("label", False)],
-    [("label", True), ("probability", True)],
-    [("probability", True), ("label", False)],
-    [("label", True)],
-], ids=["both in JSON", "both binary, label first", "probability binary, label in JSON", "label alone, binary"])
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        [("probability", False), ("label", False)],
+        [("label", True), ("probability", True)],
+        [("probability", True), ("label", False)],
+        [("label", True)],
+    ],
+    ids=["both in JSON", "both binary, label first", "probability binary, label in JSON", "label alone, binary"],
+)
 def test_tritonclient_gets_each_output_the_way_it_asks(triton_client, served, binary_input, outputs):
     result = infer_every_row(triton_client, served, "FP32", binary_input, outputs)
     sizes = {"probability": 4 * len(served["rows"]), "label": 8 * len(served["rows"])}
@@ -123,8 +139,9 @@ def test_tritonclient_gets_each_output_the_way_it_asks(triton_client, served, bi
 
 
 def test_tritonclient_infers_on_a_version_with_a_request_id(triton_client, served):
-    result = infer_every_row(triton_client, served, "FP64", True, outputs=None, model_version=served["version"],
-                             request_id="request-7")
+    result = infer_every_row(
+        triton_client, served, "FP64", True, outputs=None, model_version=served["version"], request_id="request-7"
+    )
     assert result.get_response()["id"] == "request-7"
     assert result.get_response()["model_version"] == served["version"]
     assert_the_models_answers(result, served)
@@ -140,10 +157,16 @@ def test_tritonclient_reports_the_services_error_message(triton_client):
 
 
 # ---- hostile binary requests, by hand ---------------------------------------------------------
-def binary_request(tensor_bytes: bytes, shape=(1, 8), datatype="FP32", header_length=None, tensor_members=None,
-                   **members) -> tuple[bytes, dict]:
-    tensor = {"name": "features", "shape": list(shape), "datatype": datatype,
-              "parameters": {"binary_data_size": len(tensor_bytes)}, **(tensor_members or {})}
+def binary_request(
+    tensor_bytes: bytes, shape=(1, 8), datatype="FP32", header_length=None, tensor_members=None, **members
+) -> tuple[bytes, dict]:
+    tensor = {
+        "name": "features",
+        "shape": list(shape),
+        "datatype": datatype,
+        "parameters": {"binary_data_size": len(tensor_bytes)},
+        **(tensor_members or {}),
+    }
     json_part = json.dumps({"inputs": [tensor], **members}).encode()
     return json_part + tensor_bytes, {HEADER: str(len(json_part) if header_length is None else header_length)}
 
@@ -171,53 +194,108 @@ JSON_ROW = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatyp
 HOSTILE = {
     # the header that says where the JSON ends
     # Python's int() reads "²" (a digit to str.isdigit) and "+90"; a length is ASCII digits only.
-    "a header with a superscript digit": (binary_request(BINARY_ROW_FP32, header_length="9²"), 400, "invalid_body",
-                                          HEADER),
+    "a header with a superscript digit": (
+        binary_request(BINARY_ROW_FP32, header_length="9²"),
+        400,
+        "invalid_body",
+        HEADER,
+    ),
     "a header with a plus sign": (binary_request(BINARY_ROW_FP32, header_length="+90"), 400, "invalid_body", HEADER),
-    "a header with two lengths": (binary_request(BINARY_ROW_FP32, header_length="90, 90"), 400, "invalid_body",
-                                  HEADER),
+    "a header with two lengths": (binary_request(BINARY_ROW_FP32, header_length="90, 90"), 400, "invalid_body", HEADER),
     "an empty header": (binary_request(BINARY_ROW_FP32, header_length=""), 400, "invalid_body", HEADER),
-    "a header of 5,000 digits": (binary_request(BINARY_ROW_FP32, header_length="9" * 5000), 400, "invalid_body",
-                                 HEADER),
+    "a header of 5,000 digits": (
+        binary_request(BINARY_ROW_FP32, header_length="9" * 5000),
+        400,
+        "invalid_body",
+        HEADER,
+    ),
     "a header of 0: no JSON": (binary_request(BINARY_ROW_FP32, header_length=0), 400, "invalid_json", None),
-    "a header that cuts the JSON short": (binary_request(BINARY_ROW_FP32, header_length=20), 400, "invalid_json",
-                                          None),
+    "a header that cuts the JSON short": (binary_request(BINARY_ROW_FP32, header_length=20), 400, "invalid_json", None),
     "binary data without the header": ((binary_request(BINARY_ROW_FP32)[0], {}), 400, "invalid_json", None),
     "a header but JSON that declares no binary data": (
-        (JSON_ROW + BINARY_ROW_FP32, {HEADER: str(len(JSON_ROW))}), 400, "invalid_body", HEADER),
+        (JSON_ROW + BINARY_ROW_FP32, {HEADER: str(len(JSON_ROW))}),
+        400,
+        "invalid_body",
+        HEADER,
+    ),
     # the tensor's declared size
-    "fewer bytes than declared": (binary_request(BINARY_ROW_FP32[:-4], tensor_members={"parameters": {
-        "binary_data_size": 32}}), 400, "invalid_body", "inputs[0].parameters.binary_data_size"),
-    "a size of FP64 for an FP32 tensor": (binary_request(fp64(*ROW)), 400, "invalid_tensor",
-                                          "inputs[0].parameters.binary_data_size"),
-    "a size that is a string": (binary_request(BINARY_ROW_FP32, tensor_members={"parameters": {
-        "binary_data_size": "32"}}), 400, "invalid_tensor", "inputs[0].parameters.binary_data_size"),
-    "a size that is true": (binary_request(BINARY_ROW_FP32, tensor_members={"parameters": {
-        "binary_data_size": True}}), 400, "invalid_tensor", "inputs[0].parameters.binary_data_size"),
-    "a negative size": (binary_request(BINARY_ROW_FP32, tensor_members={"parameters": {
-        "binary_data_size": -32}}), 400, "invalid_tensor", "inputs[0].parameters.binary_data_size"),
-    "parameters that are not an object": (binary_request(BINARY_ROW_FP32, tensor_members={"parameters": [32]}), 400,
-                                          "invalid_parameter", "inputs[0].parameters"),
+    "fewer bytes than declared": (
+        binary_request(BINARY_ROW_FP32[:-4], tensor_members={"parameters": {"binary_data_size": 32}}),
+        400,
+        "invalid_body",
+        "inputs[0].parameters.binary_data_size",
+    ),
+    "a size of FP64 for an FP32 tensor": (
+        binary_request(fp64(*ROW)),
+        400,
+        "invalid_tensor",
+        "inputs[0].parameters.binary_data_size",
+    ),
+    "a size that is a string": (
+        binary_request(BINARY_ROW_FP32, tensor_members={"parameters": {"binary_data_size": "32"}}),
+        400,
+        "invalid_tensor",
+        "inputs[0].parameters.binary_data_size",
+    ),
+    "a size that is true": (
+        binary_request(BINARY_ROW_FP32, tensor_members={"parameters": {"binary_data_size": True}}),
+        400,
+        "invalid_tensor",
+        "inputs[0].parameters.binary_data_size",
+    ),
+    "a negative size": (
+        binary_request(BINARY_ROW_FP32, tensor_members={"parameters": {"binary_data_size": -32}}),
+        400,
+        "invalid_tensor",
+        "inputs[0].parameters.binary_data_size",
+    ),
+    "parameters that are not an object": (
+        binary_request(BINARY_ROW_FP32, tensor_members={"parameters": [32]}),
+        400,
+        "invalid_parameter",
+        "inputs[0].parameters",
+    ),
     # the values
     "an infinity in FP32": (binary_request(fp32(*ROW[:7], np.inf)), 400, "invalid_value", "inputs[0].data[0].age"),
-    "a NaN in the second FP64 row": (binary_request(fp64(*ROW, *ROW[:3], np.nan, *ROW[4:]), shape=(2, 8),
-                                                    datatype="FP64"), 400, "invalid_value",
-                                     "inputs[0].data[1].skin_fold_thick"),
-    "an FP64 value beyond FP32": (binary_request(fp64(*ROW[:5], 1e300, *ROW[6:]), datatype="FP64"), 400,
-                                  "invalid_value", "inputs[0].data[0].mass_index"),
-    "an INT32 tensor": (binary_request(struct.pack("<8i", *map(int, ROW)), datatype="INT32"), 400, "invalid_tensor",
-                        "inputs[0].datatype"),
+    "a NaN in the second FP64 row": (
+        binary_request(fp64(*ROW, *ROW[:3], np.nan, *ROW[4:]), shape=(2, 8), datatype="FP64"),
+        400,
+        "invalid_value",
+        "inputs[0].data[1].skin_fold_thick",
+    ),
+    "an FP64 value beyond FP32": (
+        binary_request(fp64(*ROW[:5], 1e300, *ROW[6:]), datatype="FP64"),
+        400,
+        "invalid_value",
+        "inputs[0].data[0].mass_index",
+    ),
+    "an INT32 tensor": (
+        binary_request(struct.pack("<8i", *map(int, ROW)), datatype="INT32"),
+        400,
+        "invalid_tensor",
+        "inputs[0].datatype",
+    ),
     # how the body is encoded (tritonclient's request_compression_algorithm)
-    "a gzip-compressed body": (gzip_compressed(binary_request(BINARY_ROW_FP32)), 415, "unsupported_media_type",
-                               None),
-    "a charset other than UTF-8": (with_headers(binary_request(BINARY_ROW_FP32),
-                                                {"Content-Type": "text/plain; charset=latin-1"}),
-                                   415, "unsupported_media_type", None),
+    "a gzip-compressed body": (gzip_compressed(binary_request(BINARY_ROW_FP32)), 415, "unsupported_media_type", None),
+    "a charset other than UTF-8": (
+        with_headers(binary_request(BINARY_ROW_FP32), {"Content-Type": "text/plain; charset=latin-1"}),
+        415,
+        "unsupported_media_type",
+        None,
+    ),
     # what the answer should be
-    "a binary_data_output that is not a boolean": (binary_request(BINARY_ROW_FP32, parameters={
-        "binary_data_output": "yes"}), 400, "invalid_parameter", "parameters.binary_data_output"),
-    "the classification extension": (binary_request(BINARY_ROW_FP32, outputs=[{"name": "label", "parameters": {
-        "classification": 2}}]), 400, "invalid_parameter", "outputs[0].parameters.classification"),
+    "a binary_data_output that is not a boolean": (
+        binary_request(BINARY_ROW_FP32, parameters={"binary_data_output": "yes"}),
+        400,
+        "invalid_parameter",
+        "parameters.binary_data_output",
+    ),
+    "the classification extension": (
+        binary_request(BINARY_ROW_FP32, outputs=[{"name": "label", "parameters": {"classification": 2}}]),
+        400,
+        "invalid_parameter",
+        "outputs[0].parameters.classification",
+    ),
 }
 
 
@@ -254,7 +332,7 @@ def test_a_binary_body_over_the_size_limit_is_refused(target, limits):
 
 def test_a_chunked_binary_body_over_the_size_limit_is_refused_not_cut(service, limits):
     body, headers = over_the_size_limit(limits)
-    chunks = (body[start:start + 65536] for start in range(0, len(body), 65536))
+    chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
     response = requests.post(service["url"] + V2_INFER, data=chunks, headers=headers, timeout=30)
     assert response.status_code == 413 and response.json()["code"] == "request_entity_too_large"
 
@@ -262,8 +340,9 @@ def test_a_chunked_binary_body_over_the_size_limit_is_refused_not_cut(service, l
 @pytest.mark.parametrize("content_type", [None, "application/json", "text/plain", "application/octet-stream"])
 def test_a_binary_request_is_read_whatever_its_content_type(target, content_type):
     body, headers = binary_request(BINARY_ROW_FP32 * 2, shape=(2, 8), outputs=[{"name": "probability"}])
-    status, _, answer = target.send("POST", V2_INFER, body, {**headers, "Content-Type": content_type}
-                                    if content_type else headers)
+    status, _, answer = target.send(
+        "POST", V2_INFER, body, {**headers, "Content-Type": content_type} if content_type else headers
+    )
     assert status == 200, answer[:300]
     [probability] = json_of(answer)["outputs"]
     assert probability["shape"] == [2] and probability["data"][0] == probability["data"][1]
@@ -279,16 +358,22 @@ def test_a_binary_answer_is_framed_as_the_extension_says(target):
     assert header["id"] == "x"
     assert [(o["name"], o["datatype"], o["shape"], o["parameters"], "data" in o) for o in header["outputs"]] == [
         ("probability", "FP32", [1], {"binary_data_size": 4}, False),
-        ("label", "INT64", [1], {"binary_data_size": 8}, False)]
+        ("label", "INT64", [1], {"binary_data_size": 8}, False),
+    ]
     probability, label = struct.unpack("<fq", answer[json_length:])
-    in_json = {output["name"]: output["data"][0]
-               for output in json_of(target.send("POST", V2_INFER, JSON_ROW, {})[2])["outputs"]}
+    in_json = {
+        output["name"]: output["data"][0]
+        for output in json_of(target.send("POST", V2_INFER, JSON_ROW, {})[2])["outputs"]
+    }
     assert (np.float32(probability), label) == (np.float32(in_json["probability"]), in_json["label"])
 
 
 def test_an_outputs_own_binary_data_overrides_the_requests_binary_data_output(target):
-    body, headers = binary_request(BINARY_ROW_FP32, parameters={"binary_data_output": True}, outputs=[
-        {"name": "label"}, {"name": "probability", "parameters": {"binary_data": False}}])
+    body, headers = binary_request(
+        BINARY_ROW_FP32,
+        parameters={"binary_data_output": True},
+        outputs=[{"name": "label"}, {"name": "probability", "parameters": {"binary_data": False}}],
+    )
     status, answer_headers, answer = target.send("POST", V2_INFER, body, headers)
     assert status == 200
     json_length = int(answer_headers[HEADER])
@@ -297,4 +382,3 @@ def test_an_outputs_own_binary_data_overrides_the_requests_binary_data_output(ta
     assert "parameters" not in probability and len(probability["data"]) == 1
     threshold = json_of(target.send("GET", "/metadata", None, {})[2])["threshold"]
     assert struct.unpack("<q", answer[json_length:]) == (int(probability["data"][0] >= threshold),)
-

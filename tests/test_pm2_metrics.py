@@ -15,10 +15,10 @@ import uuid
 
 import pytest
 import requests
+from conftest import PROJECT, clean_environment, free_port, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import memory_of_tree, run_wrk, write_wrk_script
-from conftest import PROJECT, clean_environment, free_port, pm2_app, service_of_its_own
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
 
@@ -35,7 +35,6 @@ def service(trained, tmp_path_factory):
     with service_of_its_own(trained, workspace, DIABETES_RELEASE=RELEASE) as service:
         service["wrk_script"] = write_wrk_script(workspace / "article.lua", ARTICLE_BODY)
         yield service
-
 
 
 def reported(service) -> dict:
@@ -63,9 +62,16 @@ def scrape(service) -> dict:
             if sample.name == LATENCY_BUCKET_SAMPLE:
                 bound = float(sample.labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    return {"sums": sums, "buckets": buckets,
-            "model_versions": {sample.labels["version"] for family in text_string_to_metric_families(text)
-                               if family.name == "diabetes_model_info" for sample in family.samples}}
+    return {
+        "sums": sums,
+        "buckets": buckets,
+        "model_versions": {
+            sample.labels["version"]
+            for family in text_string_to_metric_families(text)
+            if family.name == "diabetes_model_info"
+            for sample in family.samples
+        },
+    }
 
 
 def bucket_rank(bounds, seconds: float) -> int:
@@ -81,8 +87,9 @@ def load_observed(service):
     requests.post(service["url"] + ARTICLE_PATH, json=ARTICLE_BODY, timeout=10).raise_for_status()
     before = scrape(service)
     outcome = {}
-    load = threading.Thread(target=lambda: outcome.update(
-        run_wrk(service["url"] + ARTICLE_PATH, service["wrk_script"], 16, LOAD_SECONDS)))
+    load = threading.Thread(
+        target=lambda: outcome.update(run_wrk(service["url"] + ARTICLE_PATH, service["wrk_script"], 16, LOAD_SECONDS))
+    )
     started = time.monotonic()
     load.start()
     during = []
@@ -116,8 +123,11 @@ def test_p99_latency_under_load_falls_in_the_bucket_of_the_metrics_histogram(loa
     for report in load_observed["during"]:
         reported_seconds = report["figures"]["p99 latency"] / 1000
         # The report covers a window of the load, /metrics the whole of it: the same bucket or a neighbour.
-        assert abs(bucket_rank(bounds, reported_seconds) - bucket_rank(bounds, from_metrics)) <= 1, \
-            (reported_seconds, from_metrics, load_buckets)
+        assert abs(bucket_rank(bounds, reported_seconds) - bucket_rank(bounds, from_metrics)) <= 1, (
+            reported_seconds,
+            from_metrics,
+            load_buckets,
+        )
 
 
 def test_every_worker_is_counted_alive_and_the_cpu_of_all_is_reported(load_observed):
@@ -166,15 +176,29 @@ def test_the_versions_are_the_served_models_and_the_release_named_at_start(servi
 
 
 def test_pm2_show_lists_the_custom_metrics(service):
-    shown = subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "show", "diabetes-api"], capture_output=True,
-                           text=True, env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True,
-                           timeout=30).stdout
-    for name in ("requests/s", "p99 latency", "error rate", "workers alive", "PSS total", "CPU total", "model",
-                 "release"):
+    shown = subprocess.run(
+        [str(PROJECT / "node_modules/.bin/pm2"), "show", "diabetes-api"],
+        capture_output=True,
+        text=True,
+        env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
+        check=True,
+        timeout=30,
+    ).stdout
+    for name in (
+        "requests/s",
+        "p99 latency",
+        "error rate",
+        "workers alive",
+        "PSS total",
+        "CPU total",
+        "model",
+        "release",
+    ):
         assert name in shown
 
 
 # The master as gunicorn runs it without PM2: the script started directly.
+
 
 def master_tasks(pid: int) -> int:
     """Threads of the master: 1 for gunicorn alone, 2 with the reporter."""
@@ -188,9 +212,15 @@ def start_master(scripts, trained, port, channel: socket.socket | None = None) -
     env.pop("NODE_CHANNEL_FD", None)
     if channel is not None:
         env["NODE_CHANNEL_FD"] = str(channel.fileno())
-    master = subprocess.Popen([str(PROJECT / ".venv/bin/python"), str(scripts / "serve.py")], cwd=PROJECT, env=env,
-                              pass_fds=() if channel is None else (channel.fileno(),), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    master = subprocess.Popen(
+        [str(PROJECT / ".venv/bin/python"), str(scripts / "serve.py")],
+        cwd=PROJECT,
+        env=env,
+        pass_fds=() if channel is None else (channel.fileno(),),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:

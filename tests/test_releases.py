@@ -12,19 +12,27 @@ import subprocess
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import pytest
 import requests
+from conftest import PROJECT, clean_environment, free_port, make
 
 from bench.measure import process_tree, run_wrk, write_wrk_script
-from conftest import PROJECT, clean_environment, free_port, make
 from diabetes import releases
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 
-LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(".git", ".venv", "node_modules", "build", "scripts", "__pycache__",
-                                              ".pytest_cache", "*.egg-info", ".ipynb_checkpoints")
+LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "node_modules",
+    "build",
+    "scripts",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    ".ipynb_checkpoints",
+)
 MARKER_HEADER = "X-Package-Edit"
 LOAD_THREADS = 4
 
@@ -59,14 +67,23 @@ def copy(trained, tmp_path_factory):
     (project / "node_modules").symlink_to(PROJECT / "node_modules")
     shutil.copytree(trained["models_dir"], workspace / "models", symlinks=True)
     port = free_port()
-    service = {"project": project, "url": f"http://127.0.0.1:{port}", "port": port,
-               "models_dir": workspace / "models", "releases_dir": workspace / "releases",
-               "pm2_home": workspace / "pm2", "workspace": workspace,
-               "env": clean_environment(DIABETES_PORT=str(port)),
-               "variables": [f"MODELS_DIR={workspace / 'models'}", f"RUNS_DIR={workspace / 'runs'}",
-                             f"PM2_HOME={workspace / 'pm2'}", f"LOG_DIR={workspace / 'logs'}"],
-               "sources": {path: (project / path).read_bytes()
-                           for path in ("notebooks/serve.ipynb", "diabetes/serving.py")}}
+    service = {
+        "project": project,
+        "url": f"http://127.0.0.1:{port}",
+        "port": port,
+        "models_dir": workspace / "models",
+        "releases_dir": workspace / "releases",
+        "pm2_home": workspace / "pm2",
+        "workspace": workspace,
+        "env": clean_environment(DIABETES_PORT=str(port)),
+        "variables": [
+            f"MODELS_DIR={workspace / 'models'}",
+            f"RUNS_DIR={workspace / 'runs'}",
+            f"PM2_HOME={workspace / 'pm2'}",
+            f"LOG_DIR={workspace / 'logs'}",
+        ],
+        "sources": {path: (project / path).read_bytes() for path in ("notebooks/serve.ipynb", "diabetes/serving.py")},
+    }
     try:
         make_in(service, "serve")
         yield service
@@ -84,14 +101,20 @@ def service(copy):
 
 
 def make_in(service, *arguments, check=True, timeout=300):
-    return make(*arguments, *service["variables"], env=service["env"], check=check, timeout=timeout,
-                project=service["project"])
+    return make(
+        *arguments, *service["variables"], env=service["env"], check=check, timeout=timeout, project=service["project"]
+    )
 
 
 def pm2_apps(service) -> list[dict]:
-    listing = subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "jlist"], capture_output=True, text=True,
-                             env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True,
-                             timeout=60).stdout
+    listing = subprocess.run(
+        [str(PROJECT / "node_modules/.bin/pm2"), "jlist"],
+        capture_output=True,
+        text=True,
+        env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
+        check=True,
+        timeout=60,
+    ).stdout
     return [app for app in json.loads(listing) if app["name"] == "diabetes-api"]
 
 
@@ -102,8 +125,12 @@ def workers(master: int) -> list[int]:
 def answer(session, service) -> tuple:
     """What the service answers to the article's request: all a client can tell apart."""
     response = session.post(service["url"] + ARTICLE_PATH, json=ARTICLE_BODY, timeout=10)
-    return (response.status_code, response.json().get("prediction"), response.headers.get("X-Model-Version"),
-            response.headers.get(MARKER_HEADER))
+    return (
+        response.status_code,
+        response.json().get("prediction"),
+        response.headers.get("X-Model-Version"),
+        response.headers.get(MARKER_HEADER),
+    )
 
 
 def edit_without_make_serve(service, marker: str):
@@ -113,9 +140,17 @@ def edit_without_make_serve(service, marker: str):
     notebook_path = service["project"] / "notebooks" / "serve.ipynb"
     notebook = json.loads(notebook_path.read_text())
     # Before the last cell, which starts the server: a worker importing this script fails to boot.
-    notebook["cells"].insert(len(notebook["cells"]) - 1, {
-        "cell_type": "code", "execution_count": None, "id": "unchecked-edit", "metadata": {}, "outputs": [],
-        "source": ['raise RuntimeError("an edit that make serve never checked")']})
+    notebook["cells"].insert(
+        len(notebook["cells"]) - 1,
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "unchecked-edit",
+            "metadata": {},
+            "outputs": [],
+            "source": ['raise RuntimeError("an edit that make serve never checked")'],
+        },
+    )
     notebook_path.write_text(json.dumps(notebook, indent=1))
     make_in(service, "scripts")
     assert "an edit that make serve never checked" in (service["project"] / "scripts" / "serve.py").read_text()
@@ -207,7 +242,7 @@ def new_model_version(service) -> str:
     releases it as a new model version (its file, and so its sha256, unchanged)."""
     models_dir = service["models_dir"]
     source = (models_dir / "latest").resolve()
-    version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(source, models_dir / version)
     metadata = json.loads((models_dir / version / "metadata.json").read_text())
     (models_dir / version / "metadata.json").write_text(json.dumps({**metadata, "version": version}))
@@ -234,8 +269,9 @@ def test_make_rollback_restores_the_previous_releases_code_and_model_together_un
     load_seconds = 6
     script = write_wrk_script(service["workspace"] / "article.lua", ARTICLE_BODY)
     outcome = {}
-    wrk = threading.Thread(target=lambda: outcome.update(
-        run_wrk(service["url"] + ARTICLE_PATH, script, 16, load_seconds)))
+    wrk = threading.Thread(
+        target=lambda: outcome.update(run_wrk(service["url"] + ARTICLE_PATH, script, 16, load_seconds))
+    )
     wrk.start()
     time.sleep(1)
     result = make_in(service, "rollback")
@@ -275,8 +311,11 @@ def test_a_release_manifest_names_every_file_its_commit_model_and_checks(service
     release = releases.current_release(service["releases_dir"])
     folder = service["releases_dir"] / release
     manifest = releases.read_manifest(service["releases_dir"], release)
-    on_disk = {path.relative_to(folder).as_posix() for path in folder.rglob("*")
-               if path.is_file() and path.name != "manifest.json"}
+    on_disk = {
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != "manifest.json"
+    }
     assert set(manifest["files"]) == on_disk
     assert {"serve.py", "serve.ipynb", "settings.json", "model/model.ubj", "package/diabetes/serving.py"} <= on_disk
     assert manifest["model_version"] == json.loads((folder / "model" / "metadata.json").read_text())["version"]

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import FAST_PARAMS, PROJECT, make, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
+from slow_clients import idle_and_slow_connections, slow_article_call, worst_latency
 
 from bench.measure import process_tree, run_wrk, write_wrk_script
-from conftest import FAST_PARAMS, PROJECT, make, pm2_app, service_of_its_own
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
-from slow_clients import idle_and_slow_connections, slow_article_call, worst_latency
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5
@@ -118,8 +118,13 @@ def test_soak_at_64_connections_fails_nothing_and_does_not_grow(service):
     before = rss_kib(workers(service))
     load = run_wrk(service["url"] + ARTICLE_PATH, service["wrk_script"], 64, SOAK_SECONDS)
     growth = rss_kib(workers(service)) / before - 1
-    record("soak", f"{SOAK_SECONDS} s at 64 connections, {load['requests']} requests", "none", lost(load),
-           f"RSS growth {growth:+.1%}, p99 {load['p99_ms']:.1f} ms")
+    record(
+        "soak",
+        f"{SOAK_SECONDS} s at 64 connections, {load['requests']} requests",
+        "none",
+        lost(load),
+        f"RSS growth {growth:+.1%}, p99 {load['p99_ms']:.1f} ms",
+    )
     assert lost(load) == 0, load["errors"]
     assert growth <= 0.10
 
@@ -127,12 +132,18 @@ def test_soak_at_64_connections_fails_nothing_and_does_not_grow(service):
 def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(service):
     join = under_load(service, SOAK_SECONDS)
     with idle_and_slow_connections(service["port"], idle=200, slow=32) as closed:
-        probe = worst_latency(lambda: requests.get(service["url"] + "/v2/health/ready", timeout=5).raise_for_status(),
-                              seconds=SOAK_SECONDS - 1)
+        probe = worst_latency(
+            lambda: requests.get(service["url"] + "/v2/health/ready", timeout=5).raise_for_status(),
+            seconds=SOAK_SECONDS - 1,
+        )
     load = join()
-    record("idle and slow clients", f"{SOAK_SECONDS} s at 16 connections, {load['requests']} requests",
-           f"200 idle + 32 slow-header connections ({closed['idle']} + {closed['slow']} closed by the server)",
-           lost(load), f"p99 {load['p99_ms']:.1f} ms, probe's worst {probe * 1000:.0f} ms")
+    record(
+        "idle and slow clients",
+        f"{SOAK_SECONDS} s at 16 connections, {load['requests']} requests",
+        f"200 idle + 32 slow-header connections ({closed['idle']} + {closed['slow']} closed by the server)",
+        lost(load),
+        f"p99 {load['p99_ms']:.1f} ms, probe's worst {probe * 1000:.0f} ms",
+    )
     assert lost(load) == 0, load["errors"]
     # Beside a load that keeps both cores busy, the idle connections, all
     # reopened at once when the server closes them, queue ahead of the probe:
@@ -155,7 +166,7 @@ def test_a_metrics_scrape_during_load_parses(service):
     text = requests.get(service["url"] + "/metrics", timeout=5).text
     load = join()
     families = {family.name for family in text_string_to_metric_families(text)}
-    record("metrics scrape", f"3 s at 16 connections", "scrape", lost(load), f"{len(families)} metric families")
+    record("metrics scrape", "3 s at 16 connections", "scrape", lost(load), f"{len(families)} metric families")
     assert {"diabetes_requests", "diabetes_request_duration_seconds", "diabetes_model_info"} <= families
     assert lost(load) == 0
 
@@ -173,8 +184,13 @@ def test_a_new_model_deployed_under_load_fails_no_request(service, tmp_path):
     join = under_load(service, LOAD_SECONDS)
     make("serve", *variables, env=service["env"])
     load = join()
-    record("deploy under load", f"{LOAD_SECONDS} s at 16 connections, {load['requests']} requests",
-           "new model through make serve (SIGHUP)", lost(load), f"{before} -> {served_version(service)}")
+    record(
+        "deploy under load",
+        f"{LOAD_SECONDS} s at 16 connections, {load['requests']} requests",
+        "new model through make serve (SIGHUP)",
+        lost(load),
+        f"{before} -> {served_version(service)}",
+    )
     assert lost(load) == 0, load["errors"]
     assert served_version(service) == new
 
@@ -188,16 +204,24 @@ def test_a_damaged_model_is_refused_and_the_old_one_keeps_serving(service, damag
     (damaged / "metadata.json").write_text(json.dumps({**metadata, "version": damaged_version}))
     model = damaged / "model.ubj"
     content = model.read_bytes()
-    model.write_bytes(content[:500] + bytes([content[500] ^ 0xFF]) + content[501:] if damage == "tampered"
-                      else content[: len(content) // 3])
+    model.write_bytes(
+        content[:500] + bytes([content[500] ^ 0xFF]) + content[501:]
+        if damage == "tampered"
+        else content[: len(content) // 3]
+    )
     (service["models_dir"] / "latest").unlink()
     (service["models_dir"] / "latest").symlink_to(damaged_version)
 
     join = under_load(service, 6)
     result = make("serve", *service["variables"], env=service["env"], check=False)
     load = join()
-    record(f"{damage} model", "6 s at 16 connections", f"{damage} model.ubj through make serve", lost(load),
-           "refused: " + ("sha256" if "sha256" in result.stdout + result.stderr else "?"))
+    record(
+        f"{damage} model",
+        "6 s at 16 connections",
+        f"{damage} model.ubj through make serve",
+        lost(load),
+        "refused: " + ("sha256" if "sha256" in result.stdout + result.stderr else "?"),
+    )
     assert result.returncode != 0
     assert "does not match the sha256" in result.stdout + result.stderr
     assert (service["models_dir"] / "current").resolve() == current
@@ -219,8 +243,9 @@ def test_a_killed_worker_loses_at_most_the_requests_in_flight_on_its_connections
         time.sleep(0.05)
     recovery = time.monotonic() - killed_at
     load = join()
-    record("worker killed", "5 s at 16 connections", "kill -9 of one worker", lost(load),
-           f"replaced in {recovery:.2f} s")
+    record(
+        "worker killed", "5 s at 16 connections", "kill -9 of one worker", lost(load), f"replaced in {recovery:.2f} s"
+    )
     assert recovery <= 2
     # An asynchronous worker holds many keep-alive connections: the requests
     # in flight on them are lost with it, at most one per connection.
@@ -243,9 +268,13 @@ def test_a_killed_master_is_replaced_under_pm2_and_leaves_no_orphan(service):
     recovery = time.monotonic() - killed_at
     orphans = [pid for pid in old_workers if Path(f"/proc/{pid}").exists()]
     load = join()
-    record("master killed", "8 s at 16 connections", "kill -9 of the gunicorn master",
-           f"{lost(load)} (connections refused while no master listened)",
-           f"new master serving in {recovery:.2f} s, {len(orphans)} orphans")
+    record(
+        "master killed",
+        "8 s at 16 connections",
+        "kill -9 of the gunicorn master",
+        f"{lost(load)} (connections refused while no master listened)",
+        f"new master serving in {recovery:.2f} s, {len(orphans)} orphans",
+    )
     # The new master loads and checks the model before it listens: on a busy
     # machine that takes seconds, so the bound only catches a restart loop.
     assert recovery <= 15
@@ -260,13 +289,23 @@ def test_a_request_in_flight_during_a_restart_or_stop_gets_its_answer(service, h
     thread.start()
     time.sleep(0.5)
     if how == "pm2 restart":
-        subprocess.run([str(PROJECT / "node_modules/.bin/pm2"), "restart", "diabetes-api"], capture_output=True,
-                       env={**service["env"], "PM2_HOME": str(service["pm2_home"])}, check=True, timeout=60)
+        subprocess.run(
+            [str(PROJECT / "node_modules/.bin/pm2"), "restart", "diabetes-api"],
+            capture_output=True,
+            env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
+            check=True,
+            timeout=60,
+        )
     else:
         make("stop", *service["variables"], env=service["env"])
     thread.join(timeout=40)
-    record(f"in-flight request, {how}", "1 request in flight for 2 s", how,
-           0 if answer.get("status", "").endswith("200 OK") else 1, answer.get("status"))
+    record(
+        f"in-flight request, {how}",
+        "1 request in flight for 2 s",
+        how,
+        0 if answer.get("status", "").endswith("200 OK") else 1,
+        answer.get("status"),
+    )
     assert answer.get("status") == "HTTP/1.1 200 OK"
     if how == "make stop":
         make("serve", *service["variables"], env=service["env"])

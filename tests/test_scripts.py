@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import PROJECT
 
 NOTEBOOKS = sorted((PROJECT / "notebooks").glob("*.ipynb"))
@@ -34,18 +33,22 @@ def test_notebook_only_cells_are_left_out_of_the_scripts(scripts):
 
 
 def test_the_generated_endpoint_script_imports_without_starting_a_server(served_module):
-    assert served_module.app.url_map.bind("localhost").match(
-        "/katana-ml/api/v1.0/diabetes", method="POST")[0] == "predict_article"
+    assert (
+        served_module.app.url_map.bind("localhost").match("/katana-ml/api/v1.0/diabetes", method="POST")[0]
+        == "predict_article"
+    )
     assert served_module.__name__ != "__main__"
 
 
 def test_the_committed_postman_collection_is_the_one_the_catalog_generates():
     from diabetes.postman import COLLECTION, render
+
     assert (PROJECT / COLLECTION).read_text() == render(), "run `make collection` and commit the result"
 
 
 def test_the_catalog_holds_at_least_40_bad_calls_covering_every_route():
     from diabetes.catalog import BAD_CALLS, GOOD_CALLS
+
     assert len(BAD_CALLS) >= 40
     routes = {call.path.split("?")[0] for call in GOOD_CALLS}
     assert {"/katana-ml/api/v1.0/diabetes", "/predict", "/v2/models/diabetes/infer"} <= routes

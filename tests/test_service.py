@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import requests
-
 from conftest import PROJECT, make, pm2, pm2_app
+
 from diabetes.features import FEATURE_NAMES
 
 ROUTE = "/katana-ml/api/v1.0/diabetes"
@@ -45,8 +45,10 @@ def test_the_article_request_over_http_answers_a_probability(service):
 def test_every_row_of_the_data_set_is_served_as_the_training_notebook_predicted_it(service):
     expected = pd.read_csv(service["models_dir"] / "current" / "predictions.csv")
     with requests.Session() as session:
-        served = [session.post(service["url"] + ROUTE, json={"data": ",".join(map(str, row))}, timeout=5)
-                  .json()["prediction"] for row in expected[list(FEATURE_NAMES)].itertuples(index=False)]
+        served = [
+            session.post(service["url"] + ROUTE, json={"data": ",".join(map(str, row))}, timeout=5).json()["prediction"]
+            for row in expected[list(FEATURE_NAMES)].itertuples(index=False)
+        ]
     assert len(served) == 768
     assert abs(pd.Series(served) - expected["probability"]).max() < 1e-6
 
@@ -66,8 +68,9 @@ def test_a_second_make_serve_with_nothing_changed_is_a_no_op(service):
     assert "papermill" not in result.stdout and "nbconvert" not in result.stdout
     assert after["pid"] == before["pid"]
     assert after["pm2_env"]["restart_time"] == before["pm2_env"]["restart_time"]
-    assert [app["name"] for app in json.loads(pm2(service, "jlist"))].count("diabetes-api") == 1, \
+    assert [app["name"] for app in json.loads(pm2(service, "jlist"))].count("diabetes-api") == 1, (
         "a second copy was started"
+    )
     assert elapsed < 30
 
 

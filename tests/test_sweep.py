@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import PROJECT, make
+
 from diabetes.bundle import load_bundle
 from diabetes.sweep import SweepError, check_names, parameter_sets
 
@@ -26,8 +26,9 @@ def small_sweep(tmp_path_factory):
     """Two depths and a run whose data file does not exist."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     spec = sweep_file(tmp_path, {"max_depth": [1, 2]}, {"broken": {"data_url": "no/such/file.csv"}})
-    result = make("sweep", f"SWEEP={spec}", f"SWEEPS_DIR={tmp_path / 'sweeps'}",
-                  f"MODELS_DIR={tmp_path / 'models'}", timeout=600)
+    result = make(
+        "sweep", f"SWEEP={spec}", f"SWEEPS_DIR={tmp_path / 'sweeps'}", f"MODELS_DIR={tmp_path / 'models'}", timeout=600
+    )
     return {"result": result, "dir": (tmp_path / "sweeps" / "latest").resolve(), "tmp": tmp_path}
 
 
@@ -64,8 +65,15 @@ def test_the_report_ranks_the_runs_and_names_the_winner(small_sweep):
 
 def test_publish_best_trains_the_winner_through_make_train(tmp_path):
     spec = sweep_file(tmp_path, {"learning_rate": [0.2]})
-    make("sweep", f"SWEEP={spec}", f"SWEEPS_DIR={tmp_path / 'sweeps'}", f"MODELS_DIR={tmp_path / 'models'}",
-         f"RUNS_DIR={tmp_path / 'runs'}", "PUBLISH=best", timeout=600)
+    make(
+        "sweep",
+        f"SWEEP={spec}",
+        f"SWEEPS_DIR={tmp_path / 'sweeps'}",
+        f"MODELS_DIR={tmp_path / 'models'}",
+        f"RUNS_DIR={tmp_path / 'runs'}",
+        "PUBLISH=best",
+        timeout=600,
+    )
     published = load_bundle(tmp_path / "models" / "latest")
     assert published.metadata["parameters"]["learning_rate"] == 0.2
     assert published.metadata["parameters"]["min_auc"] == 0.7, "the gate of the base parameters, not the sweep's"
@@ -74,8 +82,12 @@ def test_publish_best_trains_the_winner_through_make_train(tmp_path):
 
 
 def test_random_mode_draws_distinct_combinations_of_the_grid_repeatably():
-    spec = {"mode": "random", "samples": 5, "seed": 3,
-            "grid": {"max_depth": [1, 2, 3], "learning_rate": [0.02, 0.05, 0.1], "subsample": [0.6, 0.8]}}
+    spec = {
+        "mode": "random",
+        "samples": 5,
+        "seed": 3,
+        "grid": {"max_depth": [1, 2, 3], "learning_rate": [0.02, 0.05, 0.1], "subsample": [0.6, 0.8]},
+    }
     drawn = [parameters for _, parameters in parameter_sets(spec)]
     assert len(drawn) == 5 and len({tuple(sorted(p.items())) for p in drawn}) == 5
     assert all(p["max_depth"] in (1, 2, 3) and p["subsample"] in (0.6, 0.8) for p in drawn)
@@ -83,11 +95,14 @@ def test_random_mode_draws_distinct_combinations_of_the_grid_repeatably():
     assert drawn != [parameters for _, parameters in parameter_sets({**spec, "seed": 4})]
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"grid": {"max_dept": [2, 3]}}, "max_dept"),
-    ({"grid": {"max_depth": 3}}, "non-empty list"),
-    ({"mode": "bayesian", "grid": {"max_depth": [2]}}, "grid or random"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"grid": {"max_dept": [2, 3]}}, "max_dept"),
+        ({"grid": {"max_depth": 3}}, "non-empty list"),
+        ({"mode": "bayesian", "grid": {"max_depth": [2]}}, "grid or random"),
+    ],
+)
 def test_a_wrong_sweep_file_is_refused_before_any_run(spec, message):
     with pytest.raises(SweepError, match=message):
         runs = parameter_sets(spec)

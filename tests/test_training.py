@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FAST_PARAMS, PROJECT, make
+
 from diabetes import training
 from diabetes.bundle import SMALL_BATCH_ROWS, load_bundle, publish_version
 from diabetes.data import read_training_data
@@ -82,9 +82,13 @@ def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(tmp_p
     assert np.abs(calibrated.inplace_predict(X, predict_type="margin") - (slope * margin + intercept)).max() < 1e-4
 
     sample = [1, 106, 70, 28, 135, 34.2, 0.142, 22]
-    metadata = {"feature_names": list(FEATURE_NAMES), "features": [{"name": name} for name in FEATURE_NAMES],
-                "threshold": 0.5, "trees": 40,
-                "sample": {"values": sample, "probability": float(calibrated.inplace_predict(to_model_input(sample))[0])}}
+    metadata = {
+        "feature_names": list(FEATURE_NAMES),
+        "features": [{"name": name} for name in FEATURE_NAMES],
+        "threshold": 0.5,
+        "trees": 40,
+        "sample": {"values": sample, "probability": float(calibrated.inplace_predict(to_model_input(sample))[0])},
+    }
     bundle = load_bundle(publish_version(calibrated, metadata, tmp_path))
     raw = rows[list(FEATURE_NAMES)].to_numpy()
     expected = calibrated.inplace_predict(X)
@@ -108,8 +112,12 @@ def test_the_run_record_is_kept_beside_the_model(trained):
     latest = trained["models_dir"] / "latest"
     executed = json.loads((latest / "train.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"]["models_dir"] == str(trained["models_dir"])
-    images = [output for cell in executed["cells"] for output in cell.get("outputs", [])
-              if "image/png" in output.get("data", {})]
+    images = [
+        output
+        for cell in executed["cells"]
+        for output in cell.get("outputs", [])
+        if "image/png" in output.get("data", {})
+    ]
     assert len(images) >= 2, "the ROC, confusion, importance and learning-curve plots are missing"
     assert "<html" in (latest / "train.html").read_text()[:1000].lower()
 
@@ -135,8 +143,13 @@ def test_a_run_below_min_auc_fails_and_publishes_nothing(trained, tmp_path):
     impossible = tmp_path / "impossible-gate.yaml"
     impossible.write_text("min_auc: 1.01\n")
 
-    result = make("train", f"MODELS_DIR={models_dir}", f"RUNS_DIR={tmp_path / 'runs'}",
-                  f"TRAIN_PARAMS={FAST_PARAMS} {impossible}", check=False)
+    result = make(
+        "train",
+        f"MODELS_DIR={models_dir}",
+        f"RUNS_DIR={tmp_path / 'runs'}",
+        f"TRAIN_PARAMS={FAST_PARAMS} {impossible}",
+        check=False,
+    )
 
     assert result.returncode != 0
     assert "quality gate failed" in result.stdout + result.stderr
@@ -149,8 +162,13 @@ def test_a_run_below_min_auc_fails_and_publishes_nothing(trained, tmp_path):
 def test_an_unknown_parameter_name_fails_before_training(tmp_path, parameters):
     typo = tmp_path / "typo.yaml"
     typo.write_text(parameters)
-    result = make("train", f"MODELS_DIR={tmp_path / 'models'}", f"RUNS_DIR={tmp_path / 'runs'}",
-                  f"TRAIN_PARAMS=params/train.yaml {typo}", check=False)
+    result = make(
+        "train",
+        f"MODELS_DIR={tmp_path / 'models'}",
+        f"RUNS_DIR={tmp_path / 'runs'}",
+        f"TRAIN_PARAMS=params/train.yaml {typo}",
+        check=False,
+    )
     assert result.returncode != 0
     assert parameters.split(":")[0] in result.stderr
     assert not (tmp_path / "models").exists()
