@@ -334,8 +334,8 @@ $(NODE_OK): package.json package-lock.json
 # The executed notebook is the run's record even when the run fails, so it is
 # not a target: the model is. A failed gate publishes nothing.
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
-          diabetes/features.py diabetes/bundle.py diabetes/data.py diabetes/training.py \
-          diabetes/cluster_training.py | $(VENV_OK)
+          diabetes/features.py diabetes/model_store.py diabetes/prediction.py diabetes/data.py \
+          diabetes/training.py diabetes/cluster_training.py | $(VENV_OK)
 	@mkdir -p $(RUNS_DIR)
 	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
 	$(PAPERMILL) $(TRAIN_PROGRESS) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \

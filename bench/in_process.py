@@ -20,9 +20,9 @@ from xgboost import XGBClassifier
 
 from bench.article_app import article_prediction
 from bench.bodies import data_rows
-from diabetes.bundle import load_bundle
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_VALUES
 from diabetes.features import to_model_input
+from diabetes.prediction import load_bundle
 
 MOST_CALLS = 20_000
 REPEATS = 5

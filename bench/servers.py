@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.measure import kill_process_group, process_tree, run_bounded
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.features import FEATURE_NAMES
+from diabetes.model_store import CURRENT_LINK, LATEST_LINK
 
 PROJECT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
@@ -465,16 +466,13 @@ class ServiceUnderPM2(Server):
 def prepare_models_copy(project_models: Path, destination: Path) -> Path | None:
     """A models folder holding only a copy of the project's current version,
     linked as both `latest` and `current`: what `make serve` then deploys is
-    exactly the model the project serves. None when there is no current model.
-
-    The link names are the Makefile's; diabetes.bundle, which also has them,
-    would bring XGBoost's threads into the benchmark's process."""
-    current = project_models / "current"
+    exactly the model the project serves. None when there is no current model."""
+    current = project_models / CURRENT_LINK
     if not current.exists():
         return None
     version = current.resolve().name
     destination.mkdir(parents=True)
     shutil.copytree(current.resolve(), destination / version)
-    for link in ("latest", "current"):
+    for link in (LATEST_LINK, CURRENT_LINK):
         (destination / link).symlink_to(version, target_is_directory=True)
     return destination

@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from diabetes.bundle import CURRENT_LINK, LATEST_LINK, ModelRefused, load_bundle, load_metadata, point_link
+from diabetes.model_store import CURRENT_LINK, LATEST_LINK, ModelRefused, load_metadata, point_link
+from diabetes.prediction import load_bundle
 
 # The original article's test accuracy, on the same stratified 33% split (random_state 0).
 ARTICLE_TEST_ACCURACY = 0.7874

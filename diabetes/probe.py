@@ -19,9 +19,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.model_store import load_metadata
 from diabetes.settings import read_api_key, service_settings
 
 
@@ -62,10 +62,7 @@ def main(argv):
     if args.print_url:
         print(url)
         return 0
-    # Read directly, not through diabetes.bundle: importing XGBoost would double this command's time.
-    version = (
-        json.loads((Path(args.expect_model) / "metadata.json").read_text())["version"] if args.expect_model else None
-    )
+    version = load_metadata(args.expect_model)["version"] if args.expect_model else None
     try:
         api_key = read_api_key(settings["api_key"], settings["api_key_file"])
         answer = wait_for_answer(url, args.timeout, version, api_key)

@@ -158,7 +158,8 @@ def verified_model_copy(model_dir: Path) -> dict:
 
 def model_checks(model_dir: Path, version: str) -> list[str]:
     """The model's checks, as a promotion runs them; the names of those passed."""
-    from diabetes.bundle import ModelRefused, load_bundle
+    from diabetes.model_store import ModelRefused
+    from diabetes.prediction import load_bundle
 
     try:
         bundle = load_bundle(model_dir)
@@ -267,8 +268,8 @@ def serve(releases_dir: Path, release: str, models_dir: Path | None = None):
     next_link.symlink_to(release, target_is_directory=True)
     next_link.rename(releases_dir / CURRENT_LINK)
     if models_dir is not None:
-        from diabetes.bundle import CURRENT_LINK as MODEL_CURRENT_LINK
-        from diabetes.bundle import point_link
+        from diabetes.model_store import CURRENT_LINK as MODEL_CURRENT_LINK
+        from diabetes.model_store import point_link
 
         version = read_manifest(releases_dir, release)["model_version"]
         if (models_dir / version).is_dir():

@@ -37,7 +37,7 @@ import pandas as pd
 import papermill
 import yaml
 
-from diabetes.bundle import point_link
+from diabetes.model_store import point_link
 
 PROJECT = Path(__file__).resolve().parents[1]
 NOTEBOOK = str(PROJECT / "notebooks" / "train.ipynb")

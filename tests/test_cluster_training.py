@@ -25,9 +25,9 @@ from sklearn.metrics import roc_auc_score
 from bench.dask_cluster import ExternalDaskCluster
 from bench.measure import kill_process_group
 from diabetes import cluster_training
-from diabetes.bundle import load_bundle
 from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
+from diabetes.prediction import load_bundle
 
 ROWS = 1_000_000
 ROUTE = "/katana-ml/api/v1.0/diabetes"

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diabetes.bundle import MODEL_FILE, SMALL_BATCH_ROWS, ModelRefused, load_bundle
 from diabetes.features import FEATURE_NAMES, to_model_input
+from diabetes.model_store import MODEL_FILE, ModelRefused
+from diabetes.prediction import SMALL_BATCH_ROWS, load_bundle
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import PROJECT, make
 
-from diabetes.bundle import load_bundle
+from diabetes.prediction import load_bundle
 from diabetes.sweep import SweepError, check_names, parameter_sets
 
 FAST_BASE = ["params/train.yaml", "tests/params/fast.yaml"]

@@ -9,9 +9,10 @@ import pytest
 from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes import training
-from diabetes.bundle import SMALL_BATCH_ROWS, load_bundle, publish_version
 from diabetes.data import read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
+from diabetes.model_store import publish_version
+from diabetes.prediction import SMALL_BATCH_ROWS, load_bundle
 
 
 def test_training_publishes_a_loadable_model_with_its_metadata(trained):

@@ -1,0 +1,117 @@
+"""Trained models on disk: one folder per version, a `latest` link to the
+newest version that passed its quality gate, and a `current` link to the
+version being served.
+
+    build/models/
+        20261129T040000Z-1a2b3c4d/   model.ubj  metadata.json  predictions.csv  train.ipynb  train.html
+        20261129T050000Z-5e6f7a8b/   ...
+        latest  -> 20261129T050000Z-5e6f7a8b   (written by training)
+        current -> 20261129T040000Z-1a2b3c4d   (switched by a deploy or a rollback, once the version
+                                                loads and passes its sample check)
+
+Models are stored in XGBoost's own format (never pickled) and are refused when
+the file does not match the sha256 recorded in its metadata. This module does
+not import XGBoost, which takes seconds: commands that only read or switch
+versions stay quick. Loading a model to predict with it is diabetes.prediction's.
+"""
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from diabetes.features import FEATURE_NAMES
+
+MODEL_FILE = "model.ubj"
+METADATA_FILE = "metadata.json"
+CURRENT_LINK = "current"
+LATEST_LINK = "latest"
+
+
+class ModelRefused(Exception):
+    """The model on disk cannot be trusted or used; the message says why."""
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def new_version_id(model_bytes: bytes) -> str:
+    """Sortable by training time, and unique to the model's content."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{sha256_of(model_bytes)[:8]}"
+
+
+def publish_version(booster, metadata: dict, models_dir, extra_files=()) -> Path:
+    """Write a new version of an XGBoost booster and make it the latest one.
+
+    The version folder is complete before it gets its final name, and the
+    link is swapped with a rename: a reader sees the old version or the new
+    one, never half of one. `extra_files` are (name, writer) pairs, each
+    writer called with the path to write."""
+    models_dir = Path(models_dir)
+    model_bytes = bytes(booster.save_raw(raw_format="ubj"))
+    version = new_version_id(model_bytes)
+    metadata = {**metadata, "version": version, "model_file": MODEL_FILE, "model_sha256": sha256_of(model_bytes)}
+
+    staging = models_dir / f".{version}.partial"
+    staging.mkdir(parents=True)
+    (staging / MODEL_FILE).write_bytes(model_bytes)
+    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    for name, write in extra_files:
+        write(staging / name)
+    version_dir = models_dir / version
+    staging.rename(version_dir)
+    point_link(models_dir, LATEST_LINK, version)
+    return version_dir
+
+
+def point_link(models_dir, link: str, version: str):
+    """Make `models_dir/link` name `version`, atomically."""
+    models_dir = Path(models_dir)
+    next_link = models_dir / f".{link}.next"
+    next_link.unlink(missing_ok=True)
+    next_link.symlink_to(version, target_is_directory=True)
+    next_link.rename(models_dir / link)
+
+
+def load_metadata(model_dir) -> dict:
+    return json.loads((Path(model_dir) / METADATA_FILE).read_text())
+
+
+def check_metadata(metadata: dict):
+    """Refuse metadata that the service would misread: features in another
+    order than the model's, a threshold outside (0, 1), a model file that is
+    not a plain name in the version's folder."""
+    if tuple(metadata.get("feature_names", ())) != FEATURE_NAMES:
+        raise ModelRefused(
+            f"the model expects features {metadata.get('feature_names')}, this code sends {list(FEATURE_NAMES)}"
+        )
+    described = tuple(feature.get("name") for feature in metadata.get("features", ()))
+    if described != FEATURE_NAMES:
+        raise ModelRefused(
+            f"the metadata describes features {list(described)}, in another order than the "
+            f"model's {list(FEATURE_NAMES)}"
+        )
+    threshold = metadata.get("threshold")
+    if type(threshold) not in (int, float) or not 0 < threshold < 1:
+        raise ModelRefused(f"threshold {threshold!r} is not a probability strictly between 0 and 1")
+    model_file = metadata.get("model_file")
+    if not isinstance(model_file, str) or Path(model_file).name != model_file or model_file in ("", ".", ".."):
+        raise ModelRefused(f"model_file {model_file!r} is not a plain file name")
+
+
+def read_checked_model(model_dir) -> tuple[Path, dict, bytes]:
+    """A version folder (or a link to one) resolved, its checked metadata and
+    its model file's bytes, refused unless they match the recorded sha256."""
+    # Resolved once: a promotion that switches the link while this reads must
+    # not pair one version's metadata with another's model file.
+    model_dir = Path(model_dir).resolve()
+    try:
+        metadata = load_metadata(model_dir)
+        check_metadata(metadata)
+        model_bytes = (model_dir / metadata["model_file"]).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelRefused(f"cannot read the model in {model_dir}: {error}") from error
+    if sha256_of(model_bytes) != metadata.get("model_sha256"):
+        raise ModelRefused(f"{model_dir / metadata['model_file']} does not match the sha256 in its metadata")
+    return model_dir, metadata, model_bytes

@@ -1,0 +1,106 @@
+"""A loaded model that predicts: XGBoost's booster, and the same trees in
+Treelite for small batches. The files it is loaded from, and the checks they
+pass first, are diabetes.model_store's."""
+
+import ctypes
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import treelite
+import xgboost as xgb
+from treelite.core import _LIB, _check_call
+from treelite.gtil.gtil import GTILConfig
+
+from diabetes.features import FEATURE_NAMES, to_model_input
+from diabetes.model_store import ModelRefused, read_checked_model
+
+# Up to this many rows, Treelite's tree walker answers faster than XGBoost,
+# whose fixed cost per call (~140 us) dominates small batches; above it,
+# XGBoost's vectorised predictor wins (measured by `make bench`).
+SMALL_BATCH_ROWS = 32
+_FLOAT32_POINTER = ctypes.POINTER(ctypes.c_float)
+
+
+class TreelitePredictor:
+    """Treelite's General Tree Inference Library, called with a configuration
+    built once: `treelite.gtil.predict` parses a new one from JSON on every
+    call, which is two thirds of its ~29 us for one row (this takes ~10 us).
+    The result is the same (the tests compare every row with XGBoost's)."""
+
+    def __init__(self, model: treelite.Model):
+        if (model.input_type, model.output_type) != ("float32", "float32"):
+            raise ModelRefused(
+                f"Treelite reads this model as {model.input_type} -> {model.output_type}, expected float32 -> float32"
+            )
+        self.model = model
+        self.config = GTILConfig(predict_type="default", nthread=1)
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """Probabilities for a C-contiguous float32 matrix of rows."""
+        output = np.empty(len(matrix), dtype=np.float32)
+        _check_call(
+            _LIB.TreeliteGTILPredict(
+                self.model.handle,
+                matrix.ctypes.data_as(_FLOAT32_POINTER),
+                b"float32",
+                ctypes.c_uint64(len(matrix)),
+                output.ctypes.data_as(_FLOAT32_POINTER),
+                self.config.handle,
+            )
+        )
+        return output
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A loaded model: XGBoost's booster (the reference, and the fast path for
+    large batches) and the same trees in Treelite (the fast path for a few rows)."""
+
+    booster: xgb.Booster
+    metadata: dict
+
+    @property
+    def version(self) -> str:
+        return self.metadata["version"]
+
+    @cached_property
+    def small_batch_predictor(self) -> "TreelitePredictor":
+        return TreelitePredictor(treelite.frontend.from_xgboost(self.booster))
+
+    def sample_check_passes(self) -> bool:
+        """Does the model give the sample row the probability its training run recorded?"""
+        sample = self.metadata["sample"]
+        return abs(float(self.predict_proba([sample["values"]])[0]) - sample["probability"]) <= 1e-6
+
+    def predict_proba(self, rows) -> np.ndarray:
+        """Probability of diabetes (class 1) for each row of 8 raw values."""
+        matrix = to_model_input(rows)
+        if len(matrix) <= SMALL_BATCH_ROWS:
+            return self.small_batch_predictor.predict(matrix)
+        return self.booster.inplace_predict(matrix)
+
+    def contributions(self, rows) -> np.ndarray:
+        """XGBoost's TreeSHAP for each row: one column per feature, then the
+        base value; each row sums to the margin (log-odds) of its prediction."""
+        matrix = xgb.DMatrix(to_model_input(rows), feature_names=list(FEATURE_NAMES), nthread=1)
+        return self.booster.predict(matrix, pred_contribs=True)
+
+
+def load_bundle(model_dir) -> ModelBundle:
+    """Load a version folder (or the `current` link), refusing a model whose
+    file does not match its recorded sha256 or whose features differ."""
+    model_dir, metadata, model_bytes = read_checked_model(model_dir)
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(model_bytes))
+    except xgb.core.XGBoostError as error:
+        raise ModelRefused(f"XGBoost cannot load {model_dir}: {error}") from error
+    if booster.num_features() != len(FEATURE_NAMES):
+        raise ModelRefused(
+            f"the model in {model_dir} reads {booster.num_features()} features, not {len(FEATURE_NAMES)}"
+        )
+    # One thread per prediction: the server runs several workers, and XGBoost's
+    # default of one OpenMP thread per core would make them fight for the cores.
+    booster.set_param({"nthread": 1})
+    return ModelBundle(booster, metadata)
