@@ -183,9 +183,9 @@ postman: serve
 	    --environment postman/local.postman_environment.json \
 	    --env-var baseUrl=$$($(PYTHON) -m diabetes.probe --print-url)
 
-## collection  regenerate the Postman collection from diabetes/catalog.py
+## collection  regenerate the Postman collection from the tests' calls (tests/postman_collection.py)
 collection: $(VENV_OK)
-	$(PYTHON) -m diabetes.postman
+	$(PYTHON) tests/postman_collection.py
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman; cleans up)
 test: setup wrk postgresql lint

@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from bench.servers import PROJECT
-from diabetes.catalog import ARTICLE_VALUES, V2_INFER
+from diabetes.api_examples import ARTICLE_VALUES, V2_INFER
 
 DATA_PATH = PROJECT / "data" / "pima-indians-diabetes.data.csv"
 # The V2 input tensor as the service names it; MLServer takes any name.

@@ -15,7 +15,7 @@ from diabetes.serving import exec_gunicorn
 app = Flask(__name__)
 
 
-# The path is spelled out rather than imported from diabetes.catalog, whose
+# The path is spelled out rather than imported from diabetes.api_examples, whose
 # import brings numpy into every worker: the ceiling carries nothing it does not need.
 @app.post("/katana-ml/api/v1.0/diabetes")
 def constant_prediction():

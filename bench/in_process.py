@@ -20,7 +20,7 @@ from xgboost import XGBClassifier
 
 from bench.article_app import article_prediction
 from bench.bodies import data_rows
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_VALUES
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_VALUES
 from diabetes.features import to_model_input
 from diabetes.prediction import load_bundle
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.bodies import V2_SINGLE_ROW
 from bench.servers import LOCALHOST, PROJECT, ChildProcessServer, free_port
-from diabetes.catalog import V2_INFER
+from diabetes.api_examples import V2_INFER
 
 BENCH_VENV = PROJECT / "build" / "bench-venv"
 # The service's model name, so that both answer on the same path.

@@ -46,7 +46,7 @@ from bench.servers import (
     run_make,
     running,
 )
-from diabetes.catalog import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
+from diabetes.api_examples import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
 from diabetes.settings import notebook_defaults
 
 PROJECT_MODELS = PROJECT / "build" / "models"

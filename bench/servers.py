@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.measure import kill_process_group, process_tree, run_bounded
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
 

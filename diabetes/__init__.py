@@ -3,9 +3,9 @@ scripts generated from them), the Makefile's tools and the tests:
 
 - features, bundle, models: the model's inputs, a model version on disk, and
   the versions' life (list, promote, roll back);
-- contract, open_inference, openapi, catalog, postman: what the API accepts
+- contract, open_inference, openapi, api_examples: what the API accepts
   (and Triton's binary tensor data extension of V2), its OpenAPI document,
-  example calls of every route, the Postman collection made of them;
+  the routes other code names and the article's example request;
 - observability, docs, serving, gunicorn_config: metrics and logs, the docs
   page, and how gunicorn runs the endpoint script;
 - params, settings, probe: notebook parameters, their environment overrides,

@@ -1,6 +1,6 @@
 """The OpenAPI 3 document of the service, derived from the contract."""
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH, EXAMPLE_RECORD
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, EXAMPLE_RECORD
 from diabetes.contract import (
     MODEL_NAME,
     V2_INFERENCE_HEADER_CONTENT_LENGTH,

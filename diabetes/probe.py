@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.model_store import load_metadata
 from diabetes.settings import read_api_key, service_settings
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from calls import Call
 
 from bench.servers import clean_environment, free_port  # noqa: F401 (re-exported for the test modules)
-from diabetes.catalog import Call
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"

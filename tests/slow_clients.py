@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 
 
 @contextmanager

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 import yaml
+from calls import BAD_CALLS, GOOD_CALLS, Call
 from conftest import PROJECT, json_of
 from openapi_spec_validator import validate as validate_openapi
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, BAD_CALLS, CSV_HEADER, GOOD_CALLS, Call
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER
 from diabetes.features import FEATURE_NAMES, to_model_input
 
 V2_SPEC = yaml.safe_load((PROJECT / "tests" / "specs" / "oip-v2-rest.yaml").read_text())

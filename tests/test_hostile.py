@@ -21,7 +21,7 @@ from conftest import PROJECT, clean_environment, free_port, make, pm2, pm2_app, 
 from prometheus_client.parser import text_string_to_metric_families
 from slow_clients import idle_and_slow_connections, worst_latency
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.model_store import LATEST_LINK, point_link
 
 API_KEY = "k3y-" + uuid.uuid4().hex

@@ -26,7 +26,7 @@ import requests
 from conftest import PROJECT, clean_environment, free_port, make
 from slow_clients import slow_article_call
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 
 ENGINE = PROJECT / "container" / "engine"
 STORE = PROJECT / "build" / "container-store"

@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 import pytest
+from calls import Call
 from prometheus_client.parser import text_string_to_metric_families
 
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, Call
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
 

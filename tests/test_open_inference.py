@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 import requests
 import tritonclient.http as triton
+from calls import BINARY_ROW, BINARY_ROW_FP32
 from conftest import PROJECT, json_of
 from tritonclient.utils import InferenceServerException
 
-from diabetes.catalog import BINARY_ROW, BINARY_ROW_FP32, V2_INFER
+from diabetes.api_examples import V2_INFER
 from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH as HEADER
 from diabetes.features import FEATURE_NAMES
 

@@ -19,7 +19,7 @@ from conftest import PROJECT, clean_environment, free_port, pm2_app, service_of_
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import memory_of_tree, run_wrk, write_wrk_script
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
 
 RELEASE = "test-release-" + uuid.uuid4().hex[:8]

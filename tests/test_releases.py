@@ -20,7 +20,7 @@ from conftest import PROJECT, clean_environment, free_port, make
 
 from bench.measure import process_tree, run_wrk, write_wrk_script
 from diabetes import releases
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(
     ".git",

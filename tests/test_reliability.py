@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from slow_clients import idle_and_slow_connections, slow_article_call, worst_latency
 
 from bench.measure import process_tree, run_wrk, write_wrk_script
-from diabetes.catalog import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5

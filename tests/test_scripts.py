@@ -41,13 +41,13 @@ def test_the_generated_endpoint_script_imports_without_starting_a_server(served_
 
 
 def test_the_committed_postman_collection_is_the_one_the_catalog_generates():
-    from diabetes.postman import COLLECTION, render
+    from postman_collection import COLLECTION, render
 
     assert (PROJECT / COLLECTION).read_text() == render(), "run `make collection` and commit the result"
 
 
 def test_the_catalog_holds_at_least_40_bad_calls_covering_every_route():
-    from diabetes.catalog import BAD_CALLS, GOOD_CALLS
+    from calls import BAD_CALLS, GOOD_CALLS
 
     assert len(BAD_CALLS) >= 40
     routes = {call.path.split("?")[0] for call in GOOD_CALLS}

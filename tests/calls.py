@@ -2,8 +2,8 @@
 bad input, each with the answer it must get.
 
 Declared once: the tests send each call to the app and to the PM2-served
-service, the Postman collection is generated from it (`make collection`), and
-the OpenAPI document takes its examples from here.
+service, and the Postman collection is generated from them
+(tests/postman_collection.py, `make collection`).
 
 A path may hold `{version}`, the served model's version, which the tests fill
 in and the Postman collection reads from the variable `modelVersion`.
@@ -13,14 +13,8 @@ import json
 import struct
 from dataclasses import dataclass
 
-from diabetes.features import FEATURE_NAMES
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, EXAMPLE_RECORD, V2_INFER
 
-ARTICLE_PATH = "/katana-ml/api/v1.0/diabetes"
-ARTICLE_VALUES = [1, 106, 70, 28, 135, 34.2, 0.142, 22]
-ARTICLE_BODY = {"data": ",".join(map(str, ARTICLE_VALUES))}
-EXAMPLE_RECORD = dict(zip(FEATURE_NAMES, ARTICLE_VALUES))
-CSV_HEADER = ",".join(FEATURE_NAMES)
-V2_INFER = "/v2/models/diabetes/infer"
 NO_BODY = object()
 
 
@@ -70,14 +64,13 @@ class Call:
     text: str | None = None  # a raw body,
     content_type: str | None = "application/json"
     field: str | None = None  # the error's expected field
-    postman_body: str | None = None  # a JavaScript expression for a body too big to store
-    postman_checks: tuple = ()  # extra pm.test lines for a good call
+    generated_body: str | None = None  # "too_many_rows" or "too_large": built from the limits, too big to store
     headers: tuple = ()  # more request headers, as (name, value) pairs
 
     def body(self, max_rows: int, max_bytes: int) -> bytes | None:
-        if self.postman_body == "too_many_rows":
+        if self.generated_body == "too_many_rows":
             return json.dumps({"instances": [ARTICLE_VALUES] * (max_rows + 1)}).encode()
-        if self.postman_body == "too_large":
+        if self.generated_body == "too_large":
             return json.dumps({"data": "1" * max_bytes}).encode()
         if self.json is not NO_BODY:
             return json.dumps(self.json).encode()
@@ -184,7 +177,7 @@ BAD_CALLS = [
         *_POST_ARTICLE,
         413,
         "request_entity_too_large",
-        postman_body="too_large",
+        generated_body="too_large",
     ),
     _bad("the article route refuses GET", "GET", ARTICLE_PATH, 405, "method_not_allowed", content_type=None),
     # named features, JSON
@@ -281,7 +274,11 @@ BAD_CALLS = [
         json={"instances": "1,106,70,28,135,34.2,0.142,22"},
     ),
     _bad(
-        "predict refuses a batch over the row limit", *_POST_PREDICT, 413, "too_many_rows", postman_body="too_many_rows"
+        "predict refuses a batch over the row limit",
+        *_POST_PREDICT,
+        413,
+        "too_many_rows",
+        generated_body="too_many_rows",
     ),
     _bad("predict refuses malformed JSON", *_POST_PREDICT, 400, "invalid_json", text="{glucose: 106}"),
     _bad(
@@ -306,7 +303,7 @@ BAD_CALLS = [
         *_POST_PREDICT,
         413,
         "request_entity_too_large",
-        postman_body="too_large",
+        generated_body="too_large",
     ),
     _bad("predict refuses DELETE", "DELETE", "/predict", 405, "method_not_allowed", content_type=None),
     # named features, CSV
@@ -542,17 +539,9 @@ BAD_CALLS = [
 ]
 
 
-def _good(what, method, path, checks=(), **body):
-    return Call(what, method, path, 200, postman_checks=tuple(checks), **body)
+def _good(what, method, path, **body):
+    return Call(what, method, path, 200, **body)
 
-
-_PROBABILITY_LIST = [
-    'pm.test("answers one probability per row", () => {',
-    "    const predictions = pm.response.json().predictions;",
-    "    predictions.forEach(p => pm.expect(p.probability).to.be.within(0, 1));",
-    '    pm.expect(pm.response.json().model_version).to.eql(pm.collectionVariables.get("modelVersion"));',
-    "});",
-]
 
 GOOD_CALLS = [
     _good(
@@ -560,108 +549,62 @@ GOOD_CALLS = [
         "GET",
         "/v2/models/diabetes",
         content_type=None,
-        checks=[
-            'pm.collectionVariables.set("modelVersion", pm.response.json().versions[0]);',
-            'pm.test("declares an input of shape [-1, 8]", () =>',
-            "    pm.expect(pm.response.json().inputs[0].shape).to.eql([-1, 8]));",
-        ],
     ),
     _good(
         "the article's request answers a probability",
         *_POST_ARTICLE,
         json=ARTICLE_BODY,
-        checks=[
-            'pm.test("the prediction is a probability", () =>',
-            "    pm.expect(pm.response.json().prediction).to.be.within(0, 1));",
-            'pm.collectionVariables.set("articlePrediction", pm.response.json().prediction);',
-            'pm.test("names the model version in a header", () =>',
-            '    pm.expect(pm.response.headers.get("X-Model-Version"))',
-            '        .to.eql(pm.collectionVariables.get("modelVersion")));',
-        ],
     ),
     _good(
         "the article's values as a list answer the same",
         *_POST_ARTICLE,
         json={"data": ARTICLE_VALUES},
-        checks=[
-            'pm.test("answers the same prediction", () =>',
-            '    pm.expect(pm.response.json().prediction).to.eql(pm.collectionVariables.get("articlePrediction")));',
-        ],
     ),
-    _good("predict answers one record", *_POST_PREDICT, json=EXAMPLE_RECORD, checks=_PROBABILITY_LIST),
+    _good("predict answers one record", *_POST_PREDICT, json=EXAMPLE_RECORD),
     _good(
         "predict answers a list of records, with null for not measured",
         *_POST_PREDICT,
         json=[EXAMPLE_RECORD, {**EXAMPLE_RECORD, "serum_insuling": None}],
-        checks=_PROBABILITY_LIST,
     ),
     _good(
         "predict answers instances",
         *_POST_PREDICT,
         json={"instances": [ARTICLE_VALUES, ARTICLE_VALUES]},
-        checks=_PROBABILITY_LIST,
     ),
     _good(
         "predict answers CSV with a header",
         *_POST_PREDICT,
         content_type="text/csv",
         text=f"{CSV_HEADER}\n{ARTICLE_BODY['data']}\n6,148,72,35,,33.6,0.627,50\n",
-        checks=_PROBABILITY_LIST,
     ),
     _good(
         "predict answers CSV without a header",
         *_POST_PREDICT,
         content_type="text/csv",
         text=ARTICLE_BODY["data"] + "\n",
-        checks=_PROBABILITY_LIST,
     ),
     _good(
         "predict explains a prediction",
         "POST",
         "/predict?explain=true",
         json=EXAMPLE_RECORD,
-        checks=[
-            'pm.test("contributions and base value sum to the margin", () => {',
-            "    const e = pm.response.json().predictions[0].explanation;",
-            "    const sum = Object.values(e.contributions).reduce((a, b) => a + b, e.base_value);",
-            "    pm.expect(sum).to.be.closeTo(e.margin, 1e-5);",
-            "});",
-        ],
     ),
     _good(
         "V2 infer answers a request made as the protocol shows it",
         *_POST_V2,
         json=v2_request([ARTICLE_VALUES], datatype="FP32", id="42"),
-        checks=[
-            'pm.test("answers the probability tensor", () => {',
-            "    const body = pm.response.json();",
-            '    pm.expect(body.id).to.eql("42");',
-            '    const probability = body.outputs.find(o => o.name === "probability");',
-            "    pm.expect(probability.shape).to.eql([1]);",
-            '    pm.expect(probability.data[0]).to.be.closeTo(pm.collectionVariables.get("articlePrediction"), 1e-6);',
-            "});",
-        ],
     ),
     _good(
         "V2 infer answers a versioned request of FP64 rows",
         "POST",
         "/v2/models/diabetes/versions/{version}/infer",
         json=v2_request(ARTICLE_VALUES * 2, shape=(2, 8), datatype="FP64", outputs=[{"name": "label"}]),
-        checks=[
-            'pm.test("answers only the label tensor", () =>',
-            '    pm.expect(pm.response.json().outputs.map(o => o.name)).to.eql(["label"]));',
-        ],
     ),
     _good(
         "V2 infer reads a request without Content-Type as JSON",
         *_POST_V2,
         content_type=None,
         json=v2_request(ARTICLE_VALUES, outputs=[{"name": "probability"}]),
-        checks=[
-            'pm.test("answers the same probability as the article route", () =>',
-            "    pm.expect(pm.response.json().outputs[0].data[0]).to.be.closeTo(",
-            '        pm.collectionVariables.get("articlePrediction"), 1e-6));',
-        ],
     ),
     _good(
         "V2 infer reads a request sent as text/plain as JSON",
@@ -673,37 +616,24 @@ GOOD_CALLS = [
         "V2 infer reads FP32 rows sent as binary tensor data",
         *_POST_V2,
         **v2_binary_request(BINARY_ROW_FP32),
-        checks=[
-            'pm.test("answers a probability and its label", () => {',
-            "    const outputs = pm.response.json().outputs;",
-            "    pm.expect(outputs.map(o => o.shape)).to.eql([[1], [1]]);",
-            "    pm.expect(outputs[0].data[0]).to.be.within(0, 1);",
-            "});",
-        ],
     ),
     _good(
         "V2 server metadata",
         "GET",
         "/v2",
         content_type=None,
-        checks=[
-            'pm.test("lists the binary tensor data extension", () =>',
-            '    pm.expect(pm.response.json().extensions).to.include("binary_tensor_data"));',
-        ],
     ),
     _good(
         "V2 liveness",
         "GET",
         "/v2/health/live",
         content_type=None,
-        checks=['pm.test("is live", () => pm.expect(pm.response.json().live).to.be.true);'],
     ),
     _good(
         "V2 readiness",
         "GET",
         "/v2/health/ready",
         content_type=None,
-        checks=['pm.test("is ready", () => pm.expect(pm.response.json().ready).to.be.true);'],
     ),
     _good("V2 model readiness", "GET", "/v2/models/diabetes/ready", content_type=None),
     _good("V2 versioned model metadata", "GET", "/v2/models/diabetes/versions/{version}", content_type=None),
@@ -713,26 +643,17 @@ GOOD_CALLS = [
         "GET",
         "/metadata",
         content_type=None,
-        checks=[
-            'pm.test("lists the 8 features with their training ranges", () =>',
-            "    pm.expect(pm.response.json().features.map(f => f.training_max).length).to.eql(8));",
-        ],
     ),
     _good(
         "the OpenAPI document",
         "GET",
         "/openapi.json",
         content_type=None,
-        checks=['pm.test("is OpenAPI 3", () => pm.expect(pm.response.json().openapi).to.match(/^3\\./));'],
     ),
     _good(
         "the docs page",
         "GET",
         "/docs",
         content_type=None,
-        checks=[
-            'pm.test("is Swagger UI served locally", () =>',
-            '    pm.expect(pm.response.text()).to.include("/docs/swagger-ui-bundle.js"));',
-        ],
     ),
 ]
