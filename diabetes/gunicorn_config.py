@@ -79,7 +79,7 @@ def post_fork(server, worker):
 
     gunicorn.util.write_error = write_server_refusal
     # XGBoost imports scikit-learn whenever it is installed, for a wrapper the
-    # service never uses; it costs each worker ~75 MB and ~0.7 s of start-up.
+    # service never uses; it costs each worker memory and start-up time.
     # A None entry in sys.modules makes that import fail, as if not installed.
     sys.modules.setdefault("sklearn", None)
     # A worker whose master dies (kill -9) gets SIGTERM and leaves, instead of

@@ -11,8 +11,8 @@ version being served.
 
 Models are stored in XGBoost's own format (never pickled) and are refused when
 the file does not match the sha256 recorded in its metadata. This module does
-not import XGBoost, which takes seconds: commands that only read or switch
-versions stay quick. Loading a model to predict with it is diabetes.prediction's.
+not import XGBoost, which is slow to import: commands that only read or
+switch versions stay quick. Loading a model to predict with it is diabetes.prediction's.
 """
 
 import hashlib

@@ -16,17 +16,14 @@ from diabetes.features import FEATURE_NAMES, to_model_input
 from diabetes.model_store import ModelRefused, read_checked_model
 
 # Up to this many rows, Treelite's tree walker answers faster than XGBoost,
-# whose fixed cost per call (~140 us) dominates small batches; above it,
-# XGBoost's vectorised predictor wins (measured by `make bench`).
+# whose fixed cost per call dominates small batches; above it, XGBoost's
+# vectorised predictor wins (`make bench` measures where they cross).
 SMALL_BATCH_ROWS = 32
 _FLOAT32_POINTER = ctypes.POINTER(ctypes.c_float)
 
 
 class TreelitePredictor:
-    """Treelite's General Tree Inference Library, called with a configuration
-    built once: `treelite.gtil.predict` parses a new one from JSON on every
-    call, which is two thirds of its ~29 us for one row (this takes ~10 us).
-    The result is the same (the tests compare every row with XGBoost's)."""
+    """Treelite's General Tree Inference Library (GTIL) with one thread."""
 
     def __init__(self, model: treelite.Model):
         if (model.input_type, model.output_type) != ("float32", "float32"):
@@ -38,6 +35,12 @@ class TreelitePredictor:
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Probabilities for a C-contiguous float32 matrix of rows."""
+        # Treelite's private C entry point, with a configuration parsed once:
+        # its public `treelite.gtil.predict` parses a new configuration from
+        # JSON, checks and copies the input and asks the library for the
+        # output's shape at every call, which for one row costs about as much
+        # as walking the trees; Treelite has no public call that keeps them.
+        # Treelite is pinned, and the tests compare every row with XGBoost's.
         output = np.empty(len(matrix), dtype=np.float32)
         _check_call(
             _LIB.TreeliteGTILPredict(

@@ -145,7 +145,7 @@ def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model
 
 def verified_model_copy(model_dir: Path) -> dict:
     """The metadata of a copied model version whose file matches its sha256
-    (read without XGBoost, which takes seconds to import: the checks load it)."""
+    (read without XGBoost, which is slow to import: the checks load it)."""
     try:
         metadata = json.loads((model_dir / "metadata.json").read_text())
         model_file = model_dir / Path(metadata["model_file"]).name
