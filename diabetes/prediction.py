@@ -1,5 +1,6 @@
-"""A loaded model that predicts: XGBoost's booster, and the same trees in
-Treelite for small batches. The files it is loaded from, and the checks they
+"""A loaded model that predicts: XGBoost's booster, the same trees folded into
+step functions when each splits on one feature (diabetes.additive_trees), and
+otherwise in Treelite for small batches. The files it is loaded from, and the checks they
 pass first, are diabetes.model_store's."""
 
 import ctypes
@@ -12,6 +13,7 @@ import xgboost as xgb
 from treelite.core import _LIB, _check_call
 from treelite.gtil.gtil import GTILConfig
 
+from diabetes.additive_trees import AdditiveTrees, fold_trees
 from diabetes.features import FEATURE_NAMES, to_model_input
 from diabetes.model_store import ModelRefused, read_checked_model
 
@@ -57,11 +59,13 @@ class TreelitePredictor:
 
 @dataclass(frozen=True)
 class ModelBundle:
-    """A loaded model: XGBoost's booster (the reference, and the fast path for
-    large batches) and the same trees in Treelite (the fast path for a few rows)."""
+    """A loaded model: XGBoost's booster (the reference), its trees folded into
+    step functions when they are additive (the fast path for any batch), and
+    otherwise the same trees in Treelite (the fast path for a few rows)."""
 
     booster: xgb.Booster
     metadata: dict
+    additive_trees: AdditiveTrees | None = None
 
     @property
     def version(self) -> str:
@@ -79,6 +83,8 @@ class ModelBundle:
     def predict_proba(self, rows) -> np.ndarray:
         """Probability of diabetes (class 1) for each row of 8 raw values."""
         matrix = to_model_input(rows)
+        if self.additive_trees is not None:
+            return self.additive_trees.predict(matrix)
         if len(matrix) <= SMALL_BATCH_ROWS:
             return self.small_batch_predictor.predict(matrix)
         return self.booster.inplace_predict(matrix)
@@ -106,4 +112,4 @@ def load_bundle(model_dir) -> ModelBundle:
     # One thread per prediction: the server runs several workers, and XGBoost's
     # default of one OpenMP thread per core would make them fight for the cores.
     booster.set_param({"nthread": 1})
-    return ModelBundle(booster, metadata)
+    return ModelBundle(booster, metadata, fold_trees(booster))

@@ -1,5 +1,9 @@
-"""Loading a published model, and its two prediction paths."""
+"""Loading a published model, and its prediction paths: the trees folded into
+step functions (the tests' model, like the default one, is made of stumps),
+and for trees that cannot be folded, Treelite for a few rows and XGBoost for
+more."""
 
+import dataclasses
 import shutil
 
 import numpy as np
@@ -11,11 +15,15 @@ from diabetes.model_store import MODEL_FILE, ModelRefused
 from diabetes.prediction import SMALL_BATCH_ROWS, load_bundle
 
 
-@pytest.fixture(scope="module")
-def bundle_and_rows(trained):
+@pytest.fixture(scope="module", params=["folded", "not folded"])
+def bundle_and_rows(trained, request):
     latest = trained["models_dir"] / "latest"
     rows = pd.read_csv(latest / "predictions.csv")[list(FEATURE_NAMES)].to_numpy()
-    return load_bundle(latest), rows
+    bundle = load_bundle(latest)
+    assert bundle.additive_trees is not None
+    if request.param == "not folded":
+        bundle = dataclasses.replace(bundle, additive_trees=None)
+    return bundle, rows
 
 
 def test_one_row_at_a_time_gives_xgboosts_probability_for_every_row(bundle_and_rows):
