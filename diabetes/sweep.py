@@ -96,24 +96,19 @@ def check_names(spec: dict, runs):
         raise SweepError(f"unknown parameters for {NOTEBOOK}: {', '.join(unknown)} (it has: {', '.join(known)})")
 
 
+def papermill_command(notebook, executed, *options: tuple) -> list[str]:
+    """papermill run as the Makefile runs it, with `options` such as ("-f", path)."""
+    command = [sys.executable, "-m", "papermill", "-k", "python3", "--no-progress-bar", str(notebook), str(executed)]
+    return command + [str(part) for option in options for part in option]
+
+
 def run_one(name: str, parameters: dict, base: list, run_dir: Path, timeout: float) -> dict:
     """Train with papermill; the row of the results table, whatever happens."""
     run_dir.mkdir(parents=True)
     settings = {**parameters, **RUN_SETTINGS, "models_dir": str(run_dir / "models")}
     (run_dir / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    command = [
-        sys.executable,
-        "-m",
-        "papermill",
-        "-k",
-        "python3",
-        "--no-progress-bar",
-        NOTEBOOK,
-        str(run_dir / "train.ipynb"),
-        *[argument for path in base for argument in ("-f", path)],
-        "-f",
-        str(run_dir / "params.yaml"),
-    ]
+    parameter_files = [*base, run_dir / "params.yaml"]
+    command = papermill_command(NOTEBOOK, run_dir / "train.ipynb", *[("-f", path) for path in parameter_files])
     started = time.monotonic()
     row = {"run": name, **parameters, "status": "failed", "error": "", "notebook": str(run_dir / "train.ipynb")}
     try:
@@ -233,21 +228,7 @@ def write_report(sweep_dir: Path):
     """The report notebook, run by papermill, and its HTML (nbconvert)."""
     executed = sweep_dir / "report.ipynb"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "papermill",
-            "-k",
-            "python3",
-            "--no-progress-bar",
-            REPORT_NOTEBOOK,
-            str(executed),
-            "-p",
-            "sweep_dir",
-            str(sweep_dir),
-        ],
-        check=True,
-        timeout=600,
+        papermill_command(REPORT_NOTEBOOK, executed, ("-p", "sweep_dir", sweep_dir)), check=True, timeout=600
     )
     subprocess.run(
         [sys.executable, "-m", "nbconvert", "--to", "html", "--no-input", "--log-level=WARN", str(executed)],
