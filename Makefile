@@ -387,7 +387,7 @@ $(IMAGE_DIR)/wheels.staged: container/requirements.in requirements.txt | $(VENV_
 
 # The project's package, built from a copy: setuptools writes its build files
 # beside the sources.
-$(IMAGE_DIR)/package.staged: pyproject.toml $(wildcard diabetes/*.py) | $(VENV_OK)
+$(IMAGE_DIR)/package.staged: pyproject.toml $(wildcard diabetes/*.py diabetes/specs/*) | $(VENV_OK)
 	rm -rf $(IMAGE_CONTEXT)/package $(IMAGE_DIR)/package-source
 	mkdir -p $(IMAGE_DIR)/package-source
 	cp -r pyproject.toml diabetes $(IMAGE_DIR)/package-source/

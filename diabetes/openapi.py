@@ -1,4 +1,15 @@
-"""The OpenAPI 3 document of the service, derived from the contract."""
+"""The OpenAPI 3 document of the service, derived from the contract.
+
+The Open Inference Protocol's (V2) schemas are the ones its REST description
+publishes (diabetes/specs/oip-v2-rest.yaml, KServe's), under their own names;
+the inference request is also given narrowed to this model's input and outputs.
+"""
+
+import copy
+from functools import cache
+from importlib import resources
+
+import yaml
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, EXAMPLE_RECORD
 from diabetes.contract import (
@@ -10,31 +21,301 @@ from diabetes.contract import (
     Contract,
 )
 
+OPEN_INFERENCE_SPEC = "specs/oip-v2-rest.yaml"
+ERROR_DESCRIPTIONS = {
+    400: "The request is not valid: `error` says what was wrong and what was expected",
+    404: "No such model or version",
+    413: "The body or the batch is over its limit",
+    415: "The body is not of a supported content type",
+}
+BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
 
-def _ref(name):
+
+@cache
+def _open_inference_spec() -> dict:
+    return yaml.safe_load(resources.files(__package__).joinpath(OPEN_INFERENCE_SPEC).read_text())
+
+
+def open_inference_schemas() -> dict:
+    """The schemas of the Open Inference Protocol's REST description, by name (a copy)."""
+    return copy.deepcopy(_open_inference_spec()["components"]["schemas"])
+
+
+def openapi_document(contract: Contract) -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": _info(contract),
+        "paths": {**_prediction_paths(contract), **_description_paths(), **_open_inference_paths(contract)},
+        "components": {"schemas": _schemas(contract)},
+    }
+
+
+def _info(contract: Contract) -> dict:
+    return {
+        "title": "Diabetes prediction API",
+        "version": contract.version,
+        "description": "The probability of diabetes from 8 measurements (Pima Indians Diabetes "
+        "data, XGBoost). Missing values: send null in JSON, an empty field in CSV; "
+        "a 0 in glucose, blood_pressure, skin_fold_thick, serum_insuling or "
+        "mass_index also means not measured.",
+    }
+
+
+# ---- building blocks ---------------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema, description="OK", example=None):
+def _json(schema: dict, description: str = "OK", example=None) -> dict:
     content = {"schema": schema}
     if example is not None:
         content["example"] = example
     return {"description": description, "content": {"application/json": content}}
 
 
-def _errors(*statuses):
-    described = {
-        400: "The request is not valid: `error` says what was wrong and what was expected",
-        404: "No such model or version",
-        413: "The body or the batch is over its limit",
-        415: "The body is not of a supported content type",
-    }
-    responses = {str(status): _json(_ref("Error"), described[status]) for status in statuses}
+def _errors(*statuses: int) -> dict:
+    responses = {str(status): _json(_ref("Error"), ERROR_DESCRIPTIONS[status]) for status in statuses}
     responses["default"] = _json(_ref("Error"), "Any other error, in the same envelope")
     return responses
 
 
-def _feature_schema(feature) -> dict:
+def _path_parameter(name: str, example: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "example": example}
+
+
+def _row_schema(names: list) -> dict:
+    return {
+        "type": "array",
+        "minItems": len(names),
+        "maxItems": len(names),
+        "items": {"type": "number", "nullable": True},
+        "description": f"the values of {', '.join(names)}",
+    }
+
+
+# ---- paths -------------------------------------------------------------------------------------------------
+
+
+def _prediction_paths(contract: Contract) -> dict:
+    return {
+        ARTICLE_PATH: {
+            "post": {
+                "summary": "The original article's endpoint (unchanged)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ArticleRequest"), "example": ARTICLE_BODY}},
+                },
+                "responses": {"200": _json(_ref("ArticlePrediction")), **_errors(400, 413, 415)},
+            }
+        },
+        "/predict": {"post": _predict_operation(contract)},
+    }
+
+
+def _predict_operation(contract: Contract) -> dict:
+    explain = {
+        "name": "explain",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "add each row's TreeSHAP contributions (log-odds)",
+    }
+    csv_example = ",".join(contract.names) + "\n" + ARTICLE_BODY["data"] + "\n"
+    return {
+        "summary": "Predict from named features: a record, a list of records, instances, or CSV",
+        "parameters": [explain],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref("PredictRequest"), "example": EXAMPLE_RECORD},
+                "text/csv": {"schema": {"type": "string"}, "example": csv_example},
+            },
+        },
+        "responses": {"200": _json(_ref("PredictResponse")), **_errors(400, 413, 415)},
+    }
+
+
+def _description_paths() -> dict:
+    text = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {
+        "/metadata": {
+            "get": {
+                "summary": "The model card: version, features, metrics, parameters, data hash",
+                "responses": {"200": _json({"type": "object"})},
+            }
+        },
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics of every worker", "responses": {"200": text}}},
+    }
+
+
+def _open_inference_paths(contract: Contract) -> dict:
+    """The V2 routes, each model route also with an explicit version."""
+    model = _path_parameter("model_name", MODEL_NAME)
+    version = _path_parameter("model_version", contract.version)
+    model_routes = {
+        "": ("get", {"responses": {"200": _json(_ref("metadata_model_response")), **_errors(404)}}),
+        "/ready": ("get", {"responses": {"200": _json(_ref("V2ModelReady")), **_errors(404)}}),
+        "/infer": ("post", _infer_operation(contract)),
+    }
+    server_metadata = "metadata_server_response"
+    paths = {
+        "/v2": {"get": {"summary": "V2 server metadata", "responses": {"200": _json(_ref(server_metadata))}}},
+        "/v2/health/live": {"get": {"summary": "V2 liveness", "responses": {"200": _json(_ref("V2Live"))}}},
+        "/v2/health/ready": {
+            "get": {
+                "summary": "V2 readiness: a model is loaded and passed its check",
+                "responses": {"200": _json(_ref("V2Ready")), "503": _json(_ref("V2Ready"), "Not ready")},
+            }
+        },
+    }
+    for suffix, (method, operation) in model_routes.items():
+        extra = operation.get("parameters", [])
+        paths[f"/v2/models/{{model_name}}{suffix}"] = {method: {**operation, "parameters": [model, *extra]}}
+        paths[f"/v2/models/{{model_name}}/versions/{{model_version}}{suffix}"] = {
+            method: {**operation, "parameters": [model, version, *extra]}
+        }
+    return paths
+
+
+def _infer_operation(contract: Contract) -> dict:
+    inference_header_length = {
+        "name": V2_INFERENCE_HEADER_CONTENT_LENGTH,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+        "description": "Triton's binary tensor data extension: the body's first bytes, this many, are the JSON "
+        "request; the rest are the input's raw little-endian bytes (its parameters.binary_data_size)",
+    }
+    example = {
+        "inputs": [
+            {
+                "name": V2_INPUT_NAME,
+                "shape": [1, len(contract.names)],
+                "datatype": "FP32",
+                "data": [[float(value) for value in ARTICLE_BODY["data"].split(",")]],
+            }
+        ]
+    }
+    return {
+        "summary": "Open Inference Protocol V2 inference",
+        "description": "The body is read as JSON whatever its Content-Type, or without one, as KServe and Triton "
+        "read it. Triton's binary tensor data extension is understood both ways: an input may "
+        f"come as raw bytes after the JSON request ({V2_INFERENCE_HEADER_CONTENT_LENGTH} header), "
+        'and outputs asked for with "parameters": {"binary_data": true} (or all of them, with the '
+        "request's binary_data_output) come back the same way, as application/octet-stream with "
+        "that header.",
+        "parameters": [inference_header_length],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref("V2InferenceRequest"), "example": example},
+                "application/octet-stream": BINARY_BODY,
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "OK",
+                "content": {
+                    "application/json": {"schema": _ref("inference_response")},
+                    "application/octet-stream": BINARY_BODY,
+                },
+            },
+            **_errors(400, 404, 413, 415),
+        },
+    }
+
+
+# ---- schemas -----------------------------------------------------------------------------------------------
+
+
+def _schemas(contract: Contract) -> dict:
+    return {
+        **open_inference_schemas(),
+        **_narrowed_inference_request(contract),
+        **_health_schemas(),
+        "Error": _error_schema(),
+        **_article_schemas(list(contract.names)),
+        **_predict_schemas(contract),
+    }
+
+
+def _narrowed_inference_request(contract: Contract) -> dict:
+    """The protocol's inference request, its inputs and outputs narrowed to
+    what this model reads and answers."""
+    schemas = open_inference_schemas()
+    request_input = schemas["request_input"]
+    request_input["properties"]["name"]["example"] = V2_INPUT_NAME
+    request_input["properties"]["shape"]["example"] = [1, len(contract.names)]
+    request_input["properties"]["datatype"]["enum"] = list(V2_INPUT_DATATYPES)
+    request_output = schemas["request_output"]
+    request_output["properties"]["name"]["enum"] = list(V2_OUTPUTS)
+    request = schemas["inference_request"]
+    del request["x-examples"]
+    request["properties"]["inputs"]["items"] = _ref("V2RequestInput")
+    request["properties"]["outputs"]["items"] = _ref("V2RequestOutput")
+    return {
+        "V2InferenceRequest": {**request, "title": "V2InferenceRequest"},
+        "V2RequestInput": {**request_input, "title": "V2RequestInput"},
+        "V2RequestOutput": {**request_output, "title": "V2RequestOutput"},
+    }
+
+
+def _health_schemas() -> dict:
+    """The health answers, whose bodies the protocol's REST description leaves out."""
+    return {
+        "V2Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+        "V2Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+        "V2ModelReady": {
+            "type": "object",
+            "required": ["name", "ready"],
+            "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+        },
+    }
+
+
+def _error_schema() -> dict:
+    return {
+        "type": "object",
+        "required": ["error", "code", "status"],
+        "properties": {
+            "error": {"type": "string", "description": "what was wrong, and what was expected"},
+            "code": {"type": "string", "description": "machine-readable, e.g. invalid_value"},
+            "status": {"type": "integer"},
+            "field": {"type": "string", "nullable": True, "description": "the offending member"},
+            "row": {"type": "integer", "nullable": True, "description": "the offending row (from 0)"},
+        },
+    }
+
+
+def _article_schemas(names: list) -> dict:
+    width = len(names)
+    return {
+        "ArticleRequest": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "oneOf": [
+                        {"type": "string", "description": f"{width} comma-separated numbers"},
+                        {"type": "array", "minItems": width, "maxItems": width, "items": {"type": "number"}},
+                    ],
+                    "description": f"the values of {', '.join(names)}",
+                }
+            },
+        },
+        "ArticlePrediction": {
+            "type": "object",
+            "required": ["prediction"],
+            "additionalProperties": False,
+            "properties": {"prediction": {"type": "number", "minimum": 0, "maximum": 1}},
+        },
+    }
+
+
+def _feature_schema(feature: dict) -> dict:
     return {
         "type": "number",
         "nullable": True,
@@ -45,350 +326,58 @@ def _feature_schema(feature) -> dict:
     }
 
 
-def openapi_document(contract: Contract) -> dict:
+def _predict_schemas(contract: Contract) -> dict:
     names = list(contract.names)
-    width = len(names)
-    row = {
-        "type": "array",
-        "minItems": width,
-        "maxItems": width,
-        "items": {"type": "number", "nullable": True},
-        "description": f"the values of {', '.join(names)}",
+    batch = {"type": "array", "minItems": 1, "maxItems": contract.max_rows}
+    instances = {
+        "type": "object",
+        "required": ["instances"],
+        "additionalProperties": False,
+        "properties": {"instances": {**batch, "items": {"oneOf": [_row_schema(names), _ref("Record")]}}},
     }
-    model_path = {
-        "name": "model_name",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-        "example": MODEL_NAME,
-    }
-    version_path = {
-        "name": "model_version",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-        "example": contract.version,
-    }
-    v2_model = {"parameters": [model_path], "responses": {"200": _json(_ref("V2ModelMetadata")), **_errors(404)}}
-    v2_ready = {"parameters": [model_path], "responses": {"200": _json(_ref("V2ModelReady")), **_errors(404)}}
-    binary_body = {"schema": {"type": "string", "format": "binary"}}
-    inference_header_length = {
-        "name": V2_INFERENCE_HEADER_CONTENT_LENGTH,
-        "in": "header",
-        "required": False,
-        "schema": {"type": "integer", "minimum": 0},
-        "description": "Triton's binary tensor data extension: the body's first bytes, this many, are the JSON "
-        "request; the rest are the input's raw little-endian bytes (its parameters.binary_data_size)",
-    }
-    v2_infer = {
-        "summary": "Open Inference Protocol V2 inference",
-        "description": "The body is read as JSON whatever its Content-Type, or without one, as KServe and Triton "
-        "read it. Triton's binary tensor data extension is understood both ways: an input may "
-        f"come as raw bytes after the JSON request ({V2_INFERENCE_HEADER_CONTENT_LENGTH} header), "
-        'and outputs asked for with "parameters": {"binary_data": true} (or all of them, with the '
-        "request's binary_data_output) come back the same way, as application/octet-stream with "
-        "that header.",
-        "parameters": [model_path, inference_header_length],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": _ref("V2InferenceRequest"),
-                    "example": {
-                        "inputs": [
-                            {
-                                "name": V2_INPUT_NAME,
-                                "shape": [1, width],
-                                "datatype": "FP32",
-                                "data": [[float(v) for v in ARTICLE_BODY["data"].split(",")]],
-                            }
-                        ]
-                    },
-                },
-                "application/octet-stream": binary_body,
-            },
-        },
-        "responses": {
-            "200": {
-                "description": "OK",
-                "content": {
-                    "application/json": {"schema": _ref("V2InferenceResponse")},
-                    "application/octet-stream": binary_body,
-                },
-            },
-            **_errors(400, 404, 413, 415),
-        },
-    }
-
-    def versioned(operation):
-        return {**operation, "parameters": [model_path, version_path, *operation["parameters"][1:]]}
-
     return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "Diabetes prediction API",
-            "version": contract.version,
-            "description": "The probability of diabetes from 8 measurements (Pima Indians Diabetes "
-            "data, XGBoost). Missing values: send null in JSON, an empty field in CSV; "
-            "a 0 in glucose, blood_pressure, skin_fold_thick, serum_insuling or "
-            "mass_index also means not measured.",
+        "Record": {
+            "type": "object",
+            "required": names,
+            "additionalProperties": False,
+            "properties": {feature["name"]: _feature_schema(feature) for feature in contract.features},
         },
-        "paths": {
-            ARTICLE_PATH: {
-                "post": {
-                    "summary": "The original article's endpoint (unchanged)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("ArticleRequest"), "example": ARTICLE_BODY}},
-                    },
-                    "responses": {"200": _json(_ref("ArticlePrediction")), **_errors(400, 413, 415)},
-                }
+        "PredictRequest": {"oneOf": [_ref("Record"), {**batch, "items": _ref("Record")}, instances]},
+        "PredictResponse": _predict_response_schema(names),
+    }
+
+
+def _predict_response_schema(names: list) -> dict:
+    explanation = {
+        "type": "object",
+        "required": ["base_value", "contributions", "margin"],
+        "description": "XGBoost's TreeSHAP: base_value + sum(contributions) = margin "
+        "(log-odds); probability = 1 / (1 + exp(-margin))",
+        "properties": {
+            "base_value": {"type": "number"},
+            "margin": {"type": "number"},
+            "contributions": {
+                "type": "object",
+                "required": names,
+                "properties": {name: {"type": "number"} for name in names},
             },
-            "/predict": {
-                "post": {
-                    "summary": "Predict from named features: a record, a list of records, instances, or CSV",
-                    "parameters": [
-                        {
-                            "name": "explain",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "boolean", "default": False},
-                            "description": "add each row's TreeSHAP contributions (log-odds)",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {"schema": _ref("PredictRequest"), "example": EXAMPLE_RECORD},
-                            "text/csv": {
-                                "schema": {"type": "string"},
-                                "example": ",".join(names) + "\n" + ARTICLE_BODY["data"] + "\n",
-                            },
-                        },
-                    },
-                    "responses": {"200": _json(_ref("PredictResponse")), **_errors(400, 413, 415)},
-                }
-            },
-            "/metadata": {
-                "get": {
-                    "summary": "The model card: version, features, metrics, parameters, data hash",
-                    "responses": {"200": _json({"type": "object"})},
-                }
-            },
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"})}}},
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics of every worker",
-                    "responses": {
-                        "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
-                    },
-                }
-            },
-            "/v2": {"get": {"summary": "V2 server metadata", "responses": {"200": _json(_ref("V2ServerMetadata"))}}},
-            "/v2/health/live": {"get": {"summary": "V2 liveness", "responses": {"200": _json(_ref("V2Live"))}}},
-            "/v2/health/ready": {
-                "get": {
-                    "summary": "V2 readiness: a model is loaded and passed its check",
-                    "responses": {"200": _json(_ref("V2Ready")), "503": _json(_ref("V2Ready"), "Not ready")},
-                }
-            },
-            "/v2/models/{model_name}": {"get": v2_model},
-            "/v2/models/{model_name}/versions/{model_version}": {"get": versioned(v2_model)},
-            "/v2/models/{model_name}/ready": {"get": v2_ready},
-            "/v2/models/{model_name}/versions/{model_version}/ready": {"get": versioned(v2_ready)},
-            "/v2/models/{model_name}/infer": {"post": v2_infer},
-            "/v2/models/{model_name}/versions/{model_version}/infer": {"post": versioned(v2_infer)},
         },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error", "code", "status"],
-                    "properties": {
-                        "error": {"type": "string", "description": "what was wrong, and what was expected"},
-                        "code": {"type": "string", "description": "machine-readable, e.g. invalid_value"},
-                        "status": {"type": "integer"},
-                        "field": {"type": "string", "nullable": True, "description": "the offending member"},
-                        "row": {"type": "integer", "nullable": True, "description": "the offending row (from 0)"},
-                    },
-                },
-                "ArticleRequest": {
-                    "type": "object",
-                    "required": ["data"],
-                    "properties": {
-                        "data": {
-                            "oneOf": [
-                                {"type": "string", "description": f"{width} comma-separated numbers"},
-                                {"type": "array", "minItems": width, "maxItems": width, "items": {"type": "number"}},
-                            ],
-                            "description": f"the values of {', '.join(names)}",
-                        }
-                    },
-                },
-                "ArticlePrediction": {
-                    "type": "object",
-                    "required": ["prediction"],
-                    "additionalProperties": False,
-                    "properties": {"prediction": {"type": "number", "minimum": 0, "maximum": 1}},
-                },
-                "Record": {
-                    "type": "object",
-                    "required": names,
-                    "additionalProperties": False,
-                    "properties": {feature["name"]: _feature_schema(feature) for feature in contract.features},
-                },
-                "PredictRequest": {
-                    "oneOf": [
-                        _ref("Record"),
-                        {"type": "array", "minItems": 1, "maxItems": contract.max_rows, "items": _ref("Record")},
-                        {
-                            "type": "object",
-                            "required": ["instances"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "instances": {
-                                    "type": "array",
-                                    "minItems": 1,
-                                    "maxItems": contract.max_rows,
-                                    "items": {"oneOf": [row, _ref("Record")]},
-                                }
-                            },
-                        },
-                    ]
-                },
-                "PredictResponse": {
-                    "type": "object",
-                    "required": ["model_version", "threshold", "predictions"],
-                    "properties": {
-                        "model_version": {"type": "string"},
-                        "threshold": {"type": "number", "description": "label is 1 when probability >= threshold"},
-                        "predictions": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["probability", "label"],
-                                "properties": {
-                                    "probability": {"type": "number", "minimum": 0, "maximum": 1},
-                                    "label": {"type": "integer", "enum": [0, 1]},
-                                    "explanation": {
-                                        "type": "object",
-                                        "required": ["base_value", "contributions", "margin"],
-                                        "description": "XGBoost's TreeSHAP: base_value + sum(contributions) = margin "
-                                        "(log-odds); probability = 1 / (1 + exp(-margin))",
-                                        "properties": {
-                                            "base_value": {"type": "number"},
-                                            "margin": {"type": "number"},
-                                            "contributions": {
-                                                "type": "object",
-                                                "required": names,
-                                                "properties": {n: {"type": "number"} for n in names},
-                                            },
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-                "V2ServerMetadata": {
-                    "type": "object",
-                    "required": ["name", "version", "extensions"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "version": {"type": "string"},
-                        "extensions": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "V2Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
-                "V2Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
-                "V2ModelReady": {
-                    "type": "object",
-                    "required": ["name", "ready"],
-                    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
-                },
-                "V2Tensor": {
-                    "type": "object",
-                    "required": ["name", "datatype", "shape"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "datatype": {"type": "string"},
-                        "shape": {"type": "array", "items": {"type": "integer"}},
-                    },
-                },
-                "V2ModelMetadata": {
-                    "type": "object",
-                    "required": ["name", "platform"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "versions": {"type": "array", "items": {"type": "string"}},
-                        "platform": {"type": "string"},
-                        "inputs": {"type": "array", "items": _ref("V2Tensor")},
-                        "outputs": {"type": "array", "items": _ref("V2Tensor")},
-                    },
-                },
-                "V2TensorData": {
-                    "type": "array",
-                    "items": {
-                        "anyOf": [_ref("V2TensorData"), {"type": "number"}, {"type": "string"}, {"type": "boolean"}]
-                    },
-                },
-                "V2InferenceRequest": {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "inputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "shape", "datatype", "data"],
-                                "properties": {
-                                    "name": {"type": "string", "example": V2_INPUT_NAME},
-                                    "shape": {"type": "array", "items": {"type": "integer"}, "example": [1, width]},
-                                    "datatype": {"type": "string", "enum": list(V2_INPUT_DATATYPES)},
-                                    "parameters": {"type": "object"},
-                                    "data": _ref("V2TensorData"),
-                                },
-                            },
-                        },
-                        "outputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
-                                    "name": {"type": "string", "enum": list(V2_OUTPUTS)},
-                                    "parameters": {"type": "object"},
-                                },
-                            },
-                        },
-                    },
-                },
-                "V2InferenceResponse": {
-                    "type": "object",
-                    "required": ["model_name", "outputs"],
-                    "properties": {
-                        "model_name": {"type": "string"},
-                        "model_version": {"type": "string"},
-                        "id": {"type": "string"},
-                        "parameters": {"type": "object"},
-                        "outputs": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "required": ["name", "shape", "datatype", "data"],
-                                "properties": {
-                                    "name": {"type": "string"},
-                                    "datatype": {"type": "string"},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
-                                    "parameters": {"type": "object"},
-                                    "data": _ref("V2TensorData"),
-                                },
-                            },
-                        },
-                    },
-                },
-            }
+    }
+    prediction = {
+        "type": "object",
+        "required": ["probability", "label"],
+        "properties": {
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "label": {"type": "integer", "enum": [0, 1]},
+            "explanation": explanation,
+        },
+    }
+    return {
+        "type": "object",
+        "required": ["model_version", "threshold", "predictions"],
+        "properties": {
+            "model_version": {"type": "string"},
+            "threshold": {"type": "number", "description": "label is 1 when probability >= threshold"},
+            "predictions": {"type": "array", "items": prediction},
         },
     }

@@ -17,7 +17,7 @@ from openapi_spec_validator import validate as validate_openapi
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER
 from diabetes.features import FEATURE_NAMES, to_model_input
 
-V2_SPEC = yaml.safe_load((PROJECT / "tests" / "specs" / "oip-v2-rest.yaml").read_text())
+V2_SPEC = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())
 
 
 def v2_schema(name):
