@@ -66,6 +66,12 @@ class Call:
     field: str | None = None  # the error's expected field
     generated_body: str | None = None  # "too_many_rows" or "too_large": built from the limits, too big to store
     headers: tuple = ()  # more request headers, as (name, value) pairs
+    # For a good prediction call: the rows of 8 raw values it sends, in order, None
+    # for not measured, from which the tests work out what the model must answer.
+    rows: tuple = ()
+    # For a good call that describes the service: members its answer holds exactly,
+    # with "{version}" standing for the served model's version.
+    answer: dict | None = None
 
     def body(self, max_rows: int, max_bytes: int) -> bytes | None:
         if self.generated_body == "too_many_rows":
@@ -543,117 +549,118 @@ def _good(what, method, path, **body):
     return Call(what, method, path, 200, **body)
 
 
+def _not_measured(row: list, name: str) -> list:
+    return [None if feature == name else value for feature, value in zip(EXAMPLE_RECORD, row)]
+
+
+_ARTICLE_ROW = (ARTICLE_VALUES,)
+_CSV_ROW_2 = [6, 148, 72, 35, None, 33.6, 0.627, 50]
+_V2_MODEL = {"name": "diabetes", "versions": ["{version}"], "platform": "xgboost"}
+
+
 GOOD_CALLS = [
     _good(
         "the V2 model metadata names the served version",
         "GET",
         "/v2/models/diabetes",
         content_type=None,
+        answer=_V2_MODEL,
     ),
-    _good(
-        "the article's request answers a probability",
-        *_POST_ARTICLE,
-        json=ARTICLE_BODY,
-    ),
+    _good("the article's request answers a probability", *_POST_ARTICLE, json=ARTICLE_BODY, rows=_ARTICLE_ROW),
     _good(
         "the article's values as a list answer the same",
         *_POST_ARTICLE,
         json={"data": ARTICLE_VALUES},
+        rows=_ARTICLE_ROW,
     ),
-    _good("predict answers one record", *_POST_PREDICT, json=EXAMPLE_RECORD),
+    _good("predict answers one record", *_POST_PREDICT, json=EXAMPLE_RECORD, rows=_ARTICLE_ROW),
     _good(
         "predict answers a list of records, with null for not measured",
         *_POST_PREDICT,
         json=[EXAMPLE_RECORD, {**EXAMPLE_RECORD, "serum_insuling": None}],
+        rows=(ARTICLE_VALUES, _not_measured(ARTICLE_VALUES, "serum_insuling")),
     ),
     _good(
         "predict answers instances",
         *_POST_PREDICT,
-        json={"instances": [ARTICLE_VALUES, ARTICLE_VALUES]},
+        json={"instances": [ARTICLE_VALUES, BINARY_ROW]},
+        rows=(ARTICLE_VALUES, BINARY_ROW),
     ),
     _good(
         "predict answers CSV with a header",
         *_POST_PREDICT,
         content_type="text/csv",
         text=f"{CSV_HEADER}\n{ARTICLE_BODY['data']}\n6,148,72,35,,33.6,0.627,50\n",
+        rows=(ARTICLE_VALUES, _CSV_ROW_2),
     ),
     _good(
         "predict answers CSV without a header",
         *_POST_PREDICT,
         content_type="text/csv",
         text=ARTICLE_BODY["data"] + "\n",
+        rows=_ARTICLE_ROW,
     ),
-    _good(
-        "predict explains a prediction",
-        "POST",
-        "/predict?explain=true",
-        json=EXAMPLE_RECORD,
-    ),
+    _good("predict explains a prediction", "POST", "/predict?explain=true", json=EXAMPLE_RECORD, rows=_ARTICLE_ROW),
     _good(
         "V2 infer answers a request made as the protocol shows it",
         *_POST_V2,
         json=v2_request([ARTICLE_VALUES], datatype="FP32", id="42"),
+        rows=_ARTICLE_ROW,
     ),
     _good(
         "V2 infer answers a versioned request of FP64 rows",
         "POST",
         "/v2/models/diabetes/versions/{version}/infer",
-        json=v2_request(ARTICLE_VALUES * 2, shape=(2, 8), datatype="FP64", outputs=[{"name": "label"}]),
+        json=v2_request(ARTICLE_VALUES + BINARY_ROW, shape=(2, 8), datatype="FP64", outputs=[{"name": "label"}]),
+        rows=(ARTICLE_VALUES, BINARY_ROW),
     ),
     _good(
         "V2 infer reads a request without Content-Type as JSON",
         *_POST_V2,
         content_type=None,
         json=v2_request(ARTICLE_VALUES, outputs=[{"name": "probability"}]),
+        rows=_ARTICLE_ROW,
     ),
     _good(
         "V2 infer reads a request sent as text/plain as JSON",
         *_POST_V2,
         content_type="text/plain",
         json=v2_request(ARTICLE_VALUES),
+        rows=_ARTICLE_ROW,
     ),
     _good(
         "V2 infer reads FP32 rows sent as binary tensor data",
         *_POST_V2,
         **v2_binary_request(BINARY_ROW_FP32),
+        rows=(BINARY_ROW,),
     ),
     _good(
-        "V2 server metadata",
+        "V2 server metadata", "GET", "/v2", content_type=None, answer={"name": "diabetes-api", "version": "{version}"}
+    ),
+    _good("V2 liveness", "GET", "/v2/health/live", content_type=None, answer={"live": True}),
+    _good("V2 readiness", "GET", "/v2/health/ready", content_type=None, answer={"ready": True}),
+    _good(
+        "V2 model readiness",
         "GET",
-        "/v2",
+        "/v2/models/diabetes/ready",
         content_type=None,
+        answer={"name": "diabetes", "ready": True},
     ),
     _good(
-        "V2 liveness",
+        "V2 versioned model metadata",
         "GET",
-        "/v2/health/live",
+        "/v2/models/diabetes/versions/{version}",
         content_type=None,
+        answer=_V2_MODEL,
     ),
     _good(
-        "V2 readiness",
+        "V2 versioned model readiness",
         "GET",
-        "/v2/health/ready",
+        "/v2/models/diabetes/versions/{version}/ready",
         content_type=None,
+        answer={"name": "diabetes", "ready": True},
     ),
-    _good("V2 model readiness", "GET", "/v2/models/diabetes/ready", content_type=None),
-    _good("V2 versioned model metadata", "GET", "/v2/models/diabetes/versions/{version}", content_type=None),
-    _good("V2 versioned model readiness", "GET", "/v2/models/diabetes/versions/{version}/ready", content_type=None),
-    _good(
-        "the model card",
-        "GET",
-        "/metadata",
-        content_type=None,
-    ),
-    _good(
-        "the OpenAPI document",
-        "GET",
-        "/openapi.json",
-        content_type=None,
-    ),
-    _good(
-        "the docs page",
-        "GET",
-        "/docs",
-        content_type=None,
-    ),
+    _good("the model card", "GET", "/metadata", content_type=None, answer={"version": "{version}"}),
+    _good("the OpenAPI document", "GET", "/openapi.json", content_type=None),
+    _good("the docs page", "GET", "/docs", content_type=None),
 ]

@@ -1,6 +1,7 @@
 """The API, on every route: through Flask's test client on the generated
 script's app, and over HTTP against the PM2-served service (`target`)."""
 
+import json as json_module
 import re
 import subprocess
 
@@ -10,12 +11,14 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 import yaml
-from calls import BAD_CALLS, GOOD_CALLS, Call
-from conftest import PROJECT, json_of
+from calls import BAD_CALLS, BINARY_ROW, GOOD_CALLS, NO_BODY, Call
+from conftest import PROJECT, Target, json_of
 from openapi_spec_validator import validate as validate_openapi
+from reference import ReferenceModel, reference_model
 
-from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER
-from diabetes.features import FEATURE_NAMES, to_model_input
+from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, V2_INFER
+from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH
+from diabetes.features import FEATURE_NAMES
 
 V2_SPEC = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())
 
@@ -31,9 +34,18 @@ def data_set(trained) -> pd.DataFrame:
     return pd.read_csv(trained["models_dir"] / "latest" / "predictions.csv")
 
 
-def post(target, path, *, json=None, text=None, content_type="application/json"):
-    import json as json_module
+@pytest.fixture()
+def reference(target, trained) -> ReferenceModel:
+    """The model version that `target` serves, loaded by XGBoost itself."""
+    return reference_model(trained["models_dir"] / target.version)
 
+
+def test_the_reference_model_gives_every_row_the_training_runs_prediction(trained, data_set):
+    model = reference_model((trained["models_dir"] / "latest").resolve())
+    model.assert_probabilities(data_set[model.names].values.tolist(), data_set["probability"])
+
+
+def post(target, path, *, json=None, text=None, content_type="application/json"):
     body = json_module.dumps(json).encode() if json is not None else text.encode()
     status, headers, answer = target.call(Call("", "POST", path, 200, text=body.decode(), content_type=content_type))
     assert status == 200, answer[:500]
@@ -55,15 +67,72 @@ def test_a_bad_call_answers_a_json_error_saying_what_was_wrong(target, call):
     assert "Traceback" not in envelope["error"] and 'File "' not in envelope["error"]
 
 
+def with_version(value, version):
+    if isinstance(value, str):
+        return value.replace("{version}", version)
+    if isinstance(value, list):
+        return [with_version(item, version) for item in value]
+    if isinstance(value, dict):
+        return {name: with_version(item, version) for name, item in value.items()}
+    return value
+
+
+def v2_outputs_asked(call: Call) -> list:
+    asked = call.json.get("outputs") if call.json is not NO_BODY else None
+    return [output["name"] for output in asked] if asked else ["probability", "label"]
+
+
+def assert_the_models_answer(call: Call, answer: dict, model: ReferenceModel):
+    """A good prediction call's answer, route by route, against the model itself."""
+    rows, path = call.rows, call.path.split("?")[0]
+    if path == ARTICLE_PATH:
+        assert set(answer) == {"prediction"}
+        model.assert_probabilities(rows, [answer["prediction"]])
+    elif path == "/predict":
+        assert (answer["model_version"], answer["threshold"]) == (model.version, model.threshold)
+        predictions = answer["predictions"]
+        probabilities = [prediction["probability"] for prediction in predictions]
+        model.assert_probabilities(rows, probabilities)
+        model.assert_labels(rows, [prediction["label"] for prediction in predictions], probabilities)
+        if call.path.endswith("?explain=true"):
+            model.assert_explanations(rows, [prediction["explanation"] for prediction in predictions])
+        else:
+            assert not any("explanation" in prediction for prediction in predictions)
+    else:
+        assert (answer["model_name"], answer["model_version"]) == ("diabetes", model.version)
+        assert answer.get("id") == (call.json.get("id") if call.json is not NO_BODY else None)
+        outputs = {output["name"]: output for output in answer["outputs"]}
+        assert list(outputs) == v2_outputs_asked(call)
+        datatypes = {"probability": "FP32", "label": "INT64"}
+        assert all((o["datatype"], o["shape"]) == (datatypes[n], [len(rows)]) for n, o in outputs.items())
+        if "probability" in outputs:
+            model.assert_probabilities(rows, outputs["probability"]["data"])
+        if "label" in outputs:
+            probabilities = outputs["probability"]["data"] if "probability" in outputs else None
+            model.assert_labels(rows, outputs["label"]["data"], probabilities)
+
+
 @pytest.mark.parametrize("call", GOOD_CALLS, ids=[call.what for call in GOOD_CALLS])
-def test_a_good_call_answers_200(target, call):
+def test_a_good_call_answers_what_the_model_says(target, reference, call):
     status, headers, body = target.call(call)
     assert status == 200, body[:500]
+    assert headers["X-Model-Version"] == reference.version
     if call.path == "/docs":
         assert headers["Content-Type"].startswith("text/html")
-    else:
-        assert headers["Content-Type"] == "application/json"
-        json_of(body)
+        return
+    assert headers["Content-Type"] == "application/json"
+    answer = json_of(body)
+    if call.rows:
+        assert_the_models_answer(call, answer, reference)
+    if call.answer is not None:
+        expected = with_version(call.answer, reference.version)
+        assert {name: answer.get(name) for name in expected} == expected
+
+
+def test_every_good_call_that_predicts_says_which_rows_it_sends():
+    predicting = [call for call in GOOD_CALLS if call.method == "POST"]
+    assert predicting and all(call.rows for call in predicting)
+    assert all(call.rows or call.answer or call.path in ("/openapi.json", "/docs") for call in GOOD_CALLS)
 
 
 def test_a_405_says_which_methods_are_allowed(target):
@@ -118,7 +187,7 @@ def test_an_unexpected_failure_answers_a_generic_json_500_without_internals(serv
     assert "Traceback" in caplog.text and "Feature shape mismatch" in caplog.text
 
 
-# ---- the same probabilities on every route ------------------------------------------------
+# ---- the model's answers on every route, for every row -----------------------------------
 def test_the_article_route_answers_the_notebooks_prediction_for_every_row(in_process, data_set):
     served = [
         post(in_process, ARTICLE_PATH, json={"data": ",".join(map(str, row))})["prediction"]
@@ -127,59 +196,112 @@ def test_the_article_route_answers_the_notebooks_prediction_for_every_row(in_pro
     assert np.abs(np.array(served) - data_set["probability"]).max() < 1e-6
 
 
-def batch_probabilities(target, data_set, way) -> np.ndarray:
-    rows = data_set[list(FEATURE_NAMES)]
-    if way == "records":
-        answer = post(target, "/predict", json=rows.to_dict(orient="records"))
+def v2_binary_body(rows: np.ndarray) -> tuple[bytes, dict]:
+    """A V2 request in Triton's binary tensor data extension, as tritonclient sends it."""
+    tensor = rows.astype("<f4").tobytes()
+    json_part = json_module.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "features",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(tensor)},
+                }
+            ]
+        }
+    ).encode()
+    return json_part + tensor, {V2_INFERENCE_HEADER_CONTENT_LENGTH: str(len(json_part))}
+
+
+def batch_answer(target, rows: pd.DataFrame, way) -> dict:
+    """What a route answers for a batch: its model version, probabilities and labels (and explanations)."""
+    if way == "V2 binary FP32":
+        body, headers = v2_binary_body(rows.values)
+        status, _, raw = target.send("POST", V2_INFER, body, headers)
+        assert status == 200, raw[:500]
+        answer = json_of(raw)
+    elif way.startswith("V2"):
+        datatype = way.split()[-1]
+        tensor = {"name": "features", "shape": list(rows.shape), "datatype": datatype, "data": rows.values.tolist()}
+        answer = post(target, V2_INFER, json={"inputs": [tensor]})
+    if way.startswith("V2"):
+        outputs = {output["name"]: output for output in answer["outputs"]}
+        assert [outputs[name]["shape"] for name in ("probability", "label")] == [[len(rows)], [len(rows)]]
+        return {
+            "model_version": answer["model_version"],
+            "probabilities": outputs["probability"]["data"],
+            "labels": outputs["label"]["data"],
+        }
+    if way in ("records", "explained records"):
+        path = "/predict?explain=true" if way == "explained records" else "/predict"
+        answer = post(target, path, json=rows.to_dict(orient="records"))
     elif way == "instances":
         answer = post(target, "/predict", json={"instances": rows.values.tolist()})
     elif way == "csv":
         answer = post(target, "/predict", text=rows.to_csv(index=False), content_type="text/csv")
     elif way == "csv without header":
         answer = post(target, "/predict", text=rows.to_csv(index=False, header=False), content_type="text/csv")
-    else:
-        datatype = way.split()[-1]
-        answer = post(
-            target,
-            "/v2/models/diabetes/infer",
-            json={
-                "inputs": [
-                    {"name": "features", "shape": list(rows.shape), "datatype": datatype, "data": rows.values.tolist()}
-                ]
-            },
-        )
-        [probability] = [output for output in answer["outputs"] if output["name"] == "probability"]
-        assert probability["shape"] == [len(rows)]
-        return np.array(probability["data"])
-    assert answer["model_version"] == target.version
-    return np.array([prediction["probability"] for prediction in answer["predictions"]])
+    predictions = answer["predictions"]
+    return {
+        "model_version": answer["model_version"],
+        "probabilities": [prediction["probability"] for prediction in predictions],
+        "labels": [prediction["label"] for prediction in predictions],
+        "explanations": [prediction.get("explanation") for prediction in predictions],
+    }
 
 
-@pytest.mark.parametrize("way", ["records", "instances", "csv", "csv without header", "V2 FP32", "V2 FP64"])
-def test_every_route_answers_the_notebooks_prediction_for_all_768_rows(target, data_set, way):
-    assert np.abs(batch_probabilities(target, data_set, way) - data_set["probability"]).max() < 1e-6
+BATCH_WAYS = ["records", "instances", "csv", "csv without header", "V2 FP32", "V2 FP64", "V2 binary FP32"]
 
 
-def test_labels_are_the_probabilities_at_the_models_threshold(in_process, data_set):
-    answer = post(in_process, "/predict", json={"instances": data_set[list(FEATURE_NAMES)].values.tolist()})
-    assert [p["label"] for p in answer["predictions"]] == [
-        int(p["probability"] >= answer["threshold"]) for p in answer["predictions"]
-    ]
+@pytest.mark.parametrize("way", BATCH_WAYS)
+def test_every_route_answers_the_models_probability_and_label_for_all_768_rows(target, reference, data_set, way):
+    rows = data_set[reference.names]
+    answer = batch_answer(target, rows, way)
+    assert answer["model_version"] == reference.version
+    assert np.abs(np.array(answer["probabilities"]) - data_set["probability"]).max() < 1e-6
+    reference.assert_probabilities(rows.values.tolist(), answer["probabilities"])
+    reference.assert_labels(rows.values.tolist(), answer["labels"], answer["probabilities"])
+    assert 0 < sum(answer["labels"]) < len(rows)
 
 
-def test_explanations_sum_to_the_models_margin_for_every_row(in_process, served_module, data_set):
-    rows = data_set[list(FEATURE_NAMES)]
-    answer = post(in_process, "/predict?explain=true", json=rows.to_dict(orient="records"))
-    margins = served_module.bundle.booster.inplace_predict(to_model_input(rows.values), predict_type="margin")
-    for prediction, margin in zip(answer["predictions"], margins):
-        explanation = prediction["explanation"]
-        assert list(explanation["contributions"]) == list(FEATURE_NAMES)
+def test_explanations_are_the_models_treeshap_contributions_for_every_row(target, reference, data_set):
+    rows = data_set[reference.names]
+    answer = batch_answer(target, rows, "explained records")
+    reference.assert_probabilities(rows.values.tolist(), answer["probabilities"])
+    reference.assert_explanations(rows.values.tolist(), answer["explanations"])
+    for explanation, probability in zip(answer["explanations"], answer["probabilities"]):
         total = explanation["base_value"] + sum(explanation["contributions"].values())
-        assert total == pytest.approx(float(margin), abs=1e-5)
-        assert 1 / (1 + np.exp(-total)) == pytest.approx(prediction["probability"], abs=1e-5)
+        assert total == pytest.approx(explanation["margin"], abs=1e-5)
+        assert 1 / (1 + np.exp(-total)) == pytest.approx(probability, abs=1e-5)
 
 
-def test_null_and_zero_both_mean_not_measured(in_process):
+def app_with_threshold(served_module, limits, threshold: float) -> Target:
+    """An app around the served model, with its threshold set to `threshold`."""
+    bundle = served_module.bundle
+    client = served_module.create_app(
+        bundle.__class__(bundle.booster, {**bundle.metadata, "threshold": threshold})
+    ).test_client()
+
+    def send(method, path, body, headers):
+        with client.open(path, method=method, data=body, headers=headers) as response:
+            return response.status_code, response.headers, response.get_data()
+
+    return Target(send, bundle.version, limits)
+
+
+@pytest.mark.parametrize("way", ["records", "csv", "V2 FP32", "V2 binary FP32"])
+def test_a_probability_exactly_at_the_threshold_is_labelled_1_and_one_float_below_it_0(served_module, limits, way):
+    rows = pd.DataFrame([ARTICLE_VALUES, BINARY_ROW, ARTICLE_VALUES], columns=list(FEATURE_NAMES))
+    answered = batch_answer(app_with_threshold(served_module, limits, 0.5), rows, way)
+    probability = np.float32(answered["probabilities"][1])
+    at = batch_answer(app_with_threshold(served_module, limits, float(probability)), rows, way)
+    assert at["probabilities"][1] == probability and at["labels"] == [0, 1, 0]
+    above = float(np.nextafter(probability, np.float32(1)))
+    assert batch_answer(app_with_threshold(served_module, limits, above), rows, way)["labels"] == [0, 0, 0]
+
+
+def test_null_and_zero_both_mean_not_measured(in_process, trained):
     record = dict(zip(FEATURE_NAMES, ARTICLE_VALUES))
     probabilities = [
         p["probability"]
@@ -191,10 +313,12 @@ def test_null_and_zero_both_mean_not_measured(in_process):
         in_process, "/predict", text=f"{CSV_HEADER}\n1,106,70,28,,34.2,0.142,22\n", content_type="text/csv"
     )["predictions"][0]["probability"]
     assert probabilities[0] == probabilities[1] == empty_field
+    model = reference_model(trained["models_dir"] / in_process.version)
+    model.assert_probabilities([[*ARTICLE_VALUES[:4], None, *ARTICLE_VALUES[5:]]], [empty_field])
 
 
 # ---- the Open Inference Protocol V2 --------------------------------------------------------
-def test_a_v2_request_made_as_the_protocol_shows_it_works(target):
+def test_a_v2_request_made_as_the_protocol_shows_it_works(target, reference):
     """Flat row-major data, as the protocol's examples send it, with an id."""
     request = {
         "id": "42",
@@ -216,9 +340,11 @@ def test_a_v2_request_made_as_the_protocol_shows_it_works(target):
     assert answer["outputs"][0]["shape"] == [2] and answer["outputs"][0]["datatype"] == "FP32"
     article = post(target, ARTICLE_PATH, json=ARTICLE_BODY)["prediction"]
     assert answer["outputs"][0]["data"][0] == pytest.approx(article, abs=1e-7)
+    data = request["inputs"][0]["data"]
+    reference.assert_probabilities([data[:8], data[8:]], answer["outputs"][0]["data"])
 
 
-def test_a_v2_batch_of_1000_rows_works(target, data_set):
+def test_a_v2_batch_of_1000_rows_works(target, reference, data_set):
     rows = pd.concat([data_set] * 2)[list(FEATURE_NAMES)].head(1000).values.tolist()
     answer = post(
         target,
@@ -227,6 +353,9 @@ def test_a_v2_batch_of_1000_rows_works(target, data_set):
     )
     jsonschema.validate(answer, v2_schema("inference_response"))
     assert {output["name"]: output["shape"] for output in answer["outputs"]} == {"probability": [1000], "label": [1000]}
+    outputs = {output["name"]: output["data"] for output in answer["outputs"]}
+    reference.assert_probabilities(rows, outputs["probability"])
+    reference.assert_labels(rows, outputs["label"], outputs["probability"])
 
 
 @pytest.mark.parametrize(
@@ -256,9 +385,9 @@ def test_v2_probes_say_the_model_is_live_and_ready(target):
 
 
 # ---- description -----------------------------------------------------------------------
-def test_the_model_card_describes_the_served_model(target):
+def test_the_model_card_describes_the_served_model(target, reference):
     card = json_of(target.call(Call("", "GET", "/metadata", 200, content_type=None))[2])
-    assert card["version"] == target.version
+    assert card == reference.metadata and card["version"] == target.version
     assert [f["name"] for f in card["features"]] == list(FEATURE_NAMES)
     assert all({"meaning", "unit", "training_min", "training_max"} <= set(f) for f in card["features"])
     assert {"metrics", "parameters", "trained_at", "data", "model_sha256"} <= set(card)

@@ -15,6 +15,7 @@ import requests
 import tritonclient.http as triton
 from calls import BINARY_ROW, BINARY_ROW_FP32
 from conftest import PROJECT, json_of
+from reference import reference_model
 from tritonclient.utils import InferenceServerException
 
 from diabetes.api_examples import V2_INFER
@@ -31,6 +32,12 @@ def triton_client(service):
     )
     yield client
     client.close()
+
+
+@pytest.fixture()
+def reference(target, trained):
+    """The model version that `target` serves, loaded by XGBoost itself."""
+    return reference_model(trained["models_dir"] / target.version)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +198,7 @@ def gzip_compressed(request) -> tuple[bytes, dict]:
 
 
 ROW = BINARY_ROW
+OTHER_ROW = [6, 148, 72, 35, 0, 33.6, 0.627, 50]
 JSON_ROW = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": ROW}]}).encode()
 HOSTILE = {
     # the header that says where the JSON ends
@@ -339,17 +347,18 @@ def test_a_chunked_binary_body_over_the_size_limit_is_refused_not_cut(service, l
 
 
 @pytest.mark.parametrize("content_type", [None, "application/json", "text/plain", "application/octet-stream"])
-def test_a_binary_request_is_read_whatever_its_content_type(target, content_type):
-    body, headers = binary_request(BINARY_ROW_FP32 * 2, shape=(2, 8), outputs=[{"name": "probability"}])
+def test_a_binary_request_is_read_whatever_its_content_type(target, reference, content_type):
+    body, headers = binary_request(fp32(*ROW, *OTHER_ROW), shape=(2, 8), outputs=[{"name": "probability"}])
     status, _, answer = target.send(
         "POST", V2_INFER, body, {**headers, "Content-Type": content_type} if content_type else headers
     )
     assert status == 200, answer[:300]
     [probability] = json_of(answer)["outputs"]
-    assert probability["shape"] == [2] and probability["data"][0] == probability["data"][1]
+    assert probability["shape"] == [2]
+    reference.assert_probabilities([ROW, OTHER_ROW], probability["data"])
 
 
-def test_a_binary_answer_is_framed_as_the_extension_says(target):
+def test_a_binary_answer_is_framed_as_the_extension_says(target, reference):
     body, headers = binary_request(BINARY_ROW_FP32, parameters={"binary_data_output": True}, id="x")
     status, answer_headers, answer = target.send("POST", V2_INFER, body, headers)
     assert status == 200
@@ -367,9 +376,11 @@ def test_a_binary_answer_is_framed_as_the_extension_says(target):
         for output in json_of(target.send("POST", V2_INFER, JSON_ROW, {})[2])["outputs"]
     }
     assert (np.float32(probability), label) == (np.float32(in_json["probability"]), in_json["label"])
+    reference.assert_probabilities([ROW], [probability])
+    reference.assert_labels([ROW], [label], [probability])
 
 
-def test_an_outputs_own_binary_data_overrides_the_requests_binary_data_output(target):
+def test_an_outputs_own_binary_data_overrides_the_requests_binary_data_output(target, reference):
     body, headers = binary_request(
         BINARY_ROW_FP32,
         parameters={"binary_data_output": True},
@@ -381,5 +392,5 @@ def test_an_outputs_own_binary_data_overrides_the_requests_binary_data_output(ta
     label, probability = json.loads(answer[:json_length])["outputs"]
     assert (label["parameters"], "data" in label) == ({"binary_data_size": 8}, False)
     assert "parameters" not in probability and len(probability["data"]) == 1
-    threshold = json_of(target.send("GET", "/metadata", None, {})[2])["threshold"]
-    assert struct.unpack("<q", answer[json_length:]) == (int(probability["data"][0] >= threshold),)
+    reference.assert_probabilities([ROW], probability["data"])
+    reference.assert_labels([ROW], struct.unpack("<q", answer[json_length:]), probability["data"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import requests
 from conftest import PROJECT, make, pm2, pm2_app
+from reference import reference_model
 
 from diabetes.features import FEATURE_NAMES
 
@@ -38,8 +39,9 @@ def test_the_article_request_over_http_answers_a_probability(service):
     response = requests.post(service["url"] + ROUTE, json={"data": "1,106,70,28,135,34.2,0.142,22"}, timeout=5)
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/json"
-    assert 0 < response.json()["prediction"] < 1
-    assert response.headers["X-Model-Version"] == (service["models_dir"] / "current").resolve().name
+    model = reference_model((service["models_dir"] / "current").resolve())
+    model.assert_probabilities([[1, 106, 70, 28, 135, 34.2, 0.142, 22]], [response.json()["prediction"]])
+    assert response.headers["X-Model-Version"] == model.version
 
 
 def test_every_row_of_the_data_set_is_served_as_the_training_notebook_predicted_it(service):
