@@ -49,7 +49,7 @@ QUICK        :=
 BENCH_VENV   := build/bench-venv
 # The container image (make image): its name, tagged with its version (the
 # baked model's version and the code's commit) and `latest`.
-IMAGE        := diabetes-api
+IMAGE        = $(APP)
 # A Python 3.11 Debian image to build on; `make base-image` makes one from
 # Debian's own packages, $(LOCAL_BASE), for machines that reach no registry.
 BASE_IMAGE   := python:3.11-slim-bookworm
@@ -69,7 +69,9 @@ CONTAINER_ENGINE ?=
 CONTAINER_STORE  ?=
 
 # ---- Variables ----------------------------------------------------------------
-APP       := diabetes-api# the app's name in ecosystem.config.js
+# The service's name: PM2's app, its log files, the image. ecosystem.config.js
+# and diabetes/settings.py (APP_NAME) say the same; a test checks that they agree.
+APP       := diabetes-api
 PYTHON    := $(VENV)/bin/python
 # PM2's state (its dump, its sockets, the apps' logs) is the user's alone:
 # every pm2 command runs with umask 077 and a PM2_HOME of mode 0700.
@@ -215,7 +217,7 @@ reliability: setup wrk
 
 .PHONY: image run-image base-image container-engine debootstrap
 
-## image    build the container image diabetes-api:<version> and :latest (podman or docker), the served model baked in
+## image    build the service's container image, tagged <version> and latest (podman or docker), the served model baked in
 image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged $(SCRIPTS_DIR)/serve.py \
        | container-engine
 	@if [ -n "$(IMAGE_MODEL)" ] && [ ! -f "$(IMAGE_MODEL)/metadata.json" ]; then \

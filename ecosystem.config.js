@@ -4,6 +4,10 @@
 // which builds and checks the release and keeps PM2's state in build/pm2.
 const path = require("path");
 
+// The service's name: PM2's app and its log files. The Makefile (APP) and
+// diabetes/settings.py (APP_NAME) say the same; a test checks that they agree.
+const appName = "diabetes-api";
+
 // The release being served (diabetes/releases.py): its script, its copy of
 // the project's package and its model, all named through the `current` link,
 // so that a worker started after `make serve` or `make rollback` switched the
@@ -44,7 +48,7 @@ const logRotation = {
 module.exports = {
   apps: [
     {
-      name: process.env.APP_NAME || "diabetes-api",
+      name: appName,
       script: path.join(currentRelease, "serve.py"),
       interpreter: path.join(__dirname, ".venv", "bin", "python"),
       cwd: __dirname,
@@ -60,8 +64,8 @@ module.exports = {
       max_memory_restart: "300M",
       // Longer than gunicorn's graceful_timeout, so workers can finish.
       kill_timeout: 25000,
-      out_file: path.join(logDir, "diabetes-api.out.log"),
-      error_file: path.join(logDir, "diabetes-api.error.log"),
+      out_file: path.join(logDir, `${appName}.out.log`),
+      error_file: path.join(logDir, `${appName}.error.log`),
       // No PM2 timestamps: the access log batches several lines per write, each
       // with its own time, and gunicorn stamps its own messages.
       time: false,

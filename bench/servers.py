@@ -20,14 +20,15 @@ from bench.measure import kill_process_group, process_tree, run_bounded
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
+from diabetes.settings import APP_NAME
 
 PROJECT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
 # The service's default port, where a user's own service may be answering.
 AVOIDED_PORTS = {5000}
 # What an outer `make` (e.g. `make bench`) passes down, and would otherwise
-# steer the service: its port, its model, its PM2 home, its app name.
-INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR", "APP_NAME")
+# steer the service: its port, its model, its PM2 home.
+INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR")
 SETTINGS_PREFIX = "DIABETES_"
 PM2 = PROJECT / "node_modules" / ".bin" / "pm2"
 # A benchmark measures what is installed: it never reinstalls packages, as
@@ -456,7 +457,7 @@ class ServiceUnderPM2(Server):
                 pass
 
     def log_tail(self, lines: int = 20) -> str:
-        error_log = self.workdir / "logs" / "diabetes-api.error.log"
+        error_log = self.workdir / "logs" / f"{APP_NAME}.error.log"
         try:
             return "\n".join(error_log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:

@@ -12,11 +12,11 @@ const withoutReleaseVariables = ({ PYTHONPATH, DIABETES_MODEL_DIR, ...env }) => 
   ...(process.env.DIABETES_MODEL_DIR && { DIABETES_MODEL_DIR: process.env.DIABETES_MODEL_DIR }),
 });
 
-const serviceName = process.env.APP_NAME || "diabetes-api";
+const runsTheService = (app) => path.basename(app.script) === "serve.py";
 
 module.exports = {
   apps: project.apps
-    .filter((app) => app.name === serviceName)
+    .filter(runsTheService)
     .map((app) => ({
       ...app,
       script: path.join(__dirname, "..", "scripts", "serve.py"),

@@ -37,9 +37,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def on_starting(server):
+    from diabetes.settings import APP_NAME
+
     # Each worker writes its metrics to files here; /metrics adds them up.
     # A new folder per master: counts of a previous run must not carry over.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="diabetes-api-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{APP_NAME}-metrics-")
 
 
 def on_exit(server):

@@ -5,6 +5,11 @@ import os
 
 SERVE_NOTEBOOK = "notebooks/serve.ipynb"
 
+# The service's name: PM2's app, its log files, the server's name in V2
+# metadata. The Makefile (APP) and ecosystem.config.js, which cannot read it,
+# define it once each; a test checks that all three agree.
+APP_NAME = "diabetes-api"
+
 ENVIRONMENT_PREFIX = "DIABETES_"
 
 

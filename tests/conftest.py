@@ -17,6 +17,7 @@ import requests
 from calls import Call
 
 from bench.servers import clean_environment, free_port  # noqa: F401 (re-exported for the test modules)
+from diabetes.settings import APP_NAME
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
@@ -203,7 +204,7 @@ def pm2(service, *arguments) -> str:
 
 def pm2_app(service) -> dict:
     """The service's app as `pm2 jlist` describes it."""
-    [app] = [app for app in json.loads(pm2(service, "jlist")) if app["name"] == "diabetes-api"]
+    [app] = [app for app in json.loads(pm2(service, "jlist")) if app["name"] == APP_NAME]
     return app
 
 

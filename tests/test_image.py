@@ -27,12 +27,13 @@ from conftest import PROJECT, clean_environment, free_port, make
 from slow_clients import slow_article_call
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.settings import APP_NAME
 
 ENGINE = PROJECT / "container" / "engine"
 STORE = PROJECT / "build" / "container-store"
 LOCAL_BASE = "localhost/diabetes-base:bookworm"
-IMAGE = "localhost/diabetes-api-test"
-UNBAKED_IMAGE = "localhost/diabetes-api-test-unbaked"
+IMAGE = f"localhost/{APP_NAME}-test"
+UNBAKED_IMAGE = f"{IMAGE}-unbaked"
 # The engine's default stop timeout: a container not gone by then is killed.
 STOP_TIMEOUT = 10
 FIGURES = {}
@@ -154,7 +155,7 @@ def container(image):
     """The image run as the issue's machines run containers: on the host's
     network (no port mapping), on a free port."""
     port = free_port()
-    name = f"diabetes-api-test-{port}"
+    name = f"{APP_NAME}-test-{port}"
     engine("run", "--detach", "--name", name, "--network", "host", "--env", f"DIABETES_PORT={port}", image)
     try:
         FIGURES["start to ready (s)"] = round(wait_until_ready(port, name), 1)

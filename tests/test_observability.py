@@ -10,6 +10,7 @@ from calls import Call
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES
+from diabetes.settings import APP_NAME
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
 
@@ -79,7 +80,7 @@ def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
         json.dumps(ARTICLE_BODY).encode(),
         {"Content-Type": "application/json", "X-Request-ID": "find-me-in-the-log"},
     )
-    log = service["pm2_home"].parent / "logs" / "diabetes-api.out.log"
+    log = service["pm2_home"].parent / "logs" / f"{APP_NAME}.out.log"
     deadline = time.monotonic() + 5
     while "find-me-in-the-log" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.1)

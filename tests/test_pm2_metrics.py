@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.measure import memory_of_tree, run_wrk, write_wrk_script
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
+from diabetes.settings import APP_NAME
 
 RELEASE = "test-release-" + uuid.uuid4().hex[:8]
 LOAD_SECONDS = 12
@@ -177,7 +178,7 @@ def test_the_versions_are_the_served_models_and_the_release_named_at_start(servi
 
 def test_pm2_show_lists_the_custom_metrics(service):
     shown = subprocess.run(
-        [str(PROJECT / "node_modules/.bin/pm2"), "show", "diabetes-api"],
+        [str(PROJECT / "node_modules/.bin/pm2"), "show", APP_NAME],
         capture_output=True,
         text=True,
         env={**service["env"], "PM2_HOME": str(service["pm2_home"])},

@@ -21,6 +21,7 @@ from conftest import PROJECT, clean_environment, free_port, make
 from bench.measure import process_tree, run_wrk, write_wrk_script
 from diabetes import releases
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.settings import APP_NAME
 
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(
     ".git",
@@ -115,7 +116,7 @@ def pm2_apps(service) -> list[dict]:
         check=True,
         timeout=60,
     ).stdout
-    return [app for app in json.loads(listing) if app["name"] == "diabetes-api"]
+    return [app for app in json.loads(listing) if app["name"] == APP_NAME]
 
 
 def workers(master: int) -> list[int]:

@@ -23,6 +23,7 @@ from slow_clients import idle_and_slow_connections, slow_article_call, worst_lat
 
 from bench.measure import process_tree, run_wrk, write_wrk_script
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.settings import APP_NAME
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5
@@ -154,9 +155,9 @@ def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(serv
 def test_logs_are_rotated_as_they_grow(service):
     logs = service["workspace"] / "logs"
     deadline = time.monotonic() + 10
-    while not list(logs.glob("diabetes-api.out__*")) and time.monotonic() < deadline:
+    while not list(logs.glob(f"{APP_NAME}.out__*")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    rotated = sorted(logs.glob("diabetes-api.out__*"))
+    rotated = sorted(logs.glob(f"{APP_NAME}.out__*"))
     record("log rotation", "the soak's access log", "logs over 100 KB", 0, f"{len(rotated)} rotated files")
     assert rotated, f"no rotated access log in {sorted(p.name for p in logs.iterdir())}"
 
@@ -290,7 +291,7 @@ def test_a_request_in_flight_during_a_restart_or_stop_gets_its_answer(service, h
     time.sleep(0.5)
     if how == "pm2 restart":
         subprocess.run(
-            [str(PROJECT / "node_modules/.bin/pm2"), "restart", "diabetes-api"],
+            [str(PROJECT / "node_modules/.bin/pm2"), "restart", APP_NAME],
             capture_output=True,
             env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
             check=True,

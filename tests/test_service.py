@@ -15,6 +15,7 @@ from conftest import PROJECT, make, pm2, pm2_app
 from reference import reference_model
 
 from diabetes.features import FEATURE_NAMES
+from diabetes.settings import APP_NAME
 
 ROUTE = "/katana-ml/api/v1.0/diabetes"
 
@@ -70,9 +71,7 @@ def test_a_second_make_serve_with_nothing_changed_is_a_no_op(service):
     assert "papermill" not in result.stdout and "nbconvert" not in result.stdout
     assert after["pid"] == before["pid"]
     assert after["pm2_env"]["restart_time"] == before["pm2_env"]["restart_time"]
-    assert [app["name"] for app in json.loads(pm2(service, "jlist"))].count("diabetes-api") == 1, (
-        "a second copy was started"
-    )
+    assert [app["name"] for app in json.loads(pm2(service, "jlist"))].count(APP_NAME) == 1, "a second copy was started"
     assert elapsed < 30
 
 
