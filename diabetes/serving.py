@@ -80,13 +80,13 @@ def write_server_refusal(sock, status: int, reason: str, message: str):
     its HTML page (see gunicorn_config.post_fork)."""
     from gunicorn.util import write_nonblock
 
-    from diabetes.contract import InvalidRequest
+    from diabetes.contract import ErrorCode, InvalidRequest
     from diabetes.observability import record_server_refusal
 
     if reason == "Bad Request" and status != 400:
         # gunicorn keeps this reason for some other statuses (501).
         reason = HTTPStatus(status).phrase
-    code = reason.lower().replace(" ", "_")
+    code = ErrorCode.of_status(status)
     body = orjson.dumps(
         InvalidRequest(f"the server could not read the request: {message[:200]}", code, status).envelope()
     )
