@@ -231,7 +231,7 @@ class Contract:
         matrix = numbers.reshape(values.row_count, len(self.names))
         if values.columns is not None:
             matrix = matrix[:, np.argsort(values.columns)]
-        return matrix.astype(np.float32)
+        return matrix.astype(np.float32, order="C")
 
     def _invalid_value(self, values, index, value) -> InvalidRequest:
         row, column = divmod(index, len(self.names))

@@ -19,6 +19,7 @@ from diabetes.contract import (
     V2_INPUT_NAME,
     V2_OUTPUTS,
     Contract,
+    ErrorCode,
 )
 
 OPEN_INFERENCE_SPEC = "specs/oip-v2-rest.yaml"
@@ -282,9 +283,18 @@ def _error_schema() -> dict:
         "required": ["error", "code", "status"],
         "properties": {
             "error": {"type": "string", "description": "what was wrong, and what was expected"},
-            "code": {"type": "string", "description": "machine-readable, e.g. invalid_value"},
+            "code": {
+                "type": "string",
+                "enum": [code.value for code in ErrorCode],
+                "description": "machine-readable, e.g. invalid_value",
+            },
             "status": {"type": "integer"},
-            "field": {"type": "string", "nullable": True, "description": "the offending member"},
+            "field": {
+                "type": "string",
+                "nullable": True,
+                "description": "where: a JSON Pointer (RFC 6901) into the body as sent, e.g. /instances/0/glucose; "
+                "in CSV /rows/N/<feature name>; a query parameter's or header's name",
+            },
             "row": {"type": "integer", "nullable": True, "description": "the offending row (from 0)"},
         },
     }
