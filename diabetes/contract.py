@@ -358,21 +358,19 @@ class Contract:
                     row=row,
                 )
             missing = [name for name in names if name not in record]
-            if missing:
-                raise InvalidRequest(
-                    f"{where or 'the record'}: missing feature(s) {', '.join(missing)}; every record needs all of "
-                    f"{', '.join(names)} (null for a value not measured)",
-                    ErrorCode.MISSING_FEATURE,
-                    field=pointer(*path_of(index), missing[0]),
-                    row=row,
-                )
             unknown = [name for name in record if name not in names]
-            if unknown:
+            if missing or unknown:
+                wrong = (
+                    f"missing feature(s) {', '.join(missing)}; every record needs all of {', '.join(names)} "
+                    "(null for a value not measured)"
+                    if missing
+                    else f"unknown feature(s) {', '.join(name[:40] for name in unknown)}; "
+                    f"expected exactly {', '.join(names)}"
+                )
                 raise InvalidRequest(
-                    f"{where or 'the record'}: unknown feature(s) {', '.join(name[:40] for name in unknown)}; "
-                    f"expected exactly {', '.join(names)}",
-                    ErrorCode.UNKNOWN_FEATURE,
-                    field=pointer(*path_of(index), unknown[0]),
+                    f"{where or 'the record'}: {wrong}",
+                    ErrorCode.MISSING_FEATURE if missing else ErrorCode.UNKNOWN_FEATURE,
+                    field=pointer(*path_of(index), (missing or unknown)[0]),
                     row=row,
                 )
 
