@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bench.batches import TIMED_REQUESTS, load_batches, post, prepare_batches
 from bench.bodies import V2_JSON, V2_SINGLE_ROW, encode
-from bench.measure import WRK_THREADS, measure_load, run_bounded, run_wrk, write_wrk_script
+from bench.measure import measure_load
 from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
 from bench.report import batch_ratios, markdown, ratios, spread, summarize, summarize_batches, targets
 from bench.servers import (
@@ -47,7 +47,9 @@ from bench.servers import (
     running,
 )
 from diabetes.api_examples import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
+from diabetes.processes import run_bounded
 from diabetes.settings import notebook_defaults
+from diabetes.wrk import WRK_THREADS, run_wrk, write_wrk_script
 
 PROJECT_MODELS = PROJECT / "build" / "models"
 # The service's single-row loads on the V2 route count as a server of their own in the tables.

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,20 +15,23 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.measure import kill_process_group, process_tree, run_bounded
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
-from diabetes.settings import APP_NAME
+from diabetes.processes import (
+    LOCALHOST,
+    clean_environment,
+    free_port,
+    kill_process_group,
+    port_is_open,
+    process_exists,
+    process_tree,
+    run_bounded,
+    wait_until,
+)
+from diabetes.settings import APP_NAME, ENVIRONMENT_PREFIX
 
 PROJECT = Path(__file__).resolve().parents[1]
-LOCALHOST = "127.0.0.1"
-# The service's default port, where a user's own service may be answering.
-AVOIDED_PORTS = {5000}
-# What an outer `make` (e.g. `make bench`) passes down, and would otherwise
-# steer the service: its port, its model, its PM2 home.
-INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR")
-SETTINGS_PREFIX = "DIABETES_"
 PM2 = PROJECT / "node_modules" / ".bin" / "pm2"
 # A benchmark measures what is installed: it never reinstalls packages, as
 # make would after a change to requirements.txt.
@@ -39,54 +41,6 @@ _PR_SET_PDEATHSIG = 1
 
 class ServerFailed(Exception):
     """A server did not start, or did not answer the article's request."""
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind((LOCALHOST, 0))
-            port = probe.getsockname()[1]
-        if port not in AVOIDED_PORTS:
-            return port
-
-
-def port_is_open(port: int) -> bool:
-    try:
-        socket.create_connection((LOCALHOST, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def process_exists(pid: int | None) -> bool:
-    return bool(pid) and Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] == "Z"
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def clean_environment(**settings) -> dict:
-    """Our environment without what would steer the service elsewhere, plus `settings`."""
-    kept = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(SETTINGS_PREFIX) and name not in INHERITED_SETTINGS
-    }
-    return {**kept, **settings}
 
 
 def run_make(arguments: list[str], timeout: float, **settings) -> subprocess.CompletedProcess:
@@ -350,7 +304,7 @@ class ServiceUnderPM2(Server):
         return run_make(
             [*self.make_options(), *targets, *self.make_variables()],
             timeout,
-            **{f"{SETTINGS_PREFIX}PORT": str(self.port)},
+            **{f"{ENVIRONMENT_PREFIX}PORT": str(self.port)},
         )
 
     def nothing_to_redeploy(self) -> bool:

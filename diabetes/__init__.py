@@ -10,5 +10,8 @@ scripts generated from them), the Makefile's tools and the tests:
 - observability, docs, serving, gunicorn_config: metrics and logs, the docs
   page, and how gunicorn runs the endpoint script;
 - params, settings, probe: notebook parameters, their environment overrides,
-  and waiting for the service to answer.
+  and waiting for the service to answer;
+- processes, wrk, dask_cluster: what the tests and the benchmark start and
+  watch (ports, bounded commands, process trees' CPU and memory, wrk loads,
+  a Dask cluster of real processes); the service imports none of them.
 """

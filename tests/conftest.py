@@ -16,7 +16,7 @@ import pytest
 import requests
 from calls import Call
 
-from bench.servers import clean_environment, free_port  # noqa: F401 (re-exported for the test modules)
+from diabetes.processes import clean_environment, free_port
 from diabetes.settings import APP_NAME
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import FAST_PARAMS, PROJECT, clean_environment, free_port, make
+from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes.data import DataSourceError, read_training_data, redacted, write_table
+from diabetes.processes import clean_environment, free_port
 
 CSV = PROJECT / "data" / "pima-indians-diabetes.data.csv"
 PASSWORD = "not-in-any-file"

@@ -23,10 +23,11 @@ from contextlib import contextmanager
 
 import pytest
 import requests
-from conftest import PROJECT, clean_environment, free_port, make
+from conftest import PROJECT, make
 from slow_clients import slow_article_call
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.processes import clean_environment, free_port
 from diabetes.settings import APP_NAME
 
 ENGINE = PROJECT / "container" / "engine"

@@ -11,7 +11,9 @@ import time
 
 import pytest
 import requests
-from conftest import PROJECT, clean_environment, free_port
+from conftest import PROJECT
+
+from diabetes.processes import clean_environment, free_port
 
 STARTUP_SECONDS = 300  # includes installing JupyterLab on first use
 

@@ -15,13 +15,14 @@ import uuid
 
 import pytest
 import requests
-from conftest import PROJECT, clean_environment, free_port, pm2_app, service_of_its_own
+from conftest import PROJECT, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.measure import memory_of_tree, run_wrk, write_wrk_script
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
+from diabetes.processes import clean_environment, free_port, memory_of_tree
 from diabetes.settings import APP_NAME
+from diabetes.wrk import run_wrk, write_wrk_script
 
 RELEASE = "test-release-" + uuid.uuid4().hex[:8]
 LOAD_SECONDS = 12

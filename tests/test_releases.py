@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from conftest import PROJECT, clean_environment, free_port, make
+from conftest import PROJECT, make
 
-from bench.measure import process_tree, run_wrk, write_wrk_script
 from diabetes import releases
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.processes import clean_environment, free_port, process_tree
 from diabetes.settings import APP_NAME
+from diabetes.wrk import run_wrk, write_wrk_script
 
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(
     ".git",
