@@ -90,6 +90,15 @@ def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
     assert entry["duration_ms"] > 0
 
 
+def test_every_line_the_service_writes_on_its_standard_output_is_json(over_http, service):
+    """Nothing printed at import or start (master or workers) slips in between the request lines."""
+    over_http.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(), {"Content-Type": "application/json"})
+    lines = (service["pm2_home"].parent / "logs" / f"{APP_NAME}.out.log").read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+
+
 @pytest.fixture()
 def guarded(served_module):
     return served_module.create_app(served_module.bundle, api_key="s3cret-for-tests").test_client()
