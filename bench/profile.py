@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.measure import measure_load, process_tree, run_wrk, write_wrk_script
 from bench.servers import KEEP_INSTALLED, PROJECT, CeilingServer, ChildProcessServer, clean_environment, run_make
-from diabetes.catalog import ARTICLE_BODY
+from diabetes.api_examples import ARTICLE_BODY
 from diabetes.settings import notebook_defaults
 
 CONNECTIONS = 16

@@ -10,17 +10,16 @@ import atexit
 import fcntl
 import functools
 import io
+import itertools
 import os
 import re
 import sys
 import threading
 import time
-import uuid
-from datetime import UTC, datetime
 
 import numpy as np
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,6 +31,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from diabetes.cross_origin import CrossOrigin
+
 disable_created_metrics()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
@@ -42,6 +43,8 @@ _COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "
 # server refused before the app saw them.
 UNMATCHED_ROUTE = "unmatched"
 SERVER_REFUSED_ROUTE = "refused_by_server"
+# Where a request's RequestRecord waits in its WSGI environ.
+REQUEST_RECORD = "diabetes.request_record"
 
 REQUESTS = Counter(
     "diabetes_requests_total", "Requests answered, by route, method and status", ["route", "method", "status"]
@@ -71,21 +74,39 @@ MODEL = Gauge(
 )
 
 
-class RequestWatch:
-    """What is measured of one request (`g.watch`): its id, its route, the time
-    spent in each stage (`with g.watch.stage("predict"): ...`), sent back in a
-    standard Server-Timing header that browsers' developer tools and
-    `make bench` read, and the code of the error it got, if any."""
+class _Clock:
+    """The log lines' time, UTC to the millisecond, as datetime's isoformat
+    writes it; the date and time of day are formatted once per second."""
 
-    __slots__ = ("request_id", "route", "started", "seconds", "error_code", "_stage", "_stage_started")
+    second, text = None, ""
 
-    def __init__(self, request_id: str, route: str):
-        self.request_id, self.route = request_id, route
-        self.started = time.perf_counter()
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second, self.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.text}.{int((now - second) * 1000):03d}+00:00"
+
+
+utc_timestamp = _Clock().now
+
+
+class RequestRecord:
+    """One request's context, made by `Watch` as the request arrives: its id,
+    its route, the time spent in each stage (`with record.stage("predict"):
+    ...`, sent back in a standard Server-Timing header that browsers'
+    developer tools and `make bench` read), and the code of the error it got,
+    if any. Views, error handlers and guards obtain it with `this_request()`."""
+
+    __slots__ = ("watch", "request_id", "route", "started", "seconds", "error_code", "_stage", "_stage_started")
+
+    def __init__(self, watch: "Watch", request_id: str, started: float):
+        self.watch, self.request_id, self.started = watch, request_id, started
+        self.route = UNMATCHED_ROUTE
         self.seconds = {}
         self.error_code = None
 
-    def stage(self, name: str) -> "RequestWatch":
+    def stage(self, name: str) -> "RequestRecord":
         self._stage = name
         return self
 
@@ -97,6 +118,26 @@ class RequestWatch:
 
     def server_timing(self) -> str:
         return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.seconds.items())
+
+    def predictions(self, rows: np.ndarray, probabilities: np.ndarray, threshold: float):
+        """Count this request's predictions, and log them when the service keeps a prediction log."""
+        count_predictions(probabilities, threshold)
+        if self.watch.prediction_log is not None:
+            self.watch.prediction_log.append(
+                {
+                    "time": utc_timestamp(),
+                    "request_id": self.request_id,
+                    "model_version": self.watch.model_version,
+                    "route": request.url_rule.rule,
+                    "inputs": np.ascontiguousarray(rows),
+                    "probabilities": probabilities,
+                }
+            )
+
+
+def this_request() -> RequestRecord:
+    """The record of the request being answered."""
+    return request.environ[REQUEST_RECORD]
 
 
 class AccessLog:
@@ -205,8 +246,7 @@ def _predictions_counter(label: int, probability_bin: int):
     return PREDICTIONS.labels(str(label), f"{probability_bin / 10:.1f}")
 
 
-def record_predictions(rows: np.ndarray, probabilities: np.ndarray, threshold: float):
-    """Count the predictions of a request, and log them when a prediction log is set."""
+def count_predictions(probabilities: np.ndarray, threshold: float):
     if len(probabilities) <= 8:
         for probability in probabilities.tolist():
             _predictions_counter(int(probability >= threshold), min(int(probability * 10), 9)).inc()
@@ -217,17 +257,6 @@ def record_predictions(rows: np.ndarray, probabilities: np.ndarray, threshold: f
             counts = np.bincount(bins[labels == label], minlength=10)
             for probability_bin in np.flatnonzero(counts):
                 _predictions_counter(label, int(probability_bin)).inc(int(counts[probability_bin]))
-    if g.prediction_log is not None:
-        g.prediction_log.append(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "request_id": g.watch.request_id,
-                "model_version": g.model_version,
-                "route": g.watch.route,
-                "inputs": np.ascontiguousarray(rows),
-                "probabilities": probabilities,
-            }
-        )
 
 
 def metrics_response() -> Response:
@@ -262,7 +291,7 @@ def record_server_refusal(status: int, code: str, remote_addr: str | None):
     ERRORS.labels(code).inc()
     access_log().write(
         {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "time": utc_timestamp(),
             "request_id": None,
             "method": None,
             "route": SERVER_REFUSED_ROUTE,
@@ -279,52 +308,93 @@ def _stage_histogram(route: str, stage: str):
     return STAGES.labels(route, stage)
 
 
-def watch(app: Flask, model_version: str, prediction_log: PredictionLog | None = None):
-    """Time, count and log every request of `app`, and serve /metrics."""
-    MODEL.labels(model_version).set(1)
-    log = access_log()
+class RequestIds:
+    """Ids for requests that come without one: 32 hex digits, a random half
+    drawn once per process and a counter, unique across workers and restarts
+    without drawing random bytes for every request."""
 
-    @app.before_request
-    def start():
-        given = request.headers.get("X-Request-ID", "")
-        rule = request.url_rule
-        g.watch = RequestWatch(
-            given if _REQUEST_ID.match(given) else uuid.uuid4().hex, rule.rule if rule else UNMATCHED_ROUTE
-        )
-        g.model_version = model_version
-        g.prediction_log = prediction_log
+    def __init__(self):
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
 
-    @app.after_request
-    def finish(response):
-        watched, current = g.watch, request._get_current_object()
-        seconds = time.perf_counter() - watched.started
-        status = response.status_code
-        headers = response.headers
-        headers["X-Request-ID"] = watched.request_id
-        headers["X-Model-Version"] = model_version
-        headers["Server-Timing"] = watched.server_timing()
-        requests_counter, latency = _request_metrics(watched.route, counted_method(current.method), status)
+    def _reset(self):
+        self.prefix, self.counter = os.urandom(8).hex(), itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+REQUEST_IDS = RequestIds()
+
+
+class Watch:
+    """Times, counts and logs every request of a Flask app, as WSGI middleware
+    around it: it makes each request's `RequestRecord` (the request's context,
+    see `this_request()`), and adds to every answer, errors included, its
+    X-Request-ID, X-Model-Version, Server-Timing and, for a browser's
+    cross-origin request, the CORS headers of `cross_origin`.
+
+    Working on the WSGI status and header list rather than in Flask's
+    before/after_request hooks spares werkzeug's header objects and Flask's
+    hook machinery on every request."""
+
+    def __init__(
+        self,
+        app: Flask,
+        model_version: str,
+        prediction_log: PredictionLog | None = None,
+        cross_origin: CrossOrigin | None = None,
+    ):
+        self.model_version, self.prediction_log, self.cross_origin = model_version, prediction_log, cross_origin
+        self.log = access_log()
+        self.wrapped = app.wsgi_app
+        app.wsgi_app = self
+        MODEL.labels(model_version).set(1)
+
+    def __call__(self, environ: dict, start_response):
+        started = time.perf_counter()
+        given = environ.get("HTTP_X_REQUEST_ID")
+        record = RequestRecord(self, given if given and _REQUEST_ID.match(given) else REQUEST_IDS.next(), started)
+        environ[REQUEST_RECORD] = record
+        status_line = None
+
+        def start_with_our_headers(status: str, headers: list, exc_info=None):
+            nonlocal status_line
+            status_line = status
+            # Called by Flask while the request's context is still there.
+            rule = request.url_rule
+            if rule is not None:
+                record.route = rule.rule
+            headers.append(("X-Request-ID", record.request_id))
+            headers.append(("X-Model-Version", self.model_version))
+            headers.append(("Server-Timing", record.server_timing()))
+            if self.cross_origin is not None:
+                headers.extend(self.cross_origin.headers(environ))
+            return start_response(status, headers, exc_info)
+
+        answer = self.wrapped(environ, start_with_our_headers)
+        self.finish(record, environ, int(status_line[:3]), time.perf_counter() - started)
+        return answer
+
+    def finish(self, record: RequestRecord, environ: dict, status: int, seconds: float):
+        route = record.route
+        requests_counter, latency = _request_metrics(route, counted_method(environ["REQUEST_METHOD"]), status)
         requests_counter.inc()
         latency.observe(seconds)
-        for stage, stage_seconds in watched.seconds.items():
-            _stage_histogram(watched.route, stage).observe(stage_seconds)
+        for stage, stage_seconds in record.seconds.items():
+            _stage_histogram(route, stage).observe(stage_seconds)
         if status >= 400:
-            ERRORS.labels(watched.error_code or "unknown").inc()
-        log.write(
+            ERRORS.labels(record.error_code or "unknown").inc()
+        self.log.write(
             {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "request_id": watched.request_id,
-                "method": current.method,
-                "route": watched.route,
-                "path": current.path,
+                "time": utc_timestamp(),
+                "request_id": record.request_id,
+                "method": environ["REQUEST_METHOD"],
+                "route": route,
+                "path": environ.get("PATH_INFO", ""),
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
-                "model_version": model_version,
-                "remote_addr": current.remote_addr,
+                "model_version": self.model_version,
+                "remote_addr": environ.get("REMOTE_ADDR"),
             }
         )
-        return response
-
-    @app.get("/metrics")
-    def metrics():
-        return metrics_response()

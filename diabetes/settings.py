@@ -99,3 +99,17 @@ def host_name_of(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1 : host_header.find("]")].lower() if "]" in host_header else host_header.lower()
     return host_header.rsplit(":", 1)[0].lower() if host_header.count(":") == 1 else host_header.lower()
+
+
+# Who may call which route: marks set on a view where its route is defined,
+# read by the endpoint's guards.
+def needs_api_key(view):
+    """Marks a prediction route: with an API key set, it answers only requests that carry it."""
+    view.needs_api_key = True
+    return view
+
+
+def answers_any_host(view):
+    """Marks a probe: it answers whatever the Host header names, as orchestrators call it by address."""
+    view.answers_any_host = True
+    return view

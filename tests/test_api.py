@@ -13,11 +13,14 @@ import xgboost as xgb
 import yaml
 from calls import BAD_CALLS, BINARY_ROW, GOOD_CALLS, NO_BODY, Call
 from conftest import PROJECT, Target, json_of
+from flask import Flask
+from flask_cors import CORS
 from openapi_spec_validator import validate as validate_openapi
 from reference import ReferenceModel, reference_model
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, V2_INFER
 from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH
+from diabetes.cross_origin import CrossOrigin
 from diabetes.features import FEATURE_NAMES
 
 V2_SPEC = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())
@@ -450,3 +453,43 @@ def test_a_fuzzer_driven_by_the_openapi_document_finds_no_server_error_and_no_br
     print(summary)
     assert result.returncode == 0, summary
     assert re.search(r"(\d+) generated", summary) and int(re.search(r"(\d+) generated", summary)[1]) >= 200
+
+
+@pytest.mark.parametrize("origins", [r"^https?://(localhost|127\.0\.0\.1)(:\d+)?$", "*", "https://app.example"])
+@pytest.mark.parametrize(
+    "method, headers",
+    [
+        ("POST", {}),
+        ("POST", {"Origin": "http://localhost:3000"}),
+        ("POST", {"Origin": "HTTP://LOCALHOST:3000"}),
+        ("POST", {"Origin": "https://app.example"}),
+        ("POST", {"Origin": "https://elsewhere.example"}),
+        ("GET", {"Origin": "http://127.0.0.1", "Access-Control-Request-Private-Network": "true"}),
+        (
+            "OPTIONS",
+            {
+                "Origin": "http://localhost:3000",
+                "Access-Control-Request-Method": "post",
+                "Access-Control-Request-Headers": "x-api-key, content-type,,Authorization",
+            },
+        ),
+        ("OPTIONS", {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}),
+        ("OPTIONS", {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "TRACE"}),
+        ("OPTIONS", {"Origin": "http://localhost:3000"}),
+    ],
+)
+def test_cors_headers_are_flask_cors_own(origins, method, headers):
+    """The service's CORS (diabetes/cross_origin.py) answers what flask-cors,
+    which it replaces, answers with the same options, preflights included."""
+    expose = ["X-Model-Version", "X-Request-ID", "Server-Timing", "Inference-Header-Content-Length"]
+    reference = Flask("reference")
+    CORS(reference, origins=origins, expose_headers=expose)
+    reference.add_url_rule("/predict", "predict", lambda: "", methods=["GET", "POST"])
+    with reference.test_request_context("/predict", method=method, headers=headers) as context:
+        expected = [
+            (name, value)
+            for name, value in reference.process_response(reference.make_response("")).headers
+            if name.startswith("Access-Control-") or name == "Vary"
+        ]
+        ours = CrossOrigin(origins, expose).headers(context.request.environ)
+    assert ours == expected
