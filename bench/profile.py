@@ -32,9 +32,8 @@ from diabetes.settings import notebook_defaults
 
 CONNECTIONS = 16
 SAMPLES_PER_SECOND = 250
-# Components a sample is put down to, from its innermost frame outwards: the
-# first frame that belongs to one of these names the component.
-FLASK_CORS = "flask-cors"
+# The components a sample is put down to (see component_of).
+CORS = "CORS: flask-cors, or diabetes/cross_origin.py"
 OBSERVABILITY = "observability: metrics, logs, request id, Server-Timing"
 GUARDS = "guards: trusted host, API key"
 VIEW = "view: the route's own work (parse, validate, predict, serialize)"
@@ -42,7 +41,7 @@ FLASK = "Flask and werkzeug"
 SERVER = "gunicorn and gevent"
 OTHER = "other"
 # The endpoint script's guards; every other function of the script is the view's.
-GUARD_FUNCTIONS = frozenset({"check_host", "check_api_key", "guard", "guard_request"})
+GUARD_FUNCTIONS = frozenset({"check_host", "check_api_key", "marked", "bearer_token"})
 
 
 class ServiceScript(ChildProcessServer):
@@ -82,23 +81,32 @@ def py_spy_executable() -> str:
 
 def component_of(frames: list[str]) -> str:
     """The component of one sample, given its frames outermost first, each
-    as py-spy's raw format spells it: `function (path:line)`."""
-    for frame in reversed(frames):
-        function, _, where = frame.partition(" (")
-        # py-spy shortens a path to what follows sys.path's entry (`flask/app.py`).
-        path = "/" + where.rsplit(":", 1)[0]
-        if "/flask_cors/" in path:
-            return FLASK_CORS
+    as py-spy's raw format spells it: `function (path:line)`. The innermost
+    frame of the service's own code (or flask-cors's) names it; the
+    middleware's own call (`Watch.__call__`) only when Flask is not running
+    inside it. Without such a frame: Flask when it is on the stack, else the
+    server."""
+    # py-spy shortens a path to what follows sys.path's entry (`flask/app.py`).
+    parsed = [(frame.partition(" (")[0], "/" + frame.partition(" (")[2].rsplit(":", 1)[0]) for frame in frames]
+    in_flask = False
+    for function, path in reversed(parsed):
+        if "/flask/" in path or "/werkzeug/" in path:
+            in_flask = True
+        if "/flask_cors/" in path or path.endswith("diabetes/cross_origin.py"):
+            return CORS
         if path.endswith("diabetes/observability.py"):
+            if function.endswith("Watch.__call__") and in_flask:
+                continue
             return OBSERVABILITY
         if path.endswith("serve.py"):
-            return GUARDS if function in GUARD_FUNCTIONS else VIEW
+            return GUARDS if function.rsplit(".", 1)[-1] in GUARD_FUNCTIONS else VIEW
+        if path.endswith("diabetes/settings.py"):
+            return GUARDS
         if "/diabetes/" in path and not path.endswith(("gevent_worker.py", "serving.py")):
             return VIEW
-    paths = ["/" + frame.partition(" (")[2] for frame in frames]
-    if any("/flask/" in path or "/werkzeug/" in path for path in paths):
+    if in_flask:
         return FLASK
-    if any("/gunicorn/" in path or "/gevent/" in path for path in paths):
+    if any("/gunicorn/" in path or "/gevent/" in path for _, path in parsed):
         return SERVER
     return OTHER
 
