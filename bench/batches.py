@@ -18,7 +18,7 @@ from statistics import median
 from bench.bodies import PREDICT, V2_BINARY, V2_JSON, Body, Encoding, cyclic_rows, data_rows, encode, predictions_in
 from bench.measure import measure_load
 from bench.servers import Server, ServerFailed
-from diabetes.wrk import write_raw_wrk_script
+from tests.wrk import write_raw_wrk_script
 
 # Rows per request of each encoding; one row on /predict shows what the route costs with no batch.
 ROWS_PER_REQUEST = {PREDICT: (1, 100, 1_000, 10_000), V2_JSON: (100, 1_000, 10_000), V2_BINARY: (100, 1_000, 10_000)}

@@ -3,8 +3,8 @@ spent on it (CPU from /proc/<pid>/stat, memory from /proc/<pid>/smaps_rollup).""
 
 from pathlib import Path
 
-from diabetes.processes import cpu_seconds, memory_of_tree, process_tree
-from diabetes.wrk import run_wrk
+from tests.processes import cpu_seconds, memory_of_tree, process_tree
+from tests.wrk import run_wrk
 
 
 def measure_load(

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench.bodies import V2_SINGLE_ROW
 from bench.servers import PROJECT, ChildProcessServer
 from diabetes.api_examples import V2_INFER
-from diabetes.processes import LOCALHOST, free_port
+from tests.processes import LOCALHOST, free_port
 
 BENCH_VENV = PROJECT / "build" / "bench-venv"
 # The service's model name, so that both answer on the same path.

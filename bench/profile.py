@@ -28,9 +28,9 @@ from pathlib import Path
 from bench.measure import measure_load
 from bench.servers import KEEP_INSTALLED, PROJECT, CeilingServer, ChildProcessServer, run_make
 from diabetes.api_examples import ARTICLE_BODY
-from diabetes.processes import clean_environment, process_tree
 from diabetes.settings import notebook_defaults
-from diabetes.wrk import run_wrk, write_wrk_script
+from tests.processes import clean_environment, process_tree
+from tests.wrk import run_wrk, write_wrk_script
 
 CONNECTIONS = 16
 SAMPLES_PER_SECOND = 250

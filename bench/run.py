@@ -47,9 +47,9 @@ from bench.servers import (
     running,
 )
 from diabetes.api_examples import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
-from diabetes.processes import run_bounded
 from diabetes.settings import notebook_defaults
-from diabetes.wrk import WRK_THREADS, run_wrk, write_wrk_script
+from tests.processes import run_bounded
+from tests.wrk import WRK_THREADS, run_wrk, write_wrk_script
 
 PROJECT_MODELS = PROJECT / "build" / "models"
 # The service's single-row loads on the V2 route count as a server of their own in the tables.

@@ -18,7 +18,8 @@ from pathlib import Path
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
-from diabetes.processes import (
+from diabetes.settings import APP_NAME, ENVIRONMENT_PREFIX
+from tests.processes import (
     LOCALHOST,
     clean_environment,
     free_port,
@@ -29,7 +30,6 @@ from diabetes.processes import (
     run_bounded,
     wait_until,
 )
-from diabetes.settings import APP_NAME, ENVIRONMENT_PREFIX
 
 PROJECT = Path(__file__).resolve().parents[1]
 PM2 = PROJECT / "node_modules" / ".bin" / "pm2"

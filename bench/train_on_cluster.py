@@ -34,8 +34,8 @@ from pathlib import Path
 
 import yaml
 
-from diabetes.dask_cluster import ExternalDaskCluster
-from diabetes.processes import run_bounded
+from tests.dask_cluster import ExternalDaskCluster
+from tests.processes import run_bounded
 
 PROJECT = Path(__file__).resolve().parents[1]
 SETUPS = ("in process", "LocalCluster", "external scheduler")

@@ -16,8 +16,8 @@ import pytest
 import requests
 from calls import Call
 
-from diabetes.processes import clean_environment, free_port
 from diabetes.settings import APP_NAME
+from tests.processes import clean_environment, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"

@@ -23,11 +23,11 @@ from conftest import FAST_PARAMS, PROJECT, make
 from sklearn.metrics import roc_auc_score
 
 from diabetes import cluster_training
-from diabetes.dask_cluster import ExternalDaskCluster
 from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 from diabetes.prediction import load_bundle
-from diabetes.processes import clean_environment, free_port, kill_process_group
+from tests.dask_cluster import ExternalDaskCluster
+from tests.processes import clean_environment, free_port, kill_process_group
 
 ROWS = 1_000_000
 ROUTE = "/katana-ml/api/v1.0/diabetes"

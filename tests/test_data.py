@@ -16,7 +16,7 @@ import pytest
 from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes.data import DataSourceError, read_training_data, redacted, write_table
-from diabetes.processes import clean_environment, free_port
+from tests.processes import clean_environment, free_port
 
 CSV = PROJECT / "data" / "pima-indians-diabetes.data.csv"
 PASSWORD = "not-in-any-file"

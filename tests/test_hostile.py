@@ -23,7 +23,7 @@ from slow_clients import idle_and_slow_connections, worst_latency
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.model_store import LATEST_LINK, point_link
-from diabetes.processes import clean_environment, free_port
+from tests.processes import clean_environment, free_port
 
 API_KEY = "k3y-" + uuid.uuid4().hex
 # A variable of the shell that runs `make serve`, which PM2 must not pass on.

@@ -27,8 +27,8 @@ from conftest import PROJECT, make
 from slow_clients import slow_article_call
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.processes import clean_environment, free_port
 from diabetes.settings import APP_NAME
+from tests.processes import clean_environment, free_port
 
 ENGINE = PROJECT / "container" / "engine"
 STORE = PROJECT / "build" / "container-store"

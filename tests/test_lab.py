@@ -13,7 +13,7 @@ import pytest
 import requests
 from conftest import PROJECT
 
-from diabetes.processes import clean_environment, free_port
+from tests.processes import clean_environment, free_port
 
 STARTUP_SECONDS = 300  # includes installing JupyterLab on first use
 

@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
-from diabetes.processes import clean_environment, free_port, memory_of_tree
 from diabetes.settings import APP_NAME
-from diabetes.wrk import run_wrk, write_wrk_script
+from tests.processes import clean_environment, free_port, memory_of_tree
+from tests.wrk import run_wrk, write_wrk_script
 
 RELEASE = "test-release-" + uuid.uuid4().hex[:8]
 LOAD_SECONDS = 12

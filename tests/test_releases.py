@@ -20,9 +20,9 @@ from conftest import PROJECT, make
 
 from diabetes import releases
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.processes import clean_environment, free_port, process_tree
 from diabetes.settings import APP_NAME
-from diabetes.wrk import run_wrk, write_wrk_script
+from tests.processes import clean_environment, free_port, process_tree
+from tests.wrk import run_wrk, write_wrk_script
 
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(
     ".git",

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from slow_clients import idle_and_slow_connections, slow_article_call, worst_latency
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.processes import process_tree
 from diabetes.settings import APP_NAME
-from diabetes.wrk import run_wrk, write_wrk_script
+from tests.processes import process_tree
+from tests.wrk import run_wrk, write_wrk_script
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5

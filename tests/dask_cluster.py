@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from diabetes.processes import LOCALHOST, free_port, kill_process_group, port_is_open, process_tree
+from tests.processes import LOCALHOST, free_port, kill_process_group, port_is_open, process_tree
 
 START_TIMEOUT_SECONDS = 60
 STOP_TIMEOUT_SECONDS = 20

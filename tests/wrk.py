@@ -5,7 +5,7 @@ wrk's done() hook prints as one JSON line."""
 import json
 from pathlib import Path
 
-from diabetes.processes import LOCALHOST, run_bounded
+from tests.processes import LOCALHOST, run_bounded
 
 LOCALHOST_URL = f"http://{LOCALHOST}:"
 WRK_THREADS = 2
