@@ -51,6 +51,7 @@ from enum import StrEnum
 from http import HTTPStatus
 
 import numpy as np
+import orjson
 
 MODEL_NAME = "diabetes"
 V2_INPUT_NAME = "features"
@@ -164,6 +165,14 @@ class InvalidRequest(Exception):
 def pointer(*tokens) -> str:
     """The JSON Pointer (RFC 6901) of a path of member names and indexes."""
     return "".join("/" + str(token).replace("~", "~0").replace("/", "~1") for token in tokens)
+
+
+def parse_json(body: bytes):
+    """A JSON body (or the JSON part of a V2 binary one), or `invalid_json`."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"the body is not valid JSON: {error}", ErrorCode.INVALID_JSON) from None
 
 
 def parse_number_text(text: str) -> float | None:

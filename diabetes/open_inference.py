@@ -76,14 +76,6 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes | memoryvi
     return view[: int(text)], view[int(text) :]
 
 
-def parse_json_request(json_bytes):
-    """The JSON request, or `invalid_json`."""
-    try:
-        return orjson.loads(json_bytes)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the body is not valid JSON: {error}", ErrorCode.INVALID_JSON) from None
-
-
 def inference_answer(members: dict, outputs) -> tuple[bytes, int | None]:
     """The body of an inference answer and, when an output goes as binary
     data, the length of its JSON part (for `Inference-Header-Content-Length`).

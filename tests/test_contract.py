@@ -17,9 +17,9 @@ from conftest import PROJECT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diabetes.contract import Contract, ErrorCode, InvalidRequest, Values, pointer
+from diabetes.contract import Contract, ErrorCode, InvalidRequest, Values, parse_json, pointer
 from diabetes.features import FEATURES
-from diabetes.open_inference import parse_json_request, split_body
+from diabetes.open_inference import split_body
 from diabetes.request_body import LimitedBody, read_body
 
 NAMES = [feature.name for feature in FEATURES]
@@ -74,7 +74,7 @@ def read(contract, form, body):
         return contract.rows_from_v2(body)[0]
     if form == "v2 http":  # the body's bytes and its Inference-Header-Content-Length, if any
         json_part, tensor_bytes = split_body(*body)
-        return contract.rows_from_v2(parse_json_request(json_part), tensor_bytes)[0]
+        return contract.rows_from_v2(parse_json(json_part), tensor_bytes)[0]
     raise AssertionError(form)
 
 
