@@ -9,9 +9,9 @@ notebook converted into a script in a temporary folder, then the same
 gunicorn command line), without PM2, whose daemon is no part of a request.
 Loads alternate, service then ceiling, so that the machine's load (shared
 cores) hits both alike. Then one more load of the service while py-spy
-samples each worker without stopping it (`--nonblocking`); the workers' CPU
-per request of that load, measured from /proc, is split in proportion to the
-samples of each component. py-spy is the benchmark's extra
+samples each worker without stopping it (`--nonblocking`), and the same for
+the ceiling; the workers' CPU per request of that load, measured from /proc,
+is split in proportion to the samples of each component. py-spy is the benchmark's extra
 (bench/requirements-profile.txt), never the service's.
 """
 
@@ -84,7 +84,8 @@ def py_spy_executable() -> str:
 def component_of(frames: list[str]) -> str:
     """The component of one sample, given its frames outermost first, each
     as py-spy's raw format spells it: `function (path:line)`. The innermost
-    frame of the service's own code (or flask-cors's) names it; the
+    frame of the service's own code (or flask-cors's) names it, unless
+    gunicorn's code runs inside it (its start_response, its body reader); the
     middleware's own call (`Watch.__call__`) only when Flask is not running
     inside it. Without such a frame: Flask when it is on the stack, else the
     server."""
@@ -92,6 +93,9 @@ def component_of(frames: list[str]) -> str:
     parsed = [(frame.partition(" (")[0], "/" + frame.partition(" (")[2].rsplit(":", 1)[0]) for frame in frames]
     in_flask = False
     for function, path in reversed(parsed):
+        if "/gunicorn/" in path and not in_flask:
+            # The server's work, even when called from ours (its start_response, its body reader).
+            return SERVER
         if "/flask/" in path or "/werkzeug/" in path:
             in_flask = True
         if "/flask_cors/" in path or path.endswith("diabetes/cross_origin.py"):
@@ -123,12 +127,12 @@ def samples_by_component(raw_files: list[Path]) -> Counter:
     return counts
 
 
-def profiled_load(service: ServiceScript, script: Path, seconds: int, workdir: Path) -> dict:
-    """One load of the service with py-spy recording each worker."""
-    workers = process_tree(service.root_pid)[1:]
+def profiled_load(server, script: Path, seconds: int, workdir: Path) -> dict:
+    """One load of a server with py-spy recording each of its workers."""
+    workers = process_tree(server.root_pid)[1:]
     recorders, raw_files = [], []
     for worker in workers:
-        raw = workdir / f"py-spy-{worker}.txt"
+        raw = workdir / f"py-spy-{server.key}-{worker}.txt"
         raw_files.append(raw)
         recorders.append(
             subprocess.Popen(
@@ -152,7 +156,7 @@ def profiled_load(service: ServiceScript, script: Path, seconds: int, workdir: P
             )
         )
     try:
-        load = measure_load(service.url, script, CONNECTIONS, seconds, service.root_pid)
+        load = measure_load(server.url, script, CONNECTIONS, seconds, server.root_pid)
     finally:
         for recorder in recorders:
             _, stderr = recorder.communicate(timeout=seconds + 30)
@@ -204,7 +208,10 @@ def main(argv=None) -> int:
                 server.start()
                 run_wrk(server.url, scripts[server.key], CONNECTIONS, 1)
             runs = side_by_side(service, ceiling, scripts, arguments.rounds, arguments.seconds)
-            profile = profiled_load(service, scripts["service"], arguments.seconds, workdir)
+            profiles = {
+                server.key: profiled_load(server, scripts[server.key], arguments.seconds, workdir)
+                for server in (service, ceiling)
+            }
             if arguments.raw_dir:
                 arguments.raw_dir.mkdir(parents=True, exist_ok=True)
                 for raw in workdir.glob("py-spy-*.txt"):
@@ -214,12 +221,22 @@ def main(argv=None) -> int:
             ceiling.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    results = {"connections": CONNECTIONS, "runs": runs, "profile": profile}
+    results = {"connections": CONNECTIONS, "runs": runs, "profiles": profiles}
     arguments.output.parent.mkdir(parents=True, exist_ok=True)
     arguments.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"CPU per request by component (ms), {profile['cpu_ms_per_request']:.3f} ms in all:")
-    for component, milliseconds in profile["cpu_ms_per_request_by_component"].items():
-        print(f"  {milliseconds:6.3f}  {component}")
+    components = dict.fromkeys(
+        component for profile in profiles.values() for component in profile["cpu_ms_per_request_by_component"]
+    )
+    print("CPU per request by component (ms), while py-spy sampled the workers:")
+    print(f"  {'service':>8} {'ceiling':>8}")
+    for component in ["in all", *components]:
+        figures = [
+            profile["cpu_ms_per_request"]
+            if component == "in all"
+            else profile["cpu_ms_per_request_by_component"].get(component, 0.0)
+            for profile in (profiles["service"], profiles["ceiling"])
+        ]
+        print(f"  {figures[0]:8.3f} {figures[1]:8.3f}  {component}")
     return 0
 
 
