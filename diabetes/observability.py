@@ -7,6 +7,7 @@ adds them up when /metrics is scraped.
 """
 
 import atexit
+import contextvars
 import fcntl
 import functools
 import io
@@ -43,8 +44,9 @@ _COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "
 # server refused before the app saw them.
 UNMATCHED_ROUTE = "unmatched"
 SERVER_REFUSED_ROUTE = "refused_by_server"
-# Where a request's RequestRecord waits in its WSGI environ.
-REQUEST_RECORD = "diabetes.request_record"
+# The record of the request being answered: a context variable, as Flask
+# keeps its own request, so each greenlet (or thread) sees its own.
+_CURRENT_RECORD: contextvars.ContextVar["RequestRecord"] = contextvars.ContextVar("request_record")
 
 REQUESTS = Counter(
     "diabetes_requests_total", "Requests answered, by route, method and status", ["route", "method", "status"]
@@ -137,7 +139,7 @@ class RequestRecord:
 
 def this_request() -> RequestRecord:
     """The record of the request being answered."""
-    return request.environ[REQUEST_RECORD]
+    return _CURRENT_RECORD.get()
 
 
 class AccessLog:
@@ -355,7 +357,7 @@ class Watch:
         started = time.perf_counter()
         given = environ.get("HTTP_X_REQUEST_ID")
         record = RequestRecord(self, given if given and _REQUEST_ID.match(given) else REQUEST_IDS.next(), started)
-        environ[REQUEST_RECORD] = record
+        current = _CURRENT_RECORD.set(record)
         status_line = None
 
         def start_with_our_headers(status: str, headers: list, exc_info=None):
@@ -372,7 +374,10 @@ class Watch:
                 headers.extend(self.cross_origin.headers(environ))
             return start_response(status, headers, exc_info)
 
-        answer = self.wrapped(environ, start_with_our_headers)
+        try:
+            answer = self.wrapped(environ, start_with_our_headers)
+        finally:
+            _CURRENT_RECORD.reset(current)
         self.finish(record, environ, int(status_line[:3]), time.perf_counter() - started)
         return answer
 
