@@ -181,7 +181,7 @@ monit: $(NODE_OK)
 
 ## postman  run the Postman collection with newman against the running API
 postman: serve
-	@$(NEWMAN) run postman/diabetes-api.postman_collection.json \
+	@$(NEWMAN) run postman/$(APP).postman_collection.json \
 	    --environment postman/local.postman_environment.json \
 	    --env-var baseUrl=$$($(PYTHON) -m diabetes.probe --print-url)
 

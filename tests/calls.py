@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, EXAMPLE_RECORD, V2_INFER
+from diabetes.settings import APP_NAME
 
 NO_BODY = object()
 
@@ -634,9 +635,7 @@ GOOD_CALLS = [
         **v2_binary_request(BINARY_ROW_FP32),
         rows=(BINARY_ROW,),
     ),
-    _good(
-        "V2 server metadata", "GET", "/v2", content_type=None, answer={"name": "diabetes-api", "version": "{version}"}
-    ),
+    _good("V2 server metadata", "GET", "/v2", content_type=None, answer={"name": APP_NAME, "version": "{version}"}),
     _good("V2 liveness", "GET", "/v2/health/live", content_type=None, answer={"live": True}),
     _good("V2 readiness", "GET", "/v2/health/ready", content_type=None, answer={"ready": True}),
     _good(

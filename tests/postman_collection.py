@@ -2,7 +2,7 @@
 
     python tests/postman_collection.py   (or `make collection`)
 
-writes postman/diabetes-api.postman_collection.json: one request per call of
+writes postman/<app name>.postman_collection.json: one request per call of
 tests/calls.py, each with pm.test checks of its status and body. The tests
 fail when the committed collection differs from what this generates.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from calls import BAD_CALLS, GOOD_CALLS, NO_BODY, Call
 
-from diabetes.settings import notebook_defaults
+from diabetes.settings import APP_NAME, notebook_defaults
 
-COLLECTION = Path("postman/diabetes-api.postman_collection.json")
+COLLECTION = Path(f"postman/{APP_NAME}.postman_collection.json")
 
 # Bodies too big to store, built in a pre-request script from the service's
 # limits (the collection variables maxBatchRows and maxRequestBytes).
