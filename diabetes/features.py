@@ -38,7 +38,7 @@ def to_model_input(rows) -> np.ndarray:
     matrix = np.array(rows, dtype=np.float32, ndmin=2, order="C")
     if matrix.shape[1] != len(FEATURES):
         raise ValueError(f"expected {len(FEATURES)} values per row, got {matrix.shape[1]}")
-    matrix[:, _ZERO_MEANS_MISSING] = np.where(
-        matrix[:, _ZERO_MEANS_MISSING] == 0, np.nan, matrix[:, _ZERO_MEANS_MISSING]
-    )
+    # One masked write over the whole matrix: selecting the columns by a mask
+    # copies them, and for a row or a few that copying is most of the work.
+    np.putmask(matrix, (matrix == 0) & _ZERO_MEANS_MISSING, np.nan)
     return matrix
