@@ -542,7 +542,9 @@ class Contract:
         (row_count, width), data = tensor["shape"], tensor["data"]
         if not isinstance(data, list):
             raise InvalidRequest("the tensor's data must be a list", ErrorCode.INVALID_TENSOR, field="/inputs/0/data")
-        if set(map(type, data)) == {list}:
+        # Data nested in rows starts with a list; flat data (the protocol's own
+        # form) is then not scanned twice for its types, `matrix` does it once.
+        if data and type(data[0]) is list and set(map(type, data)) == {list}:
             if len(data) != row_count or set(map(len, data)) != {width}:
                 raise InvalidRequest(
                     f"the tensor's data holds {len(data)} lists, its shape [{row_count}, {width}] needs "
