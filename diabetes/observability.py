@@ -329,6 +329,16 @@ class RequestIds:
 REQUEST_IDS = RequestIds()
 
 
+def path_as_sent(environ) -> str:
+    """The request's path as the client wrote it: WSGI hands it over as
+    latin-1 characters, and clients send UTF-8."""
+    path = environ.get("PATH_INFO", "")
+    try:
+        return path.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that decoded it already
+        return path
+
+
 class Watch:
     """Times, counts and logs every request of a Flask app, as WSGI middleware
     around it: it makes each request's `RequestRecord` (the request's context,
@@ -396,7 +406,7 @@ class Watch:
                 "request_id": record.request_id,
                 "method": environ["REQUEST_METHOD"],
                 "route": route,
-                "path": environ.get("PATH_INFO", ""),
+                "path": path_as_sent(environ),
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
                 "model_version": self.model_version,

@@ -90,6 +90,17 @@ def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
     assert entry["duration_ms"] > 0
 
 
+def test_the_access_log_names_a_utf8_path_as_the_client_wrote_it(over_http, service):
+    over_http.send("GET", "/caf%C3%A9-%E2%80%A8", None, {"X-Request-ID": "utf8-path-in-the-log"})
+    log = service["pm2_home"].parent / "logs" / f"{APP_NAME}.out.log"
+    deadline = time.monotonic() + 5
+    while "utf8-path-in-the-log" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [line] = [line for line in log.read_text().split("\n") if "utf8-path-in-the-log" in line]
+    entry = json.loads(line)
+    assert entry["path"] == "/caf\u00e9-\u2028" and entry["status"] == 404
+
+
 def test_every_line_the_service_writes_on_its_standard_output_is_json(over_http, service):
     """Nothing printed at import or start (master or workers) slips in between the request lines."""
     over_http.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(), {"Content-Type": "application/json"})
