@@ -319,16 +319,23 @@ class Contract:
             ErrorCode.INVALID_BODY,
         )
 
-    def _values_of_lists(self, rows, member) -> Values:
+    def _check_row_widths(self, rows, named, field):
+        """Every row holds one value per feature. `named(index)` and
+        `field(index)` say which row is wrong, in the message and as its field."""
         width = len(self.names)
         if set(map(len, rows)) != {width}:
             index = next(index for index, row in enumerate(rows) if len(row) != width)
             raise InvalidRequest(
-                f"{pointer(member, index)} has {len(rows[index])} values, expected {width}: {', '.join(self.names)}",
+                f"{named(index)} has {len(rows[index])} values, expected {width}: {', '.join(self.names)}",
                 ErrorCode.WRONG_VALUE_COUNT,
-                field=pointer(member, index),
+                field=field(index),
                 row=index,
             )
+
+    def _values_of_lists(self, rows, member) -> Values:
+        self._check_row_widths(
+            rows, named=lambda index: pointer(member, index), field=lambda index: pointer(member, index)
+        )
         return Values(
             list(itertools.chain.from_iterable(rows)),
             len(rows),
@@ -401,15 +408,9 @@ class Contract:
                 ErrorCode.TOO_MANY_ROWS,
             )
         self._check_row_count(len(rows))
-        width = len(self.names)
-        if set(map(len, rows)) != {width}:
-            index = next(index for index, row in enumerate(rows) if len(row) != width)
-            raise InvalidRequest(
-                f"line {line_numbers[index]} has {len(rows[index])} values, expected {width}: {', '.join(self.names)}",
-                ErrorCode.WRONG_VALUE_COUNT,
-                field=pointer("rows", index),
-                row=index,
-            )
+        self._check_row_widths(
+            rows, named=lambda index: f"line {line_numbers[index]}", field=lambda index: pointer("rows", index)
+        )
         sent_names = self.names if columns is None else tuple(self.names[feature] for feature in columns)
         return self.matrix(
             Values(
