@@ -69,11 +69,22 @@ class Plan:
     in_process_seconds: float  # most time spent timing each in-process path
     connection_counts: tuple = (16, 64)
     wrk_threads: int = WRK_THREADS
+    # The parameter files of the timed `make train`; the default ones unless a
+    # smoke run only needs its code path to run.
+    train_params: str = "params/train.yaml"
 
 
 # Three rounds for figures to compare; one short round for a smoke run of the whole path.
 NORMAL = Plan(rounds=3, seconds=5, warmup_seconds=1, batch_seconds=5, make_serve_repeats=3, in_process_seconds=2)
-QUICK = Plan(rounds=1, seconds=2, warmup_seconds=1, batch_seconds=1, make_serve_repeats=1, in_process_seconds=0.5)
+QUICK = Plan(
+    rounds=1,
+    seconds=2,
+    warmup_seconds=1,
+    batch_seconds=1,
+    make_serve_repeats=1,
+    in_process_seconds=0.5,
+    train_params="params/train.yaml tests/params/fast.yaml",
+)
 
 # The article's baseline loads a pickle, as the article did; it is written
 # here, in the benchmark's temporary folder, from the project's model file.
@@ -141,20 +152,27 @@ def measure_in_process(model_dir: Path, workdir: Path, budget_seconds: float) ->
     return json.loads(output.read_text())
 
 
-def time_training(workdir: Path) -> dict:
-    """`make train` with the default parameters into a fresh models folder, so
-    that it really trains; beside its seconds, papermill's own record of the
-    notebook's run (the rest is make, the parameter check and nbconvert's HTML)."""
+def time_training(workdir: Path, train_params: str) -> dict:
+    """`make train` with `train_params` into a fresh models folder, so that it
+    really trains; beside its seconds, papermill's own record of the notebook's
+    run (the rest is make, the parameter check and nbconvert's HTML)."""
     models, runs = workdir / "train-models", workdir / "train-runs"
     started = time.monotonic()
-    result = run_make([*KEEP_INSTALLED, "train", f"MODELS_DIR={models}", f"RUNS_DIR={runs}"], timeout=300)
+    result = run_make(
+        [*KEEP_INSTALLED, "train", f"MODELS_DIR={models}", f"RUNS_DIR={runs}", f"TRAIN_PARAMS={train_params}"],
+        timeout=300,
+    )
     seconds = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(
             f"make train failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         )
     notebook = json.loads((runs / "train.ipynb").read_text())
-    return {"seconds": seconds, "papermill_seconds": notebook["metadata"]["papermill"]["duration"]}
+    return {
+        "seconds": seconds,
+        "papermill_seconds": notebook["metadata"]["papermill"]["duration"],
+        "train_params": train_params,
+    }
 
 
 def time_make_serve(service: ServiceUnderPM2, repeats: int) -> dict:
@@ -244,8 +262,8 @@ def benchmark(
     pickle_path = write_article_pickle(model_dir / "model.ubj", workdir / "article-model.pkl")
     log("one row in process: the bundle, XGBoost, the article's path")
     in_process = measure_in_process(model_dir, workdir, plan.in_process_seconds)
-    log("make train (papermill, default parameters, a fresh models folder)")
-    training = time_training(workdir)
+    log(f"make train (papermill, {plan.train_params}, a fresh models folder)")
+    training = time_training(workdir, plan.train_params)
     log(f"  {training['seconds']:.1f} s")
     workers = notebook_defaults()["workers"]
     service = ServiceUnderPM2(workdir, models)
