@@ -196,10 +196,13 @@ def time_make_serve(service: ServiceUnderPM2, repeats: int) -> dict:
     return {**spread(samples), "samples": samples, "nothing_changed": nothing_changed}
 
 
-def models_to_serve(workdir: Path) -> Path:
-    """A copy of the project's current model version; when there is none,
-    `make serve` first trains and deploys one in the project, as for a user."""
-    models = prepare_models_copy(PROJECT_MODELS, workdir / "models")
+def models_to_serve(workdir: Path, models_dir: Path) -> Path:
+    """A copy of the current model version of `models_dir`; when the project's
+    own has none, `make serve` first trains and deploys one in the project, as
+    for a user."""
+    models = prepare_models_copy(models_dir, workdir / "models")
+    if models is None and models_dir != PROJECT_MODELS:
+        raise ServerFailed(f"no model in {models_dir}")
     if models is None:
         log("no model in build/models/current: `make serve` trains and deploys one first")
         with running(ServiceUnderPM2(workdir / "first-serve", models_dir=None)):
@@ -254,9 +257,14 @@ def answer_of(url: str, encoding, values: list) -> dict:
 
 
 def benchmark(
-    plan: Plan, workdir: Path, with_mlflow: bool, mlserver_venv: Path, mlserver_threads: int | None = None
+    plan: Plan,
+    workdir: Path,
+    with_mlflow: bool,
+    mlserver_venv: Path,
+    mlserver_threads: int | None = None,
+    models_dir: Path = PROJECT_MODELS,
 ) -> dict:
-    models = models_to_serve(workdir)
+    models = models_to_serve(workdir, models_dir)
     model_dir = (models / "current").resolve()
     model_version = json.loads((model_dir / "metadata.json").read_text())["version"]
     pickle_path = write_article_pickle(model_dir / "model.ubj", workdir / "article-model.pkl")
@@ -370,6 +378,12 @@ def main(argv=None) -> int:
         help="OMP_NUM_THREADS for MLServer's XGBoost (default: XGBoost's own, all cores)",
     )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where results.json and .md go")
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=PROJECT_MODELS,
+        help="the models folder whose current version is served (default: the project's)",
+    )
     arguments = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         log(WRK_MISSING)
@@ -385,7 +399,14 @@ def main(argv=None) -> int:
     }
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
-        results = benchmark(plan, workdir, arguments.mlflow, arguments.mlserver_venv, arguments.mlserver_threads)
+        results = benchmark(
+            plan,
+            workdir,
+            arguments.mlflow,
+            arguments.mlserver_venv,
+            arguments.mlserver_threads,
+            arguments.models_dir.resolve(),
+        )
     except (ServerFailed, RuntimeError, subprocess.TimeoutExpired) as error:
         log(f"benchmark failed: {error}")
         return 1

@@ -290,7 +290,11 @@ class ServiceUnderPM2(Server):
     def make_variables(self) -> list[str]:
         variables = [f"PM2_HOME={self.pm2_home}", f"LOG_DIR={self.workdir / 'logs'}"]
         if self.models_dir:
-            variables += [f"MODELS_DIR={self.models_dir}", f"RUNS_DIR={self.workdir / 'runs'}"]
+            variables += [
+                f"MODELS_DIR={self.models_dir}",
+                f"RUNS_DIR={self.workdir / 'runs'}",
+                f"SCRIPTS_DIR={self.workdir / 'scripts'}",
+            ]
         return variables
 
     def make_options(self) -> list[str]:
@@ -419,10 +423,13 @@ class ServiceUnderPM2(Server):
 
 
 def prepare_models_copy(project_models: Path, destination: Path) -> Path | None:
-    """A models folder holding only a copy of the project's current version,
-    linked as both `latest` and `current`: what `make serve` then deploys is
-    exactly the model the project serves. None when there is no current model."""
+    """A models folder holding only a copy of the current version of
+    `project_models` (or, when none is served yet, its latest), linked as both
+    `latest` and `current`: what `make serve` then deploys is exactly the model
+    the project serves. None when there is no model."""
     current = project_models / CURRENT_LINK
+    if not current.exists():
+        current = project_models / LATEST_LINK
     if not current.exists():
         return None
     version = current.resolve().name

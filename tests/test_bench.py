@@ -47,13 +47,25 @@ BENCH_VENV = PROJECT / "build" / "bench-venv"
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> dict:
+def quick_run(tmp_path_factory, trained) -> dict:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed: apt-get install -y wrk")
     make(str(BENCH_VENV.relative_to(PROJECT) / ".installed"), timeout=900)
     output = tmp_path_factory.mktemp("bench")
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.run", "--quick", "--mlserver-venv", str(BENCH_VENV), "--output-dir", str(output)],
+        # The tests' own model: the benchmark writes nothing into the project's build/ or scripts/.
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--mlserver-venv",
+            str(BENCH_VENV),
+            "--output-dir",
+            str(output),
+            "--models-dir",
+            str(trained["models_dir"]),
+        ],
         cwd=PROJECT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
