@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 import requests
-from conftest import PROJECT, pm2_app, service_of_its_own
+from conftest import PROJECT, pm2, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
@@ -178,14 +178,7 @@ def test_the_versions_are_the_served_models_and_the_release_named_at_start(servi
 
 
 def test_pm2_show_lists_the_custom_metrics(service):
-    shown = subprocess.run(
-        [str(PROJECT / "node_modules/.bin/pm2"), "show", APP_NAME],
-        capture_output=True,
-        text=True,
-        env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
-        check=True,
-        timeout=30,
-    ).stdout
+    shown = pm2(service, "show", APP_NAME)
     for name in (
         "requests/s",
         "p99 latency",

@@ -16,11 +16,10 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from conftest import PROJECT, make
+from conftest import PROJECT, make, pm2_app
 
 from diabetes import releases
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.settings import APP_NAME
 from tests.processes import clean_environment, free_port, process_tree
 from tests.wrk import run_wrk, write_wrk_script
 
@@ -108,18 +107,6 @@ def make_in(service, *arguments, check=True, timeout=300):
     )
 
 
-def pm2_apps(service) -> list[dict]:
-    listing = subprocess.run(
-        [str(PROJECT / "node_modules/.bin/pm2"), "jlist"],
-        capture_output=True,
-        text=True,
-        env={**service["env"], "PM2_HOME": str(service["pm2_home"])},
-        check=True,
-        timeout=60,
-    ).stdout
-    return [app for app in json.loads(listing) if app["name"] == APP_NAME]
-
-
 def workers(master: int) -> list[int]:
     return process_tree(master)[1:]
 
@@ -192,7 +179,7 @@ def test_an_edited_notebook_and_package_change_no_answer_when_every_worker_resta
     with requests.Session() as session:
         before = answer(session, service)
     assert before[0] == 200 and before[3] is None
-    [app] = pm2_apps(service)
+    app = pm2_app(service)
     master, restarts = app["pid"], app["pm2_env"]["restart_time"]
     edit_without_make_serve(service, marker)
 
@@ -219,7 +206,7 @@ def test_an_edited_notebook_and_package_change_no_answer_when_every_worker_resta
     assert len(after_replacement) >= 20, f"{len(after_replacement)} answers from the new workers: too few to tell"
     # Only requests in flight on a killed worker's connections may be lost.
     assert len(load.failures) <= 2 * LOAD_THREADS, load.failures[:5]
-    [app] = pm2_apps(service)
+    app = pm2_app(service)
     assert app["pid"] == master and app["pm2_env"]["restart_time"] == restarts
 
     # The edits are refused by make serve, which checks them, and the service keeps its release.
