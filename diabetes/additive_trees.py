@@ -62,7 +62,7 @@ class AdditiveTrees:
         """Probabilities (float32) for a float32 matrix of rows, as XGBoost's
         binary:logistic gives them."""
         if len(matrix) <= FEW_ROWS:
-            return np.array([self._probability_of_row(row) for row in matrix.tolist()], dtype=np.float32)
+            return self.predict_rows(matrix.tolist())
         margin = np.full(len(matrix), self.constant_margin)
         for step in self.steps:
             column = matrix[:, step.feature]
@@ -72,6 +72,10 @@ class AdditiveTrees:
                 contribution[missing] = step.missing
             margin += contribution
         return (1.0 / (1.0 + np.exp(-margin))).astype(np.float32)
+
+    def predict_rows(self, rows: list[list[float]]) -> np.ndarray:
+        """`predict` for a few rows given as Python lists of float32 values."""
+        return np.array([self._probability_of_row(row) for row in rows], dtype=np.float32)
 
     def _probability_of_row(self, row: list) -> float:
         margin = self.constant_margin

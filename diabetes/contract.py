@@ -48,6 +48,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from http import HTTPStatus
 
 import numpy as np
@@ -74,6 +75,9 @@ _NUMBER_CHARACTERS = re.compile(r"[0-9+\-.eE \t,]*", re.ASCII)
 _TEXT_SEPARATOR = ","
 _JSON_NUMBER_TYPES = frozenset({int, float})
 _JSON_NUMBER_OR_NULL_TYPES = frozenset({int, float, type(None)})
+# Up to this many values (a few rows), `Contract.matrix` reads them in plain
+# Python rather than with NumPy.
+FEW_VALUES = 64
 
 
 class ErrorCode(StrEnum):
@@ -182,7 +186,7 @@ def parse_number_text(text: str) -> float | None:
     return float(text) if _NUMBER_TEXT.fullmatch(text) else None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, once per request
 class Values:
     """A body's values laid out in rows of the model's features, flat and
     row-major, before any of them is checked."""
@@ -209,7 +213,7 @@ class Contract:
     def from_metadata(cls, metadata: dict, max_rows: int) -> "Contract":
         return cls(tuple(metadata["features"]), metadata["version"], metadata["threshold"], max_rows)
 
-    @property
+    @cached_property
     def names(self) -> tuple:
         return tuple(feature["name"] for feature in self.features)
 
@@ -219,7 +223,7 @@ class Contract:
         converted and checked at once by numpy. When that finds anything wrong
         (or cannot tell), `matrix_value_by_value` goes through them to name the
         first value that is."""
-        numbers = _numbers_at_c_speed(values)
+        numbers = _few_numbers(values) if len(values.flat) <= FEW_VALUES else _numbers_at_c_speed(values)
         if numbers is None:
             return self.matrix_value_by_value(values)
         return self._in_model_order(numbers, values)
@@ -237,10 +241,10 @@ class Contract:
         return self._in_model_order(numbers, values)
 
     def _in_model_order(self, numbers, values) -> np.ndarray:
-        matrix = numbers.reshape(values.row_count, len(self.names))
+        matrix = np.array(numbers, dtype=np.float32).reshape(values.row_count, len(self.names))
         if values.columns is not None:
-            matrix = matrix[:, np.argsort(values.columns)]
-        return matrix.astype(np.float32, order="C")
+            matrix = np.ascontiguousarray(matrix[:, np.argsort(values.columns)])
+        return matrix
 
     def _invalid_value(self, values, index, value) -> InvalidRequest:
         row, column = divmod(index, len(self.names))
@@ -677,6 +681,32 @@ def _check_no_tensor_bytes_left(tensor_bytes, used):
 
 
 # ---- reading the values -----------------------------------------------------------
+def _few_numbers(values: Values) -> list | None:
+    """What `_numbers_at_c_speed` gives for a few values (a row or two), read in
+    plain Python, where NumPy's cost per call would outweigh its speed per
+    value; None when one of them is wrong, missing or might be:
+    `Contract.matrix_value_by_value` then decides."""
+    flat = values.flat
+    if isinstance(flat, np.ndarray):
+        return _numbers_at_c_speed(values)
+    try:
+        if values.texts:
+            joined = _TEXT_SEPARATOR.join(flat)
+            if joined.count(_TEXT_SEPARATOR) != len(flat) - 1 or not _NUMBER_CHARACTERS.fullmatch(joined):
+                return None
+            numbers = list(map(float, flat))
+        elif set(map(type, flat)) <= _JSON_NUMBER_TYPES:
+            numbers = list(map(float, flat))
+        else:
+            return None
+    except (ValueError, OverflowError):  # a blank text or no number's order ("1e"); an integer beyond float64
+        return None
+    # Infinity is beyond too; NaN cannot be among these texts and JSON numbers.
+    if max(map(abs, numbers), default=0.0) > _FLOAT32_MAX:
+        return None
+    return numbers
+
+
 def _numbers_at_c_speed(values: Values) -> np.ndarray | None:
     """All the values as float64 (NaN for a missing one), converted and
     checked by numpy over the whole batch; None when one of them is wrong or

@@ -13,8 +13,8 @@ import xgboost as xgb
 from treelite.core import _LIB, _check_call
 from treelite.gtil.gtil import GTILConfig
 
-from diabetes.additive_trees import AdditiveTrees, fold_trees
-from diabetes.features import FEATURE_NAMES, to_model_input
+from diabetes.additive_trees import FEW_ROWS, AdditiveTrees, fold_trees
+from diabetes.features import FEATURE_NAMES, to_model_input, to_model_input_rows
 from diabetes.model_store import ModelRefused, read_checked_model
 
 # Up to this many rows, Treelite's tree walker answers faster than XGBoost,
@@ -82,9 +82,11 @@ class ModelBundle:
 
     def predict_proba(self, rows) -> np.ndarray:
         """Probability of diabetes (class 1) for each row of 8 raw values."""
-        matrix = to_model_input(rows)
         if self.additive_trees is not None:
-            return self.additive_trees.predict(matrix)
+            if len(rows) <= FEW_ROWS:
+                return self.additive_trees.predict_rows(to_model_input_rows(rows))
+            return self.additive_trees.predict(to_model_input(rows))
+        matrix = to_model_input(rows)
         if len(matrix) <= SMALL_BATCH_ROWS:
             return self.small_batch_predictor.predict(matrix)
         return self.booster.inplace_predict(matrix)

@@ -17,7 +17,7 @@ from conftest import PROJECT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diabetes.contract import Contract, ErrorCode, InvalidRequest, Values, parse_json, pointer
+from diabetes.contract import FEW_VALUES, Contract, ErrorCode, InvalidRequest, Values, parse_json, pointer
 from diabetes.features import FEATURES
 from diabetes.open_inference import split_body
 from diabetes.request_body import LimitedBody, read_body
@@ -538,15 +538,25 @@ NUMBER_TEXT = st.text(alphabet="0123456789+-.eE \t,_n\u0662\uff12x\n", max_size=
 )
 
 
+# A few rows are read in plain Python, more with NumPy (FEW_VALUES): both ways are drawn.
+DRAWN_ROWS = FEW_VALUES // 8 + 2
+
+
 @settings(max_examples=300, deadline=None)
-@given(rows=st.lists(st.lists(JSON_VALUE, min_size=8, max_size=8), min_size=1, max_size=4), nulls=st.booleans())
+@given(
+    rows=st.lists(st.lists(JSON_VALUE, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    nulls=st.booleans(),
+)
 def test_json_values_checked_at_once_give_what_they_give_one_by_one(contract, rows, nulls):
     flat = [value for row in rows for value in row]
     assert_the_same(*both_ways(contract, json_values(flat, missing="null" if nulls else None)))
 
 
 @settings(max_examples=300, deadline=None)
-@given(rows=st.lists(st.lists(NUMBER_TEXT, min_size=8, max_size=8), min_size=1, max_size=4), blanks=st.booleans())
+@given(
+    rows=st.lists(st.lists(NUMBER_TEXT, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    blanks=st.booleans(),
+)
 def test_texts_checked_at_once_give_what_they_give_one_by_one(contract, rows, blanks):
     flat = [value for row in rows for value in row]
     assert_the_same(*both_ways(contract, text_values(flat, missing="an empty field" if blanks else None)))
