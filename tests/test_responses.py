@@ -1,10 +1,16 @@
-"""The service's JSON answers: werkzeug's own answer, sent the short way."""
+"""The service's JSON answers: werkzeug's own answer, sent the short way;
+/predict's answer written without a dict per row, byte for byte what orjson
+writes for the dicts."""
 
+import numpy as np
+import orjson
 import pytest
 from flask import Response
+from hypothesis import given
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from diabetes.responses import JsonResponse
+from diabetes.responses import JsonResponse, predictions_answer
 
 
 def answered(response, method: str) -> tuple:
@@ -44,3 +50,46 @@ def test_callbacks_on_close_still_run():
     b"".join(iterable)
     iterable.close()
     assert closed == [True]
+
+
+def answer_of_dicts(members, probabilities, labels, explanations=()) -> bytes:
+    """/predict's answer as orjson writes it from one dict per row."""
+    predictions = [{"probability": p, "label": label} for p, label in zip(probabilities.tolist(), labels.tolist())]
+    for prediction, explanation in zip(predictions, explanations):
+        prediction["explanation"] = explanation
+    return orjson.dumps({**members, "predictions": predictions})
+
+
+PROBABILITY = st.floats(width=32, allow_nan=False, allow_infinity=False)
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+MEMBERS = st.fixed_dictionaries({"model_version": st.text(), "threshold": FINITE})
+
+
+@given(members=MEMBERS, probabilities=st.lists(PROBABILITY, max_size=50), threshold=st.floats(0, 1))
+def test_predictions_are_written_as_the_bytes_orjson_writes_for_a_dict_per_row(members, probabilities, threshold):
+    probabilities = np.array(probabilities, dtype=np.float32)
+    labels = (probabilities >= threshold).astype(int)
+    answer = predictions_answer(members, probabilities, labels)
+    assert answer == answer_of_dicts(members, probabilities, labels)
+    assert orjson.loads(answer) == {
+        **members,
+        "predictions": [{"probability": float(p), "label": int(p >= threshold)} for p in probabilities],
+    }
+
+
+def test_a_batch_of_ten_thousand_predictions_is_written_as_the_dicts_are():
+    probabilities = np.random.default_rng(12).random(10_000, dtype=np.float32)
+    labels = (probabilities >= 0.5).astype(int)
+    members = {"model_version": "20261130T025954Z-1f6de4f3", "threshold": 0.5}
+    assert 0 < labels.sum() < len(labels)
+    assert predictions_answer(members, probabilities, labels) == answer_of_dicts(members, probabilities, labels)
+
+
+def test_explained_predictions_carry_their_explanation():
+    probabilities = np.array([0.25, 0.75], dtype=np.float32)
+    labels = np.array([0, 1])
+    explanations = [{"base_value": -0.5, "margin": -1.0}, {"base_value": -0.5, "margin": 1.0}]
+    members = {"model_version": "1", "threshold": 0.5}
+    answer = predictions_answer(members, probabilities, labels, explanations)
+    assert answer == answer_of_dicts(members, probabilities, labels, explanations)
+    assert [prediction["explanation"] for prediction in orjson.loads(answer)["predictions"]] == explanations
