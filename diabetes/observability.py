@@ -3,7 +3,8 @@ id, the time of each stage of a request, and the optional prediction log.
 
 Under gunicorn every worker counts for itself; prometheus-client's
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set up by gunicorn_config.py)
-adds them up when /metrics is scraped.
+adds them up when /metrics is scraped. Each worker writes its counts a few
+times a second rather than at every request (diabetes/gathered_metrics.py).
 """
 
 import atexit
@@ -33,8 +34,11 @@ from prometheus_client import (
 )
 
 from diabetes.cross_origin import CrossOrigin
+from diabetes.gathered_metrics import gather_metric_writes
 
 disable_created_metrics()
+# Before the metrics are made: in each gunicorn worker their writes are gathered.
+write_gathered_metrics = gather_metric_writes()
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 # Methods counted under their own name; any other a client makes up shares the
@@ -263,6 +267,8 @@ def count_predictions(probabilities: np.ndarray, threshold: float):
 
 def metrics_response() -> Response:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if write_gathered_metrics is not None:
+            write_gathered_metrics()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:

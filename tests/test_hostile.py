@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from slow_clients import idle_and_slow_connections, worst_latency
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.gathered_metrics import WRITE_INTERVAL_SECONDS
 from diabetes.model_store import LATEST_LINK, point_link
 from tests.processes import clean_environment, free_port
 
@@ -99,6 +100,8 @@ def status_and_json(response: bytes) -> tuple[int, dict]:
 
 
 def series(service, name: str) -> list[dict]:
+    # Each worker writes its counts a few times a second (diabetes/gathered_metrics.py).
+    time.sleep(2 * WRITE_INTERVAL_SECONDS)
     text = requests.get(service["url"] + "/metrics", timeout=5).text
     return [
         sample.labels | {"value": sample.value}

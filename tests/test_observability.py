@@ -10,6 +10,7 @@ from calls import Call
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES
+from diabetes.gathered_metrics import WRITE_INTERVAL_SECONDS
 from diabetes.settings import APP_NAME
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
@@ -24,6 +25,8 @@ def metric_value(text, name, **labels) -> float:
 
 
 def scrape(target) -> str:
+    # Each worker writes its counts a few times a second (diabetes/gathered_metrics.py).
+    time.sleep(2 * WRITE_INTERVAL_SECONDS)
     status, headers, body = target.call(Call("", "GET", "/metrics", 200, content_type=None))
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     return body.decode()
