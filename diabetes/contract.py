@@ -75,6 +75,12 @@ _NUMBER_CHARACTERS = re.compile(r"[0-9+\-.eE \t,]*", re.ASCII)
 _TEXT_SEPARATOR = ","
 _JSON_NUMBER_TYPES = frozenset({int, float})
 _JSON_NUMBER_OR_NULL_TYPES = frozenset({int, float, type(None)})
+# The characters that `{"instances": [[numbers], ...]}` is written with, but
+# for its opening brace and its key (those of JSON numbers and lists, the colon,
+# the closing brace, JSON's blanks); and what is left of the brace and key
+# once they are taken away (see `_instances_text_holds_numbers_only`).
+_NUMBER_ROWS_TEXT = b"0123456789+-.eE[],:} \t\n\r"
+_NUMBER_ROWS_TEXT_LEAVES = b'{"instances"'.translate(None, _NUMBER_ROWS_TEXT)
 # Up to this many values (a few rows), `Contract.matrix` reads them in plain
 # Python rather than with NumPy.
 FEW_VALUES = 64
@@ -200,6 +206,7 @@ class Values:
     columns: tuple | None = None  # CSV: the feature of each column as sent, when its header orders them otherwise
     lines: list | None = None  # CSV: the line of each row, for the messages
     note: str = ""  # said after a value refused
+    numbers_only: bool = False  # the body's text shows that every value is a JSON number: no type to look at
 
 
 @dataclass(frozen=True)
@@ -300,17 +307,20 @@ class Contract:
         )
 
     # ---- named features: one record, a list of records, or instances ---------
-    def rows_from_json(self, body) -> np.ndarray:
+    def rows_from_json(self, body, text: bytes | None = None) -> np.ndarray:
         """An object keyed by feature name, a list of such objects, or
         `{"instances": [[8 values], ...]}` (rows of values in the model's order,
-        or records)."""
+        or records). `text`: the JSON text that `body` was parsed from, when
+        the caller has it; instances whose text holds numbers only are then
+        read without a look at each value's type."""
         if isinstance(body, dict) and body.keys() == {"instances"}:
             instances = body["instances"]
             if not isinstance(instances, list):
                 raise InvalidRequest('"instances" must be a list of rows', ErrorCode.INVALID_BODY, field="/instances")
             self._check_row_count(len(instances))
             if set(map(type, instances)) == {list}:
-                return self.matrix(self._values_of_lists(instances, "instances"))
+                numbers_only = _instances_text_holds_numbers_only(text, len(instances))
+                return self.matrix(self._values_of_lists(instances, "instances", numbers_only))
             return self.matrix(self._values_of_records(instances, lambda index: ("instances", index)))
         if isinstance(body, dict):
             return self.matrix(self._values_of_records([body], lambda index: (), batch=False))
@@ -336,7 +346,7 @@ class Contract:
                 row=index,
             )
 
-    def _values_of_lists(self, rows, member) -> Values:
+    def _values_of_lists(self, rows, member, numbers_only=False) -> Values:
         self._check_row_widths(
             rows, named=lambda index: pointer(member, index), field=lambda index: pointer(member, index)
         )
@@ -345,6 +355,7 @@ class Contract:
             len(rows),
             lambda row, column: pointer(member, row, column),
             missing="null",
+            numbers_only=numbers_only,
         )
 
     def _values_of_records(self, records, path_of, batch=True) -> Values:
@@ -681,6 +692,21 @@ def _check_no_tensor_bytes_left(tensor_bytes, used):
 
 
 # ---- reading the values -----------------------------------------------------------
+def _instances_text_holds_numbers_only(text, row_count) -> bool:
+    """Does `text`, which orjson parsed into `{"instances": [row_count lists]}`,
+    show that every value of those lists is a number? Without the characters
+    that numbers and lists are written with, what is left of it must be what
+    is left of its opening brace and key: anything else in it (a string's
+    quotes, a letter of true, false or null, an object's brace, an escape in
+    the key) would be left too. And no list is within a row: one `[` opens
+    the instances, one each row."""
+    return (
+        type(text) is bytes
+        and text.translate(None, _NUMBER_ROWS_TEXT) == _NUMBER_ROWS_TEXT_LEAVES
+        and text.count(b"[") == row_count + 1
+    )
+
+
 def _few_numbers(values: Values) -> list | None:
     """What `_numbers_at_c_speed` gives for a few values (a row or two), read in
     plain Python, where NumPy's cost per call would outweigh its speed per
@@ -718,11 +744,11 @@ def _numbers_at_c_speed(values: Values) -> np.ndarray | None:
     elif values.texts:
         numbers, missing_count = _numbers_of_texts(flat, blanks_allowed=values.missing is not None) or (None, 0)
     else:
-        types = set(map(type, flat))
+        types = _JSON_NUMBER_TYPES if values.numbers_only else set(map(type, flat))
         if not types <= (_JSON_NUMBER_TYPES if values.missing is None else _JSON_NUMBER_OR_NULL_TYPES):
             return None
         try:
-            numbers = np.array(flat, dtype=np.float64)
+            numbers = np.fromiter(flat, dtype=np.float64, count=len(flat))
         except OverflowError:  # an integer beyond float64
             return None
         missing_count = flat.count(None) if type(None) in types else 0

@@ -5,6 +5,7 @@ check of whole batches accepts and refuses exactly what the value-by-value
 check does; every error code is in the README's table with its status."""
 
 import io
+import json
 import math
 import re
 import struct
@@ -17,7 +18,16 @@ from conftest import PROJECT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diabetes.contract import FEW_VALUES, Contract, ErrorCode, InvalidRequest, Values, parse_json, pointer
+from diabetes.contract import (
+    FEW_VALUES,
+    Contract,
+    ErrorCode,
+    InvalidRequest,
+    Values,
+    _instances_text_holds_numbers_only,
+    parse_json,
+    pointer,
+)
 from diabetes.features import FEATURES
 from diabetes.open_inference import split_body
 from diabetes.request_body import LimitedBody, read_body
@@ -604,6 +614,97 @@ def test_a_batch_of_ten_thousand_rows_is_checked_at_once_as_value_by_value(contr
             assert np.array_equal(fast, numbers.reshape(LARGE, 8).astype(np.float32))
         else:
             assert fast["field"] == f"/{where // 8}/{where % 8}" or fast["field"] == f"/{where}"
+
+
+# ---- instances read with their text: its numbers only need no look at each value's type -------
+def read_with_and_without_text(contract, text: bytes) -> list:
+    """What /predict makes of a JSON body, given its text with what it says (as
+    the route reads it) and given only what it says (each value's type looked
+    at): a matrix, or the error's envelope, each way."""
+    answers = []
+    for with_text in (True, False):
+        try:
+            answers.append(contract.rows_from_json(parse_json(text), text if with_text else None))
+        except InvalidRequest as error:
+            answers.append(error.envelope())
+    return answers
+
+
+def instances_text(rows, style: str) -> bytes:
+    """`{"instances": rows}` written compact, or with blanks and line breaks between its parts."""
+    if style == "compact":
+        return json.dumps({"instances": rows}, separators=(",", ":")).encode()
+    return json.dumps({"instances": rows}, indent=2 if style == "indented" else None).replace(",", " ,\t").encode()
+
+
+# Each text, and whether it shows that its instances hold numbers only (None: it is not JSON).
+TEXTS = {
+    "numbers only": (b'{"instances":[[1,-2.5e3,3E-2,4,0.5,-0,7e+1,8],[1,2,3,4,5,6,7,8]]}', True),
+    "numbers with blanks": (b' {\n "instances" : [ [1, -2.5e3, 3E-2 ,4,5,6,7,0]\t]\r\n} ', True),
+    "a number beyond float32": (b'{"instances":[[1,2,3,4,5,6,7,1e39]]}', True),
+    "a null": (b'{"instances":[[null,2,3,4,5,6,7,8]]}', False),
+    "true": (b'{"instances":[[true,2,3,4,5,6,7,8]]}', False),
+    "false": (b'{"instances":[[1,2,3,4,5,6,7,false]]}', False),
+    "a number in a string": (b'{"instances":[[1,"2",3,4,5,6,7,8]]}', False),
+    "an empty string": (b'{"instances":[[1,2,3,4,5,6,7,""]]}', False),
+    "a list in a row": (b'{"instances":[[1,[2],3,4,5,6,7,8]]}', False),
+    "an empty list in a row": (b'{"instances":[[1,2,3,4,5,6,7,[]]]}', False),
+    "an object in a row": (b'{"instances":[[1,2,3,4,5,6,7,{}]]}', False),
+    "a string in the key's escape": (b'{"\\u0069nstances":[[1,"2",3,4,5,6,7,8]]}', False),
+    "the key twice": (b'{"instances":[["1",2,3,4,5,6,7,8]],"instances":[[1,2,3,4,5,6,7,8]]}', False),
+    "a string that hides a bracket": (b'{"instances":[[1,2,3,4,5,6,7,"["]]}', False),
+    "not JSON: a number as JavaScript writes it": (b'{"instances":[[1,2,3,4,5,6,7,.5]]}', None),
+    "not JSON: NaN": (b'{"instances":[[1,2,3,4,5,6,7,NaN]]}', None),
+    "not JSON: a leading zero": (b'{"instances":[[1,2,3,4,5,6,7,01]]}', None),
+    "not JSON: a plus sign": (b'{"instances":[[1,2,3,4,5,6,7,+1]]}', None),
+    "not JSON: a point and no decimals": (b'{"instances":[[1,2,3,4,5,6,7,1.]]}', None),
+}
+
+
+@pytest.mark.parametrize("text, numbers_only", TEXTS.values(), ids=TEXTS.keys())
+def test_instances_read_with_their_text_give_what_they_give_without_it(contract, text, numbers_only):
+    with_text, without_text = read_with_and_without_text(contract, text)
+    assert_the_same(with_text, without_text)
+    if numbers_only is None:
+        assert with_text["code"] == "invalid_json"
+    else:
+        assert _instances_text_holds_numbers_only(text, len(parse_json(text)["instances"])) == numbers_only
+
+
+NUMBER = st.integers(min_value=-(10**30), max_value=10**30) | st.floats(allow_nan=False, allow_infinity=False)
+INTRUDER = st.sampled_from([None, True, False, "1", "", "[", "e", [], [1], {}, {"a": 1}, 3.4028236e38, 1e39])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.lists(NUMBER, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    intruders=st.lists(st.tuples(INTRUDER, st.integers(min_value=0)), max_size=2),
+    style=st.sampled_from(["compact", "spaced", "indented"]),
+)
+def test_instances_of_numbers_and_anything_else_give_with_their_text_what_they_give_without(
+    contract, rows, intruders, style
+):
+    for intruder, place in intruders:
+        place %= len(rows) * len(NAMES)
+        rows[place // len(NAMES)][place % len(NAMES)] = intruder
+    text = instances_text(rows, style)
+    assert_the_same(*read_with_and_without_text(contract, text))
+    if not intruders:
+        assert _instances_text_holds_numbers_only(text, len(rows))
+
+
+@pytest.mark.parametrize("where", [0, LARGE * 8 - 1], ids=["first value", "last value"])
+@pytest.mark.parametrize("bad", [None, True, "7", [7], {"a": 7}, 1e39], ids=repr)
+def test_ten_thousand_instances_read_with_their_text_name_the_value_they_would_without(contract, where, bad):
+    large = Contract(contract.features, contract.version, contract.threshold, max_rows=LARGE)
+    rows = np.random.default_rng(12).uniform(0, 200, size=(LARGE, 8)).round(3).tolist()
+    rows[where // 8][where % 8] = bad
+    with_text, without_text = read_with_and_without_text(large, orjson.dumps({"instances": rows}))
+    assert_the_same(with_text, without_text)
+    if bad is None:
+        assert np.isnan(with_text[where // 8, where % 8])
+    else:
+        assert with_text["field"] == f"/instances/{where // 8}/{where % 8}"
 
 
 # ---- the codes --------------------------------------------------------------------------------
