@@ -2,11 +2,13 @@
 
 Asynchronous workers hold idle and slow clients in greenlets instead of
 blocking on them (gunicorn_config.py); two changes keep one busy client from
-delaying the others. Imported by gunicorn's processes only: gevent must not
-load into a notebook's kernel.
+delaying the others, and a third sends each small answer in one piece.
+Imported by gunicorn's processes only: gevent must not load into a
+notebook's kernel.
 """
 
 import gevent
+from gunicorn.http import wsgi
 from gunicorn.workers import ggevent
 
 # New connections a worker accepts per turn of its event loop. gunicorn takes
@@ -30,10 +32,64 @@ class StreamServerAcceptingFew(ggevent.StreamServer):
         pass
 
 
+# Bodies up to this size are copied behind the head to go in the same send.
+_SENT_WITH_THE_HEAD_BYTES = 64 * 1024
+
+
+class _HeadCatcher:
+    """Takes what gunicorn's `send_headers` writes, instead of a socket."""
+
+    head = b""
+
+    def sendall(self, data: bytes):
+        self.head += data
+
+
+class HeadWithBodyResponse(wsgi.Response):
+    """gunicorn's answer, with its head sent together with the body's first
+    bytes: one send, so one TCP segment for a small answer, where gunicorn
+    sends two (the head, then the body) and, with the TCP_NODELAY it sets, the
+    client's kernel and the client are woken twice. Only a body written by
+    `write` waits: a chunked answer, a file sent with sendfile and an answer
+    with no body (HEAD, 204, 304) go as gunicorn sends them."""
+
+    _held_head = None  # b"": hold the head at the next send_headers; then the head held
+
+    def write(self, arg):
+        if not self.headers_sent and not self.chunked and len(arg) <= _SENT_WITH_THE_HEAD_BYTES:
+            self._held_head = b""
+        try:
+            super().write(arg)
+        finally:
+            # Still held when no body was sent (HEAD; nothing left of Content-Length).
+            self._send_held_head()
+
+    def send_headers(self):
+        if self._held_head != b"" or self.headers_sent:
+            return super().send_headers()
+        socket, self.sock = self.sock, _HeadCatcher()
+        try:
+            super().send_headers()
+            self._held_head = self.sock.head
+        finally:
+            self.sock = socket
+
+    def _emit_body(self, data):
+        head, self._held_head = self._held_head, None
+        super()._emit_body(head + data if head else data)
+
+    def _send_held_head(self):
+        head, self._held_head = self._held_head, None
+        if head:
+            self.sock.sendall(head)
+
+
 class FairGeventWorker(ggevent.GeventWorker):
     def run(self):
-        # The worker's run() builds its servers from this module-level name.
+        # The worker's run() builds its servers, and each request its
+        # response, from these module-level names.
         ggevent.StreamServer = StreamServerAcceptingFew
+        wsgi.Response = HeadWithBodyResponse
         super().run()
 
     def handle_request(self, listener_name, request, sock, address):
