@@ -2,12 +2,16 @@
 
 Asynchronous workers hold idle and slow clients in greenlets instead of
 blocking on them (gunicorn_config.py); two changes keep one busy client from
-delaying the others, and a third sends each small answer in one piece.
+delaying the others; and each small answer is sent in one piece, with a
+Date formatted once per second.
 Imported by gunicorn's processes only: gevent must not load into a
 notebook's kernel.
 """
 
+import time
+
 import gevent
+from gunicorn import util
 from gunicorn.http import wsgi
 from gunicorn.workers import ggevent
 
@@ -84,12 +88,30 @@ class HeadWithBodyResponse(wsgi.Response):
             self.sock.sendall(head)
 
 
+class HttpDateOfThisSecond:
+    """gunicorn's `util.http_date` (every answer's Date header, to the
+    second), formatted once per second instead of at every answer."""
+
+    def __init__(self, format_date=util.http_date):
+        self.format_date = format_date
+        self.second, self.text = None, ""
+
+    def __call__(self, timestamp=None) -> str:
+        if timestamp is not None:
+            return self.format_date(timestamp)
+        second = int(time.time())
+        if second != self.second:
+            self.second, self.text = second, self.format_date(second)
+        return self.text
+
+
 class FairGeventWorker(ggevent.GeventWorker):
     def run(self):
         # The worker's run() builds its servers, and each request its
-        # response, from these module-level names.
+        # response and its Date, from these module-level names.
         ggevent.StreamServer = StreamServerAcceptingFew
         wsgi.Response = HeadWithBodyResponse
+        util.http_date = HttpDateOfThisSecond()
         super().run()
 
     def handle_request(self, listener_name, request, sock, address):

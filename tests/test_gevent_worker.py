@@ -4,15 +4,18 @@ whatever its body: small, large, none (HEAD, 304), chunked, cut at its
 Content-Length. Real gunicorn parses each request from a socket and writes
 the answer into it; a client reads it from the other end."""
 
+import email.utils
 import http.client
 import socket
+import time
 
 import pytest
+from gunicorn import util
 from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from diabetes.gevent_worker import HeadWithBodyResponse
+from diabetes.gevent_worker import HeadWithBodyResponse, HttpDateOfThisSecond
 
 LARGE = b"x" * (200 * 1024)
 
@@ -95,3 +98,11 @@ def test_a_body_of_unknown_length_is_chunked_as_gunicorn_chunks_it(monkeypatch, 
 def test_a_body_longer_than_its_content_length_is_cut_there(monkeypatch):
     read, body, sends = answer(monkeypatch, "GET", "200 OK", [("Content-Length", "3")], [b"abcdef", b"gh"])
     assert (read.status, body, sends) == (200, b"abc", 1)
+
+
+def test_the_date_is_the_current_second_as_gunicorn_writes_it():
+    date = HttpDateOfThisSecond()
+    before, text, after = int(time.time()), date(), int(time.time())
+    assert text in {util.http_date(before), util.http_date(after)}
+    assert abs(email.utils.parsedate_to_datetime(text).timestamp() - time.time()) < 2
+    assert date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
