@@ -81,9 +81,11 @@ def read_body(environ: dict, limit: int) -> bytes:
     """All of the body, or an `InvalidRequest`: 413 past `limit` bytes, 408
     past the time limit."""
     body = LimitedBody(environ, limit)
-    if 0 < declared_length(environ) <= _CHUNK_BYTES:
-        # Most requests: a small body of known length, in one read.
-        return body.read(_CHUNK_BYTES + 1)
+    length = declared_length(environ)
+    if 0 < length <= _CHUNK_BYTES:
+        # Most requests: a small body of known length, in one read into a
+        # buffer of its size (the server never gives more than the length).
+        return body.read(length)
     chunks = []
     while chunk := body.read(_CHUNK_BYTES):
         chunks.append(chunk)
