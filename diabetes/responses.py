@@ -31,24 +31,28 @@ class JsonResponse(Response):
         return self.response
 
 
-# /predict's answer is written from these pieces when no row carries an explanation: one after each
-# probability, by the row's label, the last one closing the list and the answer.
+# /predict's answer without explanations: orjson's list of the probabilities,
+# each comma made into the text between two predictions, whose label is then
+# set over its 0 where it is 1 (the text is as long either way).
 _FIRST_PREDICTION = b'{"probability":'
-_AFTER_PROBABILITY = np.array([b',"label":0},{"probability":', b',"label":1},{"probability":'], dtype=object)
-_AFTER_LAST_PROBABILITY = np.array([b',"label":0}]}', b',"label":1}]}'], dtype=object)
+_BETWEEN_PREDICTIONS = b',"label":0},{"probability":'
+_LABEL_IN_BETWEEN = _BETWEEN_PREDICTIONS.index(b"0")
+_AFTER_LAST_PROBABILITY = (b',"label":0}]}', b',"label":1}]}')
+_COMMA, _ONE = ord(","), ord("1")
+# Up to this many rows, making the dicts costs less than NumPy's calls.
+_FEW_PREDICTIONS = 64
 
 
 def predictions_answer(members: dict, probabilities: np.ndarray, labels: np.ndarray, explanations=None) -> bytes:
     """/predict's answer as JSON: `members`, then `predictions`, one
-    `{"probability": p, "label": l}` per row (0 or 1), with its `explanation`
-    when `explanations` gives one per row.
+    `{"probability": p, "label": l}` per row (`labels`: integers, 0 or 1),
+    with its `explanation` when `explanations` gives one per row.
 
     Without explanations the bytes are the same as orjson writes for those
     dicts, but no dict is made: a batch of many rows would spend most of its
     answer's time making them (and collecting them). orjson still writes
-    every number, and the text between two probabilities depends only on
-    the label of the first."""
-    if explanations is not None or len(probabilities) == 0:
+    every number."""
+    if explanations is not None or len(probabilities) <= _FEW_PREDICTIONS:
         pairs = zip(probabilities.tolist(), labels.tolist())
         predictions = [{"probability": p, "label": label} for p, label in pairs]
         for prediction, explanation in zip(predictions, explanations or ()):
@@ -57,10 +61,15 @@ def predictions_answer(members: dict, probabilities: np.ndarray, labels: np.ndar
     opening = orjson.dumps({**members, "predictions": []}, option=orjson.OPT_SERIALIZE_NUMPY)
     if not opening.endswith(b'"predictions":[]}'):
         raise ValueError('"predictions" must be the last member of the answer')
-    numbers = orjson.dumps(probabilities.tolist())[1:-1].split(b",")
-    pieces = [None] * (2 * len(numbers) + 1)
-    pieces[0] = opening[:-2] + _FIRST_PREDICTION
-    pieces[1::2] = numbers
-    pieces[2::2] = _AFTER_PROBABILITY[labels].tolist()
-    pieces[-1] = _AFTER_LAST_PROBABILITY[labels[-1]]
-    return b"".join(pieces)
+    numbers = orjson.dumps(probabilities.tolist())  # [p0,p1,...]: a comma after each probability but the last
+    commas = np.flatnonzero(np.frombuffer(numbers, dtype=np.uint8) == _COMMA)
+    answer = bytearray(opening[:-2] + _FIRST_PREDICTION)
+    # The comma after probability i lands where it is in `numbers`, moved by what the answer holds before
+    # numbers[1] and by the i commas before it, each grown into the text between two predictions.
+    moved_by = len(answer) - 1
+    answer += numbers[1:-1].replace(b",", _BETWEEN_PREDICTIONS)
+    answer += _AFTER_LAST_PROBABILITY[labels[-1]]
+    ones = np.flatnonzero(labels[:-1])
+    labels_written = moved_by + commas[ones] + ones * (len(_BETWEEN_PREDICTIONS) - 1) + _LABEL_IN_BETWEEN
+    np.frombuffer(answer, dtype=np.uint8)[labels_written] = _ONE
+    return bytes(answer)

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 import pytest
 from flask import Response
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
@@ -65,7 +65,9 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 MEMBERS = st.fixed_dictionaries({"model_version": st.text(), "threshold": FINITE})
 
 
-@given(members=MEMBERS, probabilities=st.lists(PROBABILITY, max_size=50), threshold=st.floats(0, 1))
+# Up to 64 rows the answer is written from dicts, above from the probabilities' text: both ways are drawn.
+@settings(deadline=None)
+@given(members=MEMBERS, probabilities=st.lists(PROBABILITY, max_size=160), threshold=st.floats(0, 1))
 def test_predictions_are_written_as_the_bytes_orjson_writes_for_a_dict_per_row(members, probabilities, threshold):
     probabilities = np.array(probabilities, dtype=np.float32)
     labels = (probabilities >= threshold).astype(int)
@@ -77,11 +79,12 @@ def test_predictions_are_written_as_the_bytes_orjson_writes_for_a_dict_per_row(m
     }
 
 
-def test_a_batch_of_ten_thousand_predictions_is_written_as_the_dicts_are():
-    probabilities = np.random.default_rng(12).random(10_000, dtype=np.float32)
+@pytest.mark.parametrize("rows", [1, 64, 65, 66, 10_000])
+def test_a_batch_of_any_size_is_written_as_the_dicts_are(rows):
+    probabilities = np.random.default_rng(rows).random(rows, dtype=np.float32)
     labels = (probabilities >= 0.5).astype(int)
     members = {"model_version": "20261130T025954Z-1f6de4f3", "threshold": 0.5}
-    assert 0 < labels.sum() < len(labels)
+    labels[-1] = 1 - labels[0]  # both labels, whatever the draw
     assert predictions_answer(members, probabilities, labels) == answer_of_dicts(members, probabilities, labels)
 
 
