@@ -40,7 +40,6 @@ hold numbers only.
 """
 
 import csv
-import gc
 import itertools
 import json
 import math
@@ -179,20 +178,11 @@ def pointer(*tokens) -> str:
 
 
 def parse_json(body: bytes):
-    """A JSON body (or the JSON part of a V2 binary one), or `invalid_json`.
-
-    The cyclic garbage collector waits meanwhile: what orjson makes holds no
-    cycle, yet a batch's row lists, one per row, would set off collection
-    after collection that look through them while they are being made."""
-    collecting = gc.isenabled()
-    gc.disable()
+    """A JSON body (or the JSON part of a V2 binary one), or `invalid_json`."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}", ErrorCode.INVALID_JSON) from None
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def parse_number_text(text: str) -> float | None:

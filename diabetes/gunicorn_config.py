@@ -35,6 +35,10 @@ graceful_timeout = 20
 control_socket_disable = True
 
 _PR_SET_PDEATHSIG = 1
+# How many more objects (lists, dicts, ...) may be made than freed before the
+# cyclic garbage collector looks through the youngest ones (Python's default
+# is 700): five times a batch's lists at the default max_batch_rows, 10,000.
+_YOUNGEST_GENERATION_OBJECTS = 50_000
 
 
 def on_starting(server):
@@ -107,3 +111,7 @@ def post_worker_init(worker):
     # one would otherwise walk all of it.
     gc.collect()
     gc.freeze()
+    # A batch makes those lists and frees them all once answered: with a
+    # youngest generation larger than a batch, they come and go without a
+    # collection looking through each of them.
+    gc.set_threshold(_YOUNGEST_GENERATION_OBJECTS)

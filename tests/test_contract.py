@@ -4,7 +4,6 @@ error code and a `field` that is a JSON Pointer to what was wrong; the fast
 check of whole batches accepts and refuses exactly what the value-by-value
 check does; every error code is in the README's table with its status."""
 
-import gc
 import io
 import json
 import math
@@ -615,21 +614,6 @@ def test_a_batch_of_ten_thousand_rows_is_checked_at_once_as_value_by_value(contr
             assert np.array_equal(fast, numbers.reshape(LARGE, 8).astype(np.float32))
         else:
             assert fast["field"] == f"/{where // 8}/{where % 8}" or fast["field"] == f"/{where}"
-
-
-@pytest.mark.parametrize("text", [b'{"instances": [[1, 2]]}', b'{"instances": [[1, 2]'], ids=["JSON", "not JSON"])
-def test_parsing_json_leaves_the_garbage_collector_as_it_found_it(text):
-    was_enabled = gc.isenabled()
-    try:
-        for enabled in (True, False):
-            (gc.enable if enabled else gc.disable)()
-            try:
-                parse_json(text)
-            except InvalidRequest:
-                pass
-            assert gc.isenabled() == enabled
-    finally:
-        (gc.enable if was_enabled else gc.disable)()
 
 
 # ---- instances read with their text: its numbers only need no look at each value's type -------
