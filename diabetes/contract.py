@@ -717,8 +717,7 @@ def _few_numbers(values: Values) -> list | None:
         return _numbers_at_c_speed(values)
     try:
         if values.texts:
-            joined = _TEXT_SEPARATOR.join(flat)
-            if joined.count(_TEXT_SEPARATOR) != len(flat) - 1 or not _NUMBER_CHARACTERS.fullmatch(joined):
+            if not _only_number_characters(flat):
                 return None
             numbers = list(map(float, flat))
         elif set(map(type, flat)) <= _JSON_NUMBER_TYPES:
@@ -727,8 +726,8 @@ def _few_numbers(values: Values) -> list | None:
             return None
     except (ValueError, OverflowError):  # a blank text or no number's order ("1e"); an integer beyond float64
         return None
-    # Infinity is beyond too; NaN cannot be among these texts and JSON numbers.
-    if max(map(abs, numbers), default=0.0) > _FLOAT32_MAX:
+    # NaN and infinity fail this comparison too.
+    if not all(-_FLOAT32_MAX <= number <= _FLOAT32_MAX for number in numbers):
         return None
     return numbers
 
@@ -766,12 +765,17 @@ def _numbers_at_c_speed(values: Values) -> np.ndarray | None:
     return numbers
 
 
+def _only_number_characters(texts) -> bool:
+    """Whether every text is made of `_NUMBER_CHARACTERS` only, checked at once."""
+    joined = _TEXT_SEPARATOR.join(texts)
+    # A text holding the separator would hide among the others.
+    return joined.count(_TEXT_SEPARATOR) == len(texts) - 1 and _NUMBER_CHARACTERS.fullmatch(joined) is not None
+
+
 def _numbers_of_texts(texts, blanks_allowed) -> tuple[np.ndarray, int] | None:
     """The numbers the texts say and how many were blank (NaN), or None when
     one text might not be an ASCII decimal."""
-    joined = _TEXT_SEPARATOR.join(texts)
-    # A text holding the separator would hide among the others.
-    if joined.count(_TEXT_SEPARATOR) != len(texts) - 1 or not _NUMBER_CHARACTERS.fullmatch(joined):
+    if not _only_number_characters(texts):
         return None
     try:
         return np.array(texts, dtype=np.float64), 0

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 import pytest
 from conftest import PROJECT
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from diabetes.contract import (
@@ -557,6 +557,7 @@ DRAWN_ROWS = FEW_VALUES // 8 + 2
     rows=st.lists(st.lists(JSON_VALUE, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
     nulls=st.booleans(),
 )
+@example(rows=[[math.nan, 1e39, 1, 1, 1, 1, 1, 1]], nulls=True)
 def test_json_values_checked_at_once_give_what_they_give_one_by_one(contract, rows, nulls):
     flat = [value for row in rows for value in row]
     assert_the_same(*both_ways(contract, json_values(flat, missing="null" if nulls else None)))
