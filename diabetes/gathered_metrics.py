@@ -4,21 +4,17 @@ In multiprocess mode (PROMETHEUS_MULTIPROC_DIR, under gunicorn) every `inc`
 of a counter or a histogram takes a lock, checks the process id with a system
 call and writes the new value into the worker's file: a dozen times for each
 request. Here an `inc` only notes its amount; the worker adds up what it
-noted and writes each value once, every WRITE_INTERVAL_SECONDS, before it
-answers /metrics, and when it exits. So /metrics and `pm2 monit` count
-another worker's requests up to that much later, and a worker killed outright
-(kill -9) loses at most that much of its counts, as it loses its last access
-log lines.
+noted and writes each value once, when it keeps its books (every
+`observability.BOOKKEEPING_SECONDS`, before it answers /metrics, and when it
+exits). So /metrics and `pm2 monit` count another worker's requests up to
+that much later, and a worker killed outright (kill -9) loses at most that
+much of its counts, as it loses its last access log lines.
 """
 
-import atexit
 import os
 import threading
-import time
 
 from prometheus_client import values
-
-WRITE_INTERVAL_SECONDS = 0.25
 
 
 class _ProcessId:
@@ -76,19 +72,11 @@ def gathered_value_class():
 
 def gather_metric_writes():
     """In multiprocess mode, make the metrics created from now on gather their
-    writes (call it before creating any), and write what they noted
-    regularly and at exit. Returns the function that writes at once (None
-    outside multiprocess mode, where values live in memory anyway)."""
+    writes (call it before creating any). Returns the function that writes
+    what they noted (None outside multiprocess mode, where values live in
+    memory anyway); the caller calls it regularly and at exit."""
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return None
     value_class, write_noted = gathered_value_class()
     values.ValueClass = value_class
-
-    def write_regularly():
-        while True:
-            time.sleep(WRITE_INTERVAL_SECONDS)
-            write_noted()
-
-    threading.Thread(target=write_regularly, daemon=True, name="metric-writes").start()
-    atexit.register(write_noted)
     return write_noted

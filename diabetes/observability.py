@@ -1,13 +1,19 @@
 """Watching the service: Prometheus metrics, JSON access logs with a request
 id, the time of each stage of a request, and the optional prediction log.
 
+A request only notes what happened as it is answered (`Watch.finish`); its
+metrics and its access-log line are made from the notes in bulk, a few times
+a second, off the request (`keep_books`).
+
 Under gunicorn every worker counts for itself; prometheus-client's
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set up by gunicorn_config.py)
-adds them up when /metrics is scraped. Each worker writes its counts a few
-times a second rather than at every request (diabetes/gathered_metrics.py).
+adds them up when /metrics is scraped. Each worker writes its counts when it
+keeps its books rather than at every request (diabetes/gathered_metrics.py).
 """
 
 import atexit
+import bisect
+import collections
 import contextvars
 import fcntl
 import functools
@@ -18,6 +24,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 
 import numpy as np
 import orjson
@@ -39,6 +46,10 @@ from diabetes.gathered_metrics import gather_metric_writes
 disable_created_metrics()
 # Before the metrics are made: in each gunicorn worker their writes are gathered.
 write_gathered_metrics = gather_metric_writes()
+# How often a process turns the requests it answered into metrics and log
+# lines and writes them out: /metrics may miss another worker's last
+# BOOKKEEPING_SECONDS, and a worker killed outright (kill -9) loses them.
+BOOKKEEPING_SECONDS = 0.25
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 _REQUEST_ID = re.compile(r"^[\w.:-]{1,128}$")
 # Methods counted under their own name; any other a client makes up shares the
@@ -86,15 +97,18 @@ class _Clock:
 
     second, text = None, ""
 
-    def now(self) -> str:
-        now = time.time()
-        second = int(now)
+    def format(self, at: float) -> str:
+        second = int(at)
         if second != self.second:
             self.second, self.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.text}.{int((now - second) * 1000):03d}+00:00"
+        return f"{self.text}.{int((at - second) * 1000):03d}+00:00"
+
+    def now(self) -> str:
+        return self.format(time.time())
 
 
-utc_timestamp = _Clock().now
+_CLOCK = _Clock()
+utc_timestamp = _CLOCK.now
 
 
 class RequestRecord:
@@ -104,13 +118,24 @@ class RequestRecord:
     developer tools and `make bench` read), and the code of the error it got,
     if any. Views, error handlers and guards obtain it with `this_request()`."""
 
-    __slots__ = ("watch", "request_id", "route", "started", "seconds", "error_code", "_stage", "_stage_started")
+    __slots__ = (
+        "watch",
+        "request_id",
+        "route",
+        "started",
+        "seconds",
+        "error_code",
+        "predicted",
+        "_stage",
+        "_stage_started",
+    )
 
     def __init__(self, watch: "Watch", request_id: str, started: float):
         self.watch, self.request_id, self.started = watch, request_id, started
         self.route = UNMATCHED_ROUTE
         self.seconds = {}
         self.error_code = None
+        self.predicted = None  # (probabilities, threshold), counted when the books are kept
 
     def stage(self, name: str) -> "RequestRecord":
         self._stage = name
@@ -127,7 +152,7 @@ class RequestRecord:
 
     def predictions(self, rows: np.ndarray, probabilities: np.ndarray, threshold: float):
         """Count this request's predictions, and log them when the service keeps a prediction log."""
-        count_predictions(probabilities, threshold)
+        self.predicted = probabilities, threshold
         if self.watch.prediction_log is not None:
             self.watch.prediction_log.append(
                 {
@@ -149,9 +174,8 @@ def this_request() -> RequestRecord:
 class AccessLog:
     """JSON lines on stdout (PM2's out log), written in batches rather than one
     write per request: a batch is written when it would pass the size a pipe
-    writes in one piece (so lines of several workers never mix), and at least
-    every half second by a background thread. A worker killed outright loses
-    at most its last half second of lines."""
+    writes in one piece (so lines of several workers never mix), and whenever
+    the process keeps its books (`keep_books`)."""
 
     _ATOMIC_PIPE_WRITE = 4096
 
@@ -163,16 +187,18 @@ class AccessLog:
             self.write_out = lambda data: sys.stdout.write(data.decode())
         self.pending, self.size = [], 0
         self.lock = threading.Lock()
-        threading.Thread(target=self._flush_regularly, daemon=True).start()
-        atexit.register(self.flush)
 
     def write(self, entry: dict):
-        line = orjson.dumps(entry) + b"\n"
+        self.write_all([entry])
+
+    def write_all(self, entries: list[dict]):
+        lines = [orjson.dumps(entry) + b"\n" for entry in entries]
         with self.lock:
-            if self.size + len(line) > self._ATOMIC_PIPE_WRITE:
-                self._write_pending()
-            self.pending.append(line)
-            self.size += len(line)
+            for line in lines:
+                if self.size + len(line) > self._ATOMIC_PIPE_WRITE:
+                    self._write_pending()
+                self.pending.append(line)
+                self.size += len(line)
 
     def flush(self):
         with self.lock:
@@ -188,11 +214,6 @@ class AccessLog:
             # A log that cannot be written must not fail the requests: the
             # batch is dropped and counted.
             LOG_LINES_DROPPED.labels("access").inc(len(lines))
-
-    def _flush_regularly(self):
-        while True:
-            time.sleep(0.5)
-            self.flush()
 
 
 class PredictionLog:
@@ -252,33 +273,41 @@ def _predictions_counter(label: int, probability_bin: int):
     return PREDICTIONS.labels(str(label), f"{probability_bin / 10:.1f}")
 
 
-def count_predictions(probabilities: np.ndarray, threshold: float):
+def count_predictions(probabilities: np.ndarray, threshold: float, counts: collections.Counter):
+    """Add the predictions to `counts`, by (label, probability bin)."""
     if len(probabilities) <= 8:
         for probability in probabilities.tolist():
-            _predictions_counter(int(probability >= threshold), min(int(probability * 10), 9)).inc()
+            counts[int(probability >= threshold), min(int(probability * 10), 9)] += 1
     else:
         labels = probabilities >= threshold
         bins = np.minimum((probabilities * 10).astype(int), 9)
         for label in (0, 1):
-            counts = np.bincount(bins[labels == label], minlength=10)
-            for probability_bin in np.flatnonzero(counts):
-                _predictions_counter(label, int(probability_bin)).inc(int(counts[probability_bin]))
+            counts_of_label = np.bincount(bins[labels == label], minlength=10)
+            for probability_bin in np.flatnonzero(counts_of_label):
+                counts[label, int(probability_bin)] += int(counts_of_label[probability_bin])
+
+
+def observe_all(histogram: Histogram, amounts: list[float]):
+    """`histogram.observe(amount)` for each of `amounts`, with one update of
+    each bucket and of the sum. prometheus-client has no call for many
+    observations at once: this adds to the values its `observe` adds to (a
+    histogram's `_sum` and `_buckets`, the first bucket whose upper bound is at
+    least the amount); tests/test_observability.py holds the two to the same
+    exposition."""
+    histogram._sum.inc(sum(amounts))
+    upper_bounds = histogram._upper_bounds
+    for bucket, count in collections.Counter(bisect.bisect_left(upper_bounds, amount) for amount in amounts).items():
+        histogram._buckets[bucket].inc(count)
 
 
 def metrics_response() -> Response:
+    keep_books()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        if write_gathered_metrics is not None:
-            write_gathered_metrics()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         from prometheus_client import REGISTRY as registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
-@functools.cache
-def _request_metrics(route: str, method: str, status: int):
-    return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route)
 
 
 def counted_method(method: str) -> str:
@@ -311,11 +340,6 @@ def record_server_refusal(status: int, code: str, remote_addr: str | None):
     )
 
 
-@functools.cache
-def _stage_histogram(route: str, stage: str):
-    return STAGES.labels(route, stage)
-
-
 class RequestIds:
     """Ids for requests that come without one: 32 hex digits, a random half
     drawn once per process and a counter, unique across workers and restarts
@@ -335,10 +359,9 @@ class RequestIds:
 REQUEST_IDS = RequestIds()
 
 
-def path_as_sent(environ) -> str:
-    """The request's path as the client wrote it: WSGI hands it over as
-    latin-1 characters, and clients send UTF-8."""
-    path = environ.get("PATH_INFO", "")
+def path_as_sent(path: str) -> str:
+    """The request's path (WSGI's PATH_INFO) as the client wrote it: WSGI
+    hands it over as latin-1 characters, and clients send UTF-8."""
     try:
         return path.encode("latin-1").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a server that decoded it already
@@ -364,7 +387,7 @@ class Watch:
         cross_origin: CrossOrigin | None = None,
     ):
         self.model_version, self.prediction_log, self.cross_origin = model_version, prediction_log, cross_origin
-        self.log = access_log()
+        keep_books_regularly()
         self.wrapped = app.wsgi_app
         app.wsgi_app = self
         MODEL.labels(model_version).set(1)
@@ -398,24 +421,101 @@ class Watch:
         return answer
 
     def finish(self, record: RequestRecord, environ: dict, status: int, seconds: float):
+        # One step here; the metrics and the log line are made by `keep_books`.
+        _ANSWERED.append(
+            (
+                record,
+                environ["REQUEST_METHOD"],
+                environ.get("PATH_INFO", ""),
+                environ.get("REMOTE_ADDR"),
+                status,
+                seconds,
+                time.time(),
+            )
+        )
+
+
+# Requests answered and not yet in the books: (record, method, path, remote
+# address, status, seconds, time answered). Requests only append; `keep_books`
+# takes the first ones by two slices, each one step under the interpreter's
+# lock, so a request noted meanwhile is never lost.
+_ANSWERED: list[tuple] = []
+_KEEPING_BOOKS = threading.Lock()
+# Requests accounted for at a time, between which the worker serves others.
+_ACCOUNTED_AT_ONCE = 64
+
+
+def _account_for(answered: list[tuple]):
+    """The metrics and log lines of these requests, each metric updated once."""
+    requests, latencies, stages = collections.Counter(), collections.defaultdict(list), collections.defaultdict(list)
+    errors, predictions, log_lines = collections.Counter(), collections.Counter(), []
+    for record, method, path, remote_addr, status, seconds, at in answered:
         route = record.route
-        requests_counter, latency = _request_metrics(route, counted_method(environ["REQUEST_METHOD"]), status)
-        requests_counter.inc()
-        latency.observe(seconds)
+        requests[route, counted_method(method), status] += 1
+        latencies[route].append(seconds)
         for stage, stage_seconds in record.seconds.items():
-            _stage_histogram(route, stage).observe(stage_seconds)
+            stages[route, stage].append(stage_seconds)
         if status >= 400:
-            ERRORS.labels(record.error_code or "unknown").inc()
-        self.log.write(
+            errors[record.error_code or "unknown"] += 1
+        if record.predicted is not None:
+            count_predictions(*record.predicted, predictions)
+        log_lines.append(
             {
-                "time": utc_timestamp(),
+                "time": _CLOCK.format(at),
                 "request_id": record.request_id,
-                "method": environ["REQUEST_METHOD"],
+                "method": method,
                 "route": route,
-                "path": path_as_sent(environ),
+                "path": path_as_sent(path),
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
-                "model_version": self.model_version,
-                "remote_addr": environ.get("REMOTE_ADDR"),
+                "model_version": record.watch.model_version,
+                "remote_addr": remote_addr,
             }
         )
+    for (route, method, status), count in requests.items():
+        REQUESTS.labels(route, method, str(status)).inc(count)
+    for route, amounts in latencies.items():
+        observe_all(LATENCY.labels(route), amounts)
+    for (route, stage), amounts in stages.items():
+        observe_all(STAGES.labels(route, stage), amounts)
+    for code, count in errors.items():
+        ERRORS.labels(code).inc(count)
+    for (label, probability_bin), count in predictions.items():
+        _predictions_counter(label, probability_bin).inc(count)
+    access_log().write_all(log_lines)
+
+
+def keep_books():
+    """Make the metrics and the access-log lines of the requests answered
+    since the last call, and write both out. Done in bulk, off the requests:
+    a request spends one step on its books instead of a dozen metric updates
+    and a log line."""
+    with _KEEPING_BOOKS:
+        left = len(_ANSWERED)
+        while left:
+            count = min(left, _ACCOUNTED_AT_ONCE)
+            _account_for(_ANSWERED[:count])
+            del _ANSWERED[:count]
+            left -= count
+            # Requests that arrived meanwhile wait for this worker: let them in.
+            time.sleep(0)
+        if write_gathered_metrics is not None:
+            write_gathered_metrics()
+        access_log().flush()
+
+
+@functools.cache
+def keep_books_regularly():
+    """In this process, keep the books every BOOKKEEPING_SECONDS (a thread, a
+    greenlet under gunicorn's gevent workers) and at exit."""
+
+    def keep_them():
+        while True:
+            time.sleep(BOOKKEEPING_SECONDS)
+            try:
+                keep_books()
+            except Exception:  # a bug must not stop the books for good: say it, and go on
+                traceback.print_exc()
+
+    threading.Thread(target=keep_them, daemon=True, name="bookkeeping").start()
+    atexit.register(keep_books)

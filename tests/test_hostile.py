@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from slow_clients import idle_and_slow_connections, worst_latency
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.gathered_metrics import WRITE_INTERVAL_SECONDS
 from diabetes.model_store import LATEST_LINK, point_link
+from diabetes.observability import BOOKKEEPING_SECONDS
 from tests.processes import clean_environment, free_port
 
 API_KEY = "k3y-" + uuid.uuid4().hex
@@ -100,8 +100,8 @@ def status_and_json(response: bytes) -> tuple[int, dict]:
 
 
 def series(service, name: str) -> list[dict]:
-    # Each worker writes its counts a few times a second (diabetes/gathered_metrics.py).
-    time.sleep(2 * WRITE_INTERVAL_SECONDS)
+    # Each worker keeps its books a few times a second (diabetes/observability.py).
+    time.sleep(2 * BOOKKEEPING_SECONDS)
     text = requests.get(service["url"] + "/metrics", timeout=5).text
     return [
         sample.labels | {"value": sample.value}

@@ -7,10 +7,13 @@ import time
 import numpy as np
 import pytest
 from calls import Call
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES
-from diabetes.gathered_metrics import WRITE_INTERVAL_SECONDS
+from diabetes.observability import BOOKKEEPING_SECONDS, LATENCY, observe_all
 from diabetes.settings import APP_NAME
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
@@ -25,8 +28,8 @@ def metric_value(text, name, **labels) -> float:
 
 
 def scrape(target) -> str:
-    # Each worker writes its counts a few times a second (diabetes/gathered_metrics.py).
-    time.sleep(2 * WRITE_INTERVAL_SECONDS)
+    # Each worker keeps its books a few times a second (diabetes/observability.py).
+    time.sleep(2 * BOOKKEEPING_SECONDS)
     status, headers, body = target.call(Call("", "GET", "/metrics", 200, content_type=None))
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     return body.decode()
@@ -50,6 +53,29 @@ def test_metrics_count_every_request_of_every_worker(target):
         assert grown("diabetes_request_stage_duration_seconds_count", stage=stage, **route) >= 20
     assert grown("diabetes_predictions_total", label="0", probability_bin="0.1") == 20
     assert metric_value(after, "diabetes_model_info", version=target.version) == 1
+
+
+BOUNDS = LATENCY._upper_bounds[:-1]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(BOUNDS),
+            st.floats(min_value=0, max_value=2 * BOUNDS[-1], allow_nan=False),
+        ),
+        max_size=40,
+    )
+)
+def test_observing_many_at_once_is_observing_each(amounts):
+    each, at_once = (Histogram(name, "", buckets=BOUNDS, registry=None) for name in ("each", "at_once"))
+    for amount in amounts:
+        each.observe(amount)
+    observe_all(at_once, amounts)
+    [each_samples], [at_once_samples] = each.collect(), at_once.collect()
+    assert [(sample.labels, sample.value) for sample in each_samples.samples] == [
+        (sample.labels, sample.value) for sample in at_once_samples.samples
+    ]
 
 
 def test_a_request_id_is_sent_back_or_made(target):

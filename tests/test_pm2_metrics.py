@@ -19,7 +19,7 @@ from conftest import PROJECT, pm2, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.gathered_metrics import WRITE_INTERVAL_SECONDS
+from diabetes.observability import BOOKKEEPING_SECONDS
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
 from diabetes.settings import APP_NAME
 from tests.processes import clean_environment, free_port, memory_of_tree
@@ -57,8 +57,8 @@ def wait_for_report(service, condition, timeout=15) -> dict:
 
 def scrape(service) -> dict:
     """/metrics summed over labels, by sample name; the latency buckets by bound."""
-    # Each worker writes its counts a few times a second (diabetes/gathered_metrics.py).
-    time.sleep(2 * WRITE_INTERVAL_SECONDS)
+    # Each worker keeps its books a few times a second (diabetes/observability.py).
+    time.sleep(2 * BOOKKEEPING_SECONDS)
     text = requests.get(service["url"] + "/metrics", timeout=10).text
     sums, buckets = {}, {}
     for family in text_string_to_metric_families(text):
