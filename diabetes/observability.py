@@ -485,11 +485,12 @@ def _account_for(answered: list[tuple]):
     access_log().write_all(log_lines)
 
 
-def keep_books():
+def keep_books(serving: bool = True):
     """Make the metrics and the access-log lines of the requests answered
     since the last call, and write both out. Done in bulk, off the requests:
     a request spends one step on its books instead of a dozen metric updates
-    and a log line."""
+    and a log line. `serving`: while the process still serves (not at exit),
+    requests that arrive meanwhile are let in between batches."""
     with _KEEPING_BOOKS:
         left = len(_ANSWERED)
         while left:
@@ -497,8 +498,8 @@ def keep_books():
             _account_for(_ANSWERED[:count])
             del _ANSWERED[:count]
             left -= count
-            # Requests that arrived meanwhile wait for this worker: let them in.
-            time.sleep(0)
+            if serving:
+                time.sleep(0)
         if write_gathered_metrics is not None:
             write_gathered_metrics()
         access_log().flush()
@@ -518,4 +519,4 @@ def keep_books_regularly():
                 traceback.print_exc()
 
     threading.Thread(target=keep_them, daemon=True, name="bookkeeping").start()
-    atexit.register(keep_books)
+    atexit.register(keep_books, serving=False)
