@@ -29,12 +29,12 @@ class LimitedBody(io.RawIOBase):
     socket (gunicorn's `gunicorn.socket` in the WSGI environ), whose timeout
     each read sets to the time left."""
 
-    def __init__(self, environ: dict, limit: int, seconds: float = BODY_SECONDS):
+    def __init__(self, environ: dict, limit: int, seconds: float | None = None):
         if declared_length(environ) > limit:
             raise body_too_large(limit)
         self.stream, self.socket = environ["wsgi.input"], environ.get("gunicorn.socket")
         self.limit, self.seen = limit, 0
-        self.deadline = time.monotonic() + seconds
+        self.deadline = time.monotonic() + (BODY_SECONDS if seconds is None else seconds)
 
     def readable(self) -> bool:
         return True
@@ -43,20 +43,26 @@ class LimitedBody(io.RawIOBase):
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise body_too_slow()
-        try:
-            if self.socket is not None:
-                self.socket.settimeout(left)
-            chunk = self.stream.read(min(len(buffer), _CHUNK_BYTES))
-        except TimeoutError:
-            raise body_too_slow() from None
-        finally:
-            if self.socket is not None:
-                self.socket.settimeout(None)
+        chunk = _read_within(self.stream, self.socket, min(len(buffer), _CHUNK_BYTES), left)
         self.seen += len(chunk)
         if self.seen > self.limit:
             raise body_too_large(self.limit)
         buffer[: len(chunk)] = chunk
         return len(chunk)
+
+
+def _read_within(stream, socket, size: int, seconds: float) -> bytes:
+    """Up to `size` bytes of the body (fewer only at its end), or 408 when
+    they take longer than `seconds` to arrive."""
+    try:
+        if socket is not None:
+            socket.settimeout(seconds)
+        return stream.read(size)
+    except TimeoutError:
+        raise body_too_slow() from None
+    finally:
+        if socket is not None:
+            socket.settimeout(None)
 
 
 def declared_length(environ: dict) -> int:
@@ -80,12 +86,12 @@ def body_too_slow() -> InvalidRequest:
 def read_body(environ: dict, limit: int) -> bytes:
     """All of the body, or an `InvalidRequest`: 413 past `limit` bytes, 408
     past the time limit."""
-    body = LimitedBody(environ, limit)
     length = declared_length(environ)
-    if 0 < length <= _CHUNK_BYTES:
-        # Most requests: a small body of known length, in one read into a
-        # buffer of its size (the server never gives more than the length).
-        return body.read(length)
+    if 0 < length <= min(limit, _CHUNK_BYTES):
+        # Most requests: a small body of known length, in one read (the
+        # server never gives more than the length).
+        return _read_within(environ["wsgi.input"], environ.get("gunicorn.socket"), length, BODY_SECONDS)
+    body = LimitedBody(environ, limit)
     chunks = []
     while chunk := body.read(_CHUNK_BYTES):
         chunks.append(chunk)

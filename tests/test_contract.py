@@ -8,7 +8,9 @@ import io
 import json
 import math
 import re
+import socket
 import struct
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -18,6 +20,7 @@ from conftest import PROJECT
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from diabetes import request_body
 from diabetes.contract import (
     FEW_VALUES,
     Contract,
@@ -773,6 +776,25 @@ def test_a_chunked_body_over_the_size_limit_is_refused_as_it_passes_it():
     with pytest.raises(InvalidRequest) as refused:
         read_body({"wsgi.input": io.BytesIO(b"x" * 200_000)}, limit=100_000)
     assert (refused.value.code, refused.value.status) == ("request_entity_too_large", 413)
+
+
+@pytest.mark.parametrize("declared", [10, None], ids=["small body of known length", "chunked body"])
+def test_a_body_that_stops_arriving_is_refused_at_its_time_limit(monkeypatch, declared):
+    monkeypatch.setattr(request_body, "BODY_SECONDS", 0.2)
+    server_side, client_side = socket.socketpair()
+    # Past the time limit and the bound below: a read that kept no limit fails the test instead of hanging it.
+    server_side.settimeout(10)
+    with server_side, client_side, server_side.makefile("rb") as stream:
+        client_side.sendall(b"12345")
+        environ = {"wsgi.input": stream, "gunicorn.socket": server_side}
+        if declared:
+            environ["CONTENT_LENGTH"] = str(declared)
+        started = time.monotonic()
+        with pytest.raises(InvalidRequest) as refused:
+            read_body(environ, limit=100)
+        assert (refused.value.code, refused.value.status) == ("request_timeout", 408)
+        assert 0.15 < time.monotonic() - started < 5
+        assert server_side.gettimeout() is None
 
 
 def test_a_body_past_its_time_limit_is_refused():
