@@ -213,10 +213,11 @@ def models_to_serve(workdir: Path, models_dir: Path) -> Path:
     return models
 
 
-def rotated(servers: list, round_: int) -> list:
-    """A different server goes first in each round."""
-    shift = round_ % len(servers)
-    return servers[shift:] + servers[:shift]
+def rotated(units: list[list], round_: int) -> list:
+    """The servers in the order of this round: a different unit goes first in
+    each round, and the servers of a unit run one right after the other."""
+    shift = round_ % len(units)
+    return [server for unit in units[shift:] + units[:shift] for server in unit]
 
 
 def peers(
@@ -276,7 +277,13 @@ def benchmark(
     workers = notebook_defaults()["workers"]
     service = ServiceUnderPM2(workdir, models)
     others, skipped = peers(workdir, model_dir, with_mlflow, mlserver_venv, mlserver_threads)
-    servers = [ArticleServer(workdir, pickle_path), service, CeilingServer(workdir, workers=workers), *others]
+    ceiling = CeilingServer(workdir, workers=workers)
+    # The ceiling starts as soon as the service stops, and the service's
+    # single-row loads come last in its turn: the two loads that the main
+    # ratio compares are seconds apart, not minutes, on cores whose speed
+    # drifts with the host's load.
+    units = [[ArticleServer(workdir, pickle_path)], [service, ceiling], *([other] for other in others)]
+    servers = [server for unit in units for server in unit]
     scripts = {server.key: write_wrk_script(workdir / f"{server.key}.lua", server.body) for server in servers}
     # The service also answers one row on the V2 route, side by side with MLServer.
     scripts[SERVICE_V2] = write_wrk_script(workdir / f"{SERVICE_V2}.lua", V2_SINGLE_ROW)
@@ -289,24 +296,24 @@ def benchmark(
 
     runs, batch_runs, refused, answers, make_serve = [], [], {}, {}, None
     for round_ in range(plan.rounds):
-        for server in rotated(servers, round_):
+        for server in rotated(units, round_):
             log(f"round {round_ + 1}/{plan.rounds}: starting {server.label}")
             with running(server):
                 answers.setdefault(server.key, server.answer)
                 run_wrk(server.url, scripts[server.key], plan.connection_counts[0], plan.warmup_seconds)
-                runs += load_single_rows(plan, server.key, server.url, scripts[server.key], server, round_)
-                if server is service:
-                    v2_url = service.url_of(V2_INFER)
-                    answers.setdefault(SERVICE_V2, answer_of(v2_url, V2_JSON, ARTICLE_VALUES))
-                    runs += load_single_rows(plan, SERVICE_V2, v2_url, scripts[SERVICE_V2], service, round_)
                 if server.key in batches_of:
                     # As many connections as the service has workers: each request is a whole batch, more
                     # would only queue.
                     loaded, refusals = load_batches(server, batches_of[server.key], plan.batch_seconds, workers, log)
                     batch_runs += [{"round": round_, **run} for run in loaded]
                     refused.update({(refusal["server"], refusal["encoding"]): refusal for refusal in refusals})
-                if server is service and make_serve is None:
-                    make_serve = time_make_serve(service, plan.make_serve_repeats)
+                if server is service:
+                    if make_serve is None:
+                        make_serve = time_make_serve(service, plan.make_serve_repeats)
+                    v2_url = service.url_of(V2_INFER)
+                    answers.setdefault(SERVICE_V2, answer_of(v2_url, V2_JSON, ARTICLE_VALUES))
+                    runs += load_single_rows(plan, SERVICE_V2, v2_url, scripts[SERVICE_V2], service, round_)
+                runs += load_single_rows(plan, server.key, server.url, scripts[server.key], server, round_)
 
     labels = {server.key: (server.label, server.path) for server in servers}
     labels[SERVICE_V2] = (SERVICE_V2_LABEL, V2_INFER)
