@@ -2,8 +2,10 @@
 
 Asynchronous workers hold idle and slow clients in greenlets instead of
 blocking on them (gunicorn_config.py); two changes keep one busy client from
-delaying the others; and each small answer is sent in one piece, with a
-Date formatted once per second.
+delaying the others; each small answer is sent in one piece, with a Date
+formatted once per second; and what gunicorn would work out anew for each
+request from what does not change (the peer's standing against an allow
+list, the error log's stream) is worked out once.
 Imported by gunicorn's processes only: gevent must not load into a
 notebook's kernel.
 """
@@ -12,7 +14,7 @@ import time
 
 import gevent
 from gunicorn import util
-from gunicorn.http import wsgi
+from gunicorn.http import message, wsgi
 from gunicorn.workers import ggevent
 
 # New connections a worker accepts per turn of its event loop. gunicorn takes
@@ -105,13 +107,69 @@ class HttpDateOfThisSecond:
         return self.text
 
 
+class PeerCheckedOnce:
+    """gunicorn's check of a peer's address against an allow list
+    (`forwarded_allow_ips`, `proxy_allow_ips`), made once per address and
+    list: gunicorn parses each request's peer address into an `ipaddress`
+    object and tests it against the list's networks again. The answers for at
+    most MAX_ADDRESSES addresses are kept, so that no client can grow them
+    without bound."""
+
+    MAX_ADDRESSES = 4096
+
+    def __init__(self, check=message._ip_in_allow_list):
+        self.check, self.answers = check, {}
+
+    def __call__(self, address: str, allow_list, networks) -> bool:
+        key = (address, tuple(allow_list))
+        answer = self.answers.get(key)
+        if answer is None:
+            if len(self.answers) >= self.MAX_ADDRESSES:
+                self.answers.clear()
+            answer = self.answers[key] = self.check(address, allow_list, networks)
+        return answer
+
+
+_GunicornErrorsWrapper = wsgi.WSGIErrorsWrapper
+
+
+class ErrorLogStream(_GunicornErrorsWrapper):
+    """A request's `wsgi.errors`: gunicorn's, whose streams (the error log's)
+    are looked up when the app writes to it, which it seldom does, rather
+    than when the request arrives; so one serves every request of a worker,
+    and follows the log when it is reopened."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def streams(self) -> list:
+        return _GunicornErrorsWrapper(self.cfg).streams
+
+
+class OneErrorLogStream:
+    """Stands for gunicorn's `WSGIErrorsWrapper` class where each request's
+    environ is made: gives the worker's one `ErrorLogStream`."""
+
+    def __init__(self):
+        self.stream = None
+
+    def __call__(self, cfg) -> ErrorLogStream:
+        if self.stream is None or self.stream.cfg is not cfg:
+            self.stream = ErrorLogStream(cfg)
+        return self.stream
+
+
 class FairGeventWorker(ggevent.GeventWorker):
     def run(self):
         # The worker's run() builds its servers, and each request its
-        # response and its Date, from these module-level names.
+        # response, its Date, its peer's standing and its environ's error
+        # stream, from these module-level names.
         ggevent.StreamServer = StreamServerAcceptingFew
         wsgi.Response = HeadWithBodyResponse
         util.http_date = HttpDateOfThisSecond()
+        message._ip_in_allow_list = PeerCheckedOnce()
+        wsgi.WSGIErrorsWrapper = OneErrorLogStream()
         super().run()
 
     def handle_request(self, listener_name, request, sock, address):

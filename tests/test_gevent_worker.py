@@ -6,16 +6,17 @@ the answer into it; a client reads it from the other end."""
 
 import email.utils
 import http.client
+import ipaddress
 import socket
 import time
 
 import pytest
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.config import Config
-from gunicorn.http import wsgi
+from gunicorn.http import message, wsgi
 from gunicorn.http.parser import RequestParser
 
-from diabetes.gevent_worker import HeadWithBodyResponse, HttpDateOfThisSecond
+from diabetes.gevent_worker import HeadWithBodyResponse, HttpDateOfThisSecond, OneErrorLogStream, PeerCheckedOnce
 
 LARGE = b"x" * (200 * 1024)
 
@@ -106,3 +107,52 @@ def test_the_date_is_the_current_second_as_gunicorn_writes_it():
     assert text in {util.http_date(before), util.http_date(after)}
     assert abs(email.utils.parsedate_to_datetime(text).timestamp() - time.time()) < 2
     assert date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+@pytest.mark.parametrize("allow_list", [["127.0.0.1", "::1"], ["*"], ["10.0.0.0/8", "fd00::/8"], []])
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "::1", "fd00::7", "192.168.1.1", "not an address"])
+def test_a_peer_is_checked_as_gunicorn_checks_it_once_per_address(allow_list, address):
+    networks = [ipaddress.ip_network(allowed) for allowed in allow_list if allowed != "*"]
+    checks = []
+
+    def gunicorns_check(*arguments):
+        checks.append(arguments)
+        return message._ip_in_allow_list(*arguments)
+
+    checked_once = PeerCheckedOnce(gunicorns_check)
+    expected = message._ip_in_allow_list(address, allow_list, networks)
+    assert [checked_once(address, allow_list, networks) for _ in range(3)] == [expected] * 3
+    assert len(checks) == 1
+    assert checked_once(address, ["192.168.0.0/16"], [ipaddress.ip_network("192.168.0.0/16")]) == (
+        address == "192.168.1.1"
+    )
+
+
+def test_the_peers_checked_once_are_bounded():
+    checked_once = PeerCheckedOnce()
+    for number in range(PeerCheckedOnce.MAX_ADDRESSES + 10):
+        checked_once(str(ipaddress.ip_address(number)), ["127.0.0.1"], [ipaddress.ip_network("127.0.0.1")])
+    assert len(checked_once.answers) <= PeerCheckedOnce.MAX_ADDRESSES
+
+
+def test_a_workers_requests_share_one_error_stream_that_follows_the_reopened_log(monkeypatch, tmp_path):
+    error_log = tmp_path / "error.log"
+    config = Config()
+    config.set("errorlog", str(error_log))
+    logger = glogging.Logger(config)
+    try:
+        monkeypatch.setattr(wsgi, "WSGIErrorsWrapper", OneErrorLogStream())
+        first, second = (wsgi.base_environ(config)["wsgi.errors"] for _ in range(2))
+        assert first is second
+        first.write("before the rotation\n")
+        # As a log rotation does: the file moved away, then the log reopened (gunicorn's USR1).
+        error_log.rename(tmp_path / "error.log.1")
+        logger.reopen_files()
+        second.write("after the rotation\n")
+        assert "before the rotation" in (tmp_path / "error.log.1").read_text()
+        assert error_log.read_text() == "after the rotation\n"
+    finally:
+        for handler in logger.error_log.handlers + logger.access_log.handlers:
+            handler.close()
+        logger.error_log.handlers.clear()
+        logger.access_log.handlers.clear()
