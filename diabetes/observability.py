@@ -387,6 +387,8 @@ class Watch:
         cross_origin: CrossOrigin | None = None,
     ):
         self.model_version, self.prediction_log, self.cross_origin = model_version, prediction_log, cross_origin
+        # Opened with the app, on the standard output the app is given.
+        access_log()
         keep_books_regularly()
         self.wrapped = app.wsgi_app
         app.wsgi_app = self
