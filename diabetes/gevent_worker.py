@@ -4,8 +4,8 @@ Asynchronous workers hold idle and slow clients in greenlets instead of
 blocking on them (gunicorn_config.py); two changes keep one busy client from
 delaying the others; each small answer is sent in one piece, with a Date
 formatted once per second; and what gunicorn would work out anew for each
-request from what does not change (the peer's standing against an allow
-list, the error log's stream) is worked out once.
+request from what does not change (its settings, the peer's standing against
+an allow list, the error log's stream) is worked out once.
 Imported by gunicorn's processes only: gevent must not load into a
 notebook's kernel.
 """
@@ -82,12 +82,26 @@ class HeadWithBodyResponse(wsgi.Response):
 
     def _emit_body(self, data):
         head, self._held_head = self._held_head, None
-        super()._emit_body(head + data if head else data)
+        if head:
+            data = head + data
+        if self.chunked:
+            super()._emit_body(data)
+        else:
+            send_all(self.sock, data)
 
     def _send_held_head(self):
         head, self._held_head = self._held_head, None
         if head:
-            self.sock.sendall(head)
+            send_all(self.sock, head)
+
+
+def send_all(sock, data: bytes):
+    """`sock.sendall(data)`, trying one send first: gevent's `sendall` asks
+    the socket for its buffer's size (a system call) and makes a view of the
+    data at every call, where one send takes a small answer whole."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 class HttpDateOfThisSecond:
@@ -160,11 +174,22 @@ class OneErrorLogStream:
         return self.stream
 
 
+def settle(config):
+    """gunicorn's settings made plain attributes of its `Config`, which
+    otherwise finds each one through `__getattr__` and the setting's `get()`,
+    some twenty times per request. A worker's settings never change (a reload
+    starts new workers). The few settings that share a name with one of the
+    class's properties are still read through the property."""
+    names = set(dir(type(config)))
+    vars(config).update((name, setting.get()) for name, setting in config.settings.items() if name not in names)
+
+
 class FairGeventWorker(ggevent.GeventWorker):
     def run(self):
         # The worker's run() builds its servers, and each request its
         # response, its Date, its peer's standing and its environ's error
         # stream, from these module-level names.
+        settle(self.cfg)
         ggevent.StreamServer = StreamServerAcceptingFew
         wsgi.Response = HeadWithBodyResponse
         util.http_date = HttpDateOfThisSecond()

@@ -16,7 +16,14 @@ from gunicorn.config import Config
 from gunicorn.http import message, wsgi
 from gunicorn.http.parser import RequestParser
 
-from diabetes.gevent_worker import HeadWithBodyResponse, HttpDateOfThisSecond, OneErrorLogStream, PeerCheckedOnce
+from diabetes.gevent_worker import (
+    HeadWithBodyResponse,
+    HttpDateOfThisSecond,
+    OneErrorLogStream,
+    PeerCheckedOnce,
+    send_all,
+    settle,
+)
 
 LARGE = b"x" * (200 * 1024)
 
@@ -25,6 +32,10 @@ class CountedSocket(socket.socket):
     """A real socket that counts the sends of what it is given."""
 
     sends = 0
+
+    def send(self, data, *flags):
+        self.sends += 1
+        return super().send(data, *flags)
 
     def sendall(self, data, *flags):
         self.sends += 1
@@ -51,6 +62,24 @@ def answer(monkeypatch, method, status, headers, body_parts):
     client_end.close()
     server.close()
     return read, body, server.sends
+
+
+class TricklingSocket(socket.socket):
+    """A real socket each of whose sends takes 1,000 bytes at most."""
+
+    def send(self, data, *flags):
+        return super().send(bytes(data[:1000]), *flags)
+
+
+def test_what_a_first_send_leaves_is_sent_after_it():
+    server_end, client_end = socket.socketpair()
+    server = TricklingSocket(fileno=server_end.detach())
+    data = bytes(range(256)) * 40
+    send_all(server, data)
+    server.close()
+    received = b"".join(iter(lambda: client_end.recv(65536), b""))
+    client_end.close()
+    assert received == data
 
 
 def test_a_small_answer_leaves_in_one_send(monkeypatch):
@@ -156,3 +185,16 @@ def test_a_workers_requests_share_one_error_stream_that_follows_the_reopened_log
             handler.close()
         logger.error_log.handlers.clear()
         logger.access_log.handlers.clear()
+
+
+def test_a_settled_config_gives_every_setting_as_before_without_looking_it_up(monkeypatch):
+    config = Config()
+    config.set("keepalive", 7)
+    config.set("forwarded_allow_ips", "10.0.0.0/8")
+    before = {name: getattr(config, name) for name in config.settings}
+    settle(config)
+    looked_up = []
+    monkeypatch.setattr(Config, "__getattr__", lambda self, name: looked_up.append(name))
+    assert {name: getattr(config, name) for name in config.settings} == before
+    assert looked_up == []
+    assert config.keepalive == 7
