@@ -113,7 +113,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train
+.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train haproxy
 
 ## help     list the verbs (the default)
 help:
@@ -144,8 +144,9 @@ sweep: $(VENV_OK)
 scripts: $(SCRIPTS_DIR)/train.py $(SCRIPTS_DIR)/serve.py
 
 ## serve    install, train if needed, convert, build and check a release, and run it under PM2 (reloads it after a change)
-serve: $(DEPLOYED)
-	@$(PM2) describe $(APP) > /dev/null 2>&1 || $(PM2) start ecosystem.config.js
+serve: $(DEPLOYED) | haproxy
+	@for app in $(APP) $(APP)-edge log-rotation; do \
+	    $(PM2) describe $$app > /dev/null 2>&1 || $(PM2) start ecosystem.config.js --only $$app > /dev/null; done
 	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(RELEASES_DIR)/current/model
 
 ## stop     stop the API and the project's PM2 daemon
@@ -170,6 +171,7 @@ rollback: $(VENV_OK) $(NODE_OK)
 ## status   show the API's process under PM2
 status: $(NODE_OK)
 	@$(PM2) status
+	@$(PYTHON) -m diabetes.edge status $(PM2_HOME)/run || true
 
 ## logs     show the API's recent logs (access log and errors)
 logs: $(NODE_OK)
@@ -190,7 +192,7 @@ collection: $(VENV_OK)
 	$(PYTHON) tests/postman_collection.py
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman; cleans up)
-test: setup wrk postgresql lint
+test: setup wrk postgresql haproxy lint
 	$(PYTHON) -m pytest
 
 ## lint     ruff's checks and its formatting, of the code and the notebooks (make format applies both)
@@ -219,6 +221,7 @@ reliability: setup wrk
 
 ## image    build the service's container image, tagged <version> and latest (podman or docker), the served model baked in
 image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged $(SCRIPTS_DIR)/serve.py \
+       notebooks/serve.ipynb \
        | container-engine
 	@if [ -n "$(IMAGE_MODEL)" ] && [ ! -f "$(IMAGE_MODEL)/metadata.json" ]; then \
 	    echo "no model at $(IMAGE_MODEL): run make serve (it trains, checks and promotes one)," \
@@ -228,6 +231,8 @@ image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_
 	cp ecosystem.config.js $(IMAGE_CONTEXT)/app/
 	cp container/ecosystem.config.js container/healthcheck.py container/pm2-runtime.js $(IMAGE_CONTEXT)/app/container/
 	cp $(SCRIPTS_DIR)/serve.py $(IMAGE_CONTEXT)/app/scripts/
+	$(PYTHON) -c 'import json; from diabetes.settings import notebook_defaults; \
+	    print(json.dumps(notebook_defaults("notebooks/serve.ipynb"), indent=2))' > $(IMAGE_CONTEXT)/app/settings.json
 	$(if $(IMAGE_MODEL),cp -r $(realpath $(IMAGE_MODEL)) $(IMAGE_CONTEXT)/models/ \
 	    && ln -s $(notdir $(realpath $(IMAGE_MODEL))) $(IMAGE_CONTEXT)/models/current)
 	$(ENGINE) build --file Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
@@ -295,6 +300,10 @@ wrk:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq wrk > /dev/null; \
 	  else echo "install wrk first: sudo apt-get install wrk"; exit 1; fi; }
+
+# The service's edge (diabetes/edge.py), from Debian's packages.
+haproxy:
+	@command -v haproxy > /dev/null || { $(call apt_install,haproxy); }
 
 # Debian's PostgreSQL server, which the tests start (as the `postgres` user, in
 # a temporary folder) to train from a real database.
@@ -365,7 +374,7 @@ $(SCRIPTS_DIR)/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j
 # command fails saying why. A running service then reloads with gunicorn's
 # graceful SIGHUP: new workers import the new release, old ones finish the
 # requests they hold.
-$(DEPLOYED): $(SCRIPTS_DIR)/serve.py $(MODEL) $(wildcard diabetes/*.py) | $(VENV_OK) $(NODE_OK)
+$(DEPLOYED): $(SCRIPTS_DIR)/serve.py $(MODEL) $(wildcard diabetes/*.py) diabetes/haproxy.cfg | $(VENV_OK) $(NODE_OK)
 	@mkdir -p $(RUNS_DIR)
 	$(RELEASE) stage $(RELEASES_DIR) --script $(SCRIPTS_DIR)/serve.py --notebook notebooks/serve.ipynb \
 	    --package diabetes --model $(MODELS_DIR)/latest > /dev/null
@@ -389,7 +398,7 @@ $(IMAGE_DIR)/wheels.staged: container/requirements.in requirements.txt | $(VENV_
 
 # The project's package, built from a copy: setuptools writes its build files
 # beside the sources.
-$(IMAGE_DIR)/package.staged: pyproject.toml $(wildcard diabetes/*.py diabetes/specs/*) | $(VENV_OK)
+$(IMAGE_DIR)/package.staged: pyproject.toml $(wildcard diabetes/*.py diabetes/*.cfg diabetes/specs/*) | $(VENV_OK)
 	rm -rf $(IMAGE_CONTEXT)/package $(IMAGE_DIR)/package-source
 	mkdir -p $(IMAGE_DIR)/package-source
 	cp -r pyproject.toml diabetes $(IMAGE_DIR)/package-source/

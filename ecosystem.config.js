@@ -19,6 +19,14 @@ const releaseVariables = {
   DIABETES_MODEL_DIR: path.join(currentRelease, "model"),
 };
 
+// Clients meet the edge (HAProxy, diabetes/edge.py) on the service's host and
+// port; gunicorn listens behind it on 127.0.0.1 (the `workers_port` setting).
+// The edge's stats socket and error pages live in a folder of PM2's own state
+// (mode 0700). diabetes/edge.py names these variables too; a test checks that they agree.
+const runDir = path.join(process.env.PM2_HOME || path.join(__dirname, "build", "pm2"), "run");
+const edgeVariables = { WORKERS_BEHIND_EDGE: "1", EDGE_RUN_DIR: runDir };
+const edgeName = `${appName}-edge`;
+
 // The service's settings (DIABETES_PORT, DIABETES_HOST, DIABETES_MODEL_DIR, ...)
 // are passed on from the environment of `make serve`; unset ones keep the
 // notebook's defaults. Nothing else of that environment is: PM2 would copy all
@@ -53,13 +61,13 @@ module.exports = {
       interpreter: path.join(__dirname, ".venv", "bin", "python"),
       cwd: __dirname,
       filter_env: dropTheShellsEnvironment,
-      env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings, ...releaseVariables },
+      env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings, ...releaseVariables, ...edgeVariables },
       autorestart: true,
       // A master that dies within 5 s of starting counts as a failed start;
       // after 10 in a row PM2 gives up instead of looping forever.
       min_uptime: 5000,
       max_restarts: 10,
-      restart_delay: 1000,
+      restart_delay: 100,
       // Measures the gunicorn master only (PM2 does not see the workers).
       max_memory_restart: "300M",
       // Longer than gunicorn's graceful_timeout, so workers can finish.
@@ -68,6 +76,26 @@ module.exports = {
       error_file: path.join(logDir, `${appName}.error.log`),
       // No PM2 timestamps: the access log batches several lines per write, each
       // with its own time, and gunicorn stamps its own messages.
+      time: false,
+    },
+    {
+      // HAProxy, under a launcher that gives it the service's settings and
+      // turns PM2's SIGINT into HAProxy's graceful stop.
+      name: edgeName,
+      script: path.join(__dirname, ".venv", "bin", "python"),
+      args: ["-m", "diabetes.edge", "run", currentRelease],
+      interpreter: "none",
+      cwd: __dirname,
+      filter_env: dropTheShellsEnvironment,
+      env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings, ...releaseVariables, ...edgeVariables },
+      autorestart: true,
+      min_uptime: 2000,
+      max_restarts: 10,
+      restart_delay: 500,
+      // Longer than HAProxy's hard-stop-after (diabetes/edge.py, STOP_SECONDS).
+      kill_timeout: 27000,
+      out_file: path.join(logDir, `${edgeName}.out.log`),
+      error_file: path.join(logDir, `${edgeName}.error.log`),
       time: false,
     },
     {

@@ -17,8 +17,11 @@ worker_class = "diabetes.gevent_worker.FairGeventWorker"
 worker_connections = 1000
 # A connection is closed when its next request (line and headers) has not
 # fully arrived this long after it opened or after its last answer: idle
-# keep-alive connections and slow-header clients both end there.
-keepalive = 5
+# keep-alive connections and slow-header clients both end there. Behind the
+# edge (diabetes/edge.py) the only client is HAProxy, which holds the clients
+# and keeps its connections to the workers open for reuse: longer than it
+# keeps an idle one, so that it seldom sends on one a worker is closing.
+keepalive = 60 if os.environ.get("WORKERS_BEHIND_EDGE") else 5
 # The server's own limits on a request's head; over them it answers 414 or
 # 431 (as JSON, see post_fork) before the app sees the request.
 limit_request_line = 4094

@@ -17,9 +17,10 @@ def running_in_notebook() -> bool:
     return hasattr(builtins, "__IPYTHON__")
 
 
-def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers: int):
+def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers: int, workers_port: int = 0):
     """Replace this process with a gunicorn master serving `app_name` from the
-    script at `script_path`, with `workers` processes on host:port.
+    script at `script_path`, with `workers` processes on host:port, or behind
+    the edge on 127.0.0.1:`workers_port` (see `bind_address`).
 
     The master is a fresh process that never loads the model: each worker
     imports the script itself. XGBoost's OpenMP thread pool does not survive
@@ -63,7 +64,7 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
             "--pythonpath",
             ",".join(python_path),
             "--bind",
-            f"{host}:{port}",
+            bind_address(host, port, workers_port),
             "--workers",
             str(workers),
             "--name",
@@ -71,6 +72,17 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
         ],
         environment,
     )
+
+
+def bind_address(host: str, port: int, workers_port: int) -> str:
+    """Where gunicorn listens: behind the edge (diabetes/edge.py, which PM2
+    runs beside it), on the loopback interface at `workers_port`; run on its
+    own, at `host`:`port`."""
+    from diabetes.edge import BEHIND_EDGE_VARIABLE, WORKERS_HOST
+
+    if os.environ.get(BEHIND_EDGE_VARIABLE):
+        return f"{WORKERS_HOST}:{workers_port}"
+    return f"{host}:{port}"
 
 
 def write_server_refusal(sock, status: int, reason: str, message: str):

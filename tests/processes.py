@@ -14,8 +14,9 @@ from pathlib import Path
 from diabetes.settings import ENVIRONMENT_PREFIX
 
 LOCALHOST = "127.0.0.1"
-# The service's default port, where a user's own service may be answering.
-AVOIDED_PORTS = {5000}
+# The service's default ports (its edge's and its workers'), where a user's
+# own service may be answering.
+AVOIDED_PORTS = {5000, 5001}
 # What an outer `make` (e.g. `make bench`) passes down, and would otherwise
 # steer the service: its port, its model, its PM2 home.
 INHERITED_SETTINGS = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PM2_HOME", "LOG_DIR")
@@ -40,12 +41,16 @@ def port_is_open(port: int) -> bool:
 
 
 def clean_environment(**settings) -> dict:
-    """Our environment without what would steer the service elsewhere, plus `settings`."""
+    """Our environment without what would steer the service elsewhere, plus
+    `settings`. A service given a port of its own gets a port of its own for
+    its workers behind the edge too."""
     kept = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(ENVIRONMENT_PREFIX) and name not in INHERITED_SETTINGS
     }
+    if "DIABETES_PORT" in settings:
+        settings.setdefault("DIABETES_WORKERS_PORT", str(free_port()))
     return {**kept, **settings}
 
 
