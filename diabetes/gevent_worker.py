@@ -1,11 +1,16 @@
 """gunicorn's gevent worker, made fair to every connection.
 
-Asynchronous workers hold idle and slow clients in greenlets instead of
-blocking on them (gunicorn_config.py); two changes keep one busy client from
-delaying the others; each small answer is sent in one piece, with a Date
-formatted once per second; and what gunicorn would work out anew for each
-request from what does not change (its settings, the peer's standing against
-an allow list, the error log's stream) is worked out once.
+Asynchronous workers hold a body that streams in slowly (one larger than the
+edge holds, diabetes/edge.py) in a greenlet instead of blocking a whole
+worker on it (gunicorn_config.py); a worker yields after each request, so
+that one busy connection does not delay the others; each small answer is sent
+in one piece, with a Date formatted once per second; and what gunicorn would
+work out anew for each request from what does not change (its settings, the
+peer's standing against an allow list, the error log's stream) is worked out
+once. (A fairness patch of gunicorn's accepting, which let a burst of new
+client connections queue ahead of a probe, went with the edge: the workers
+see only the edge's few reused connections, and probes have a lane of their
+own there.)
 Imported by gunicorn's processes only: gevent must not load into a
 notebook's kernel.
 """
@@ -16,27 +21,6 @@ import gevent
 from gunicorn import util
 from gunicorn.http import message, wsgi
 from gunicorn.workers import ggevent
-
-# New connections a worker accepts per turn of its event loop. gunicorn takes
-# one when several workers share the socket, so that connections spread over
-# the workers; but under load a turn serves every busy connection first, and
-# a burst of new ones (a client's pool, idle connections reopened) queued
-# ahead of a probe for seconds. A few per turn still spread a client's pool
-# over both workers (eight sent most of a 16-connection load to one).
-ACCEPTS_PER_TURN = 4
-
-
-class StreamServerAcceptingFew(ggevent.StreamServer):
-    """gunicorn sets `max_accept` itself once the server exists: this keeps ours."""
-
-    @property
-    def max_accept(self):
-        return ACCEPTS_PER_TURN
-
-    @max_accept.setter
-    def max_accept(self, ignored):
-        pass
-
 
 # Bodies up to this size are copied behind the head to go in the same send.
 _SENT_WITH_THE_HEAD_BYTES = 64 * 1024
@@ -186,11 +170,9 @@ def settle(config):
 
 class FairGeventWorker(ggevent.GeventWorker):
     def run(self):
-        # The worker's run() builds its servers, and each request its
-        # response, its Date, its peer's standing and its environ's error
-        # stream, from these module-level names.
+        # Each request's response, its Date, its peer's standing and its
+        # environ's error stream are made from these module-level names.
         settle(self.cfg)
-        ggevent.StreamServer = StreamServerAcceptingFew
         wsgi.Response = HeadWithBodyResponse
         util.http_date = HttpDateOfThisSecond()
         message._ip_in_allow_list = PeerCheckedOnce()
