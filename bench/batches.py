@@ -140,7 +140,9 @@ def load_batches(
                 )
                 log(f"  {encoding.label}: not supported ({refusal.status}: {refusal.detail[:120]})")
                 break
-            load = measure_load(url, batch.wrk_script, connections, seconds, server.root_pid, server.supervisor_pid)
+            load = measure_load(
+                url, batch.wrk_script, connections, seconds, server.root_pid, server.supervisor_pid, server.edge_pid
+            )
             load["rows_per_second"] = load["requests_per_second"] * batch.rows
             load.update(time_requests(url, batch, TIMED_REQUESTS))
             runs.append(

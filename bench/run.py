@@ -33,16 +33,29 @@ from bench.batches import TIMED_REQUESTS, load_batches, post, prepare_batches
 from bench.bodies import V2_JSON, V2_SINGLE_ROW, encode
 from bench.measure import measure_load
 from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
-from bench.report import batch_ratios, markdown, ratios, spread, summarize, summarize_batches, targets
+from bench.report import (
+    batch_ratios,
+    edge_targets,
+    markdown,
+    ratios,
+    spread,
+    summarize,
+    summarize_batches,
+    targets,
+)
 from bench.servers import (
     KEEP_INSTALLED,
     PROJECT,
     ArticleServer,
-    CeilingServer,
+    BeforeEdgeService,
+    EdgeCeilingServer,
+    EdgeConstantServer,
     MlflowServer,
     ServerFailed,
     ServiceUnderPM2,
+    add_worktree,
     prepare_models_copy,
+    remove_worktree,
     run_make,
     running,
 )
@@ -56,6 +69,8 @@ PROJECT_MODELS = PROJECT / "build" / "models"
 SERVICE_V2 = "service_v2"
 SERVICE_V2_LABEL = "this project: the same service, V2 JSON"
 DEFAULT_OUTPUT = PROJECT / "build" / "bench"
+# The checkout of main before the edge, in the benchmark's temporary folder.
+BEFORE_EDGE_CHECKOUT = "before-edge-checkout"
 WRK_MISSING = "wrk is not installed; the benchmark loads the servers with it. Install it with: apt-get install -y wrk"
 
 
@@ -243,7 +258,9 @@ def peers(
 def load_single_rows(plan: Plan, key: str, url: str, script: Path, server, round_: int) -> list[dict]:
     runs = []
     for connections in plan.connection_counts:
-        load = measure_load(url, script, connections, plan.seconds, server.root_pid, server.supervisor_pid)
+        load = measure_load(
+            url, script, connections, plan.seconds, server.root_pid, server.supervisor_pid, server.edge_pid
+        )
         runs.append({"server": key, "round": round_, "connections": connections, **load})
         log(
             f"  {key} {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "
@@ -277,12 +294,23 @@ def benchmark(
     workers = notebook_defaults()["workers"]
     service = ServiceUnderPM2(workdir, models)
     others, skipped = peers(workdir, model_dir, with_mlflow, mlserver_venv, mlserver_threads)
-    ceiling = CeilingServer(workdir, workers=workers)
-    # The ceiling starts as soon as the service stops, and the service's
-    # single-row loads come last in its turn: the two loads that the main
-    # ratio compares are seconds apart, not minutes, on cores whose speed
-    # drifts with the host's load.
-    units = [[ArticleServer(workdir, pickle_path)], [service, ceiling], *([other] for other in others)]
+    ceiling = EdgeCeilingServer(workdir, workers=workers)
+    # main as it was before the edge: that commit's `make serve`, from a
+    # worktree of it, on its own copy of the same model.
+    before_dir = workdir / "before-edge"
+    before_models = prepare_models_copy(models, before_dir / "models")
+    checkout = add_worktree(workdir / BEFORE_EDGE_CHECKOUT)
+    before = BeforeEdgeService(before_dir, before_models, project=checkout)
+    # The ceiling starts as soon as the service stops, then main before the
+    # edge, and the service's single-row loads come last in its turn: the
+    # loads that the main ratios compare are seconds apart, not minutes, on
+    # cores whose speed drifts with the host's load.
+    units = [
+        [ArticleServer(workdir, pickle_path)],
+        [service, ceiling, before],
+        [EdgeConstantServer(workdir)],
+        *([other] for other in others),
+    ]
     servers = [server for unit in units for server in unit]
     scripts = {server.key: write_wrk_script(workdir / f"{server.key}.lua", server.body) for server in servers}
     # The service also answers one row on the V2 route, side by side with MLServer.
@@ -368,6 +396,7 @@ def benchmark(
         "skipped": skipped,
     }
     results["targets"] = targets(results)
+    results["edge_targets"] = edge_targets(results)
     return results
 
 
@@ -421,6 +450,7 @@ def main(argv=None) -> int:
         log("interrupted: every server was stopped, nothing was written")
         return 130
     finally:
+        remove_worktree(workdir / BEFORE_EDGE_CHECKOUT)
         shutil.rmtree(workdir, ignore_errors=True)
     results["machine"] = machine
     results["elapsed_seconds"] = round(time.monotonic() - started, 1)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from diabetes.edge import BEHIND_EDGE_VARIABLE, HAPROXY
 from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
 from diabetes.settings import APP_NAME, ENVIRONMENT_PREFIX
@@ -37,16 +38,19 @@ PM2 = PROJECT / "node_modules" / ".bin" / "pm2"
 # make would after a change to requirements.txt.
 KEEP_INSTALLED = ("--old-file=.venv/.installed", "--old-file=node_modules/.installed")
 _PR_SET_PDEATHSIG = 1
+# main just before HAProxy went in front of gunicorn (3660302): the service it replaced.
+BEFORE_EDGE_COMMIT = "a4095a3"
 
 
 class ServerFailed(Exception):
     """A server did not start, or did not answer the article's request."""
 
 
-def run_make(arguments: list[str], timeout: float, **settings) -> subprocess.CompletedProcess:
-    """`make ARGUMENTS` in the project, in our cleaned environment plus `settings`."""
+def run_make(arguments: list[str], timeout: float, project: Path = PROJECT, **settings) -> subprocess.CompletedProcess:
+    """`make ARGUMENTS` in the project (or another checkout of it), in our
+    cleaned environment plus `settings`."""
     return run_bounded(
-        ["make", "--no-print-directory", "-C", str(PROJECT), *arguments],
+        ["make", "--no-print-directory", "-C", str(project), *arguments],
         timeout=timeout,
         env=clean_environment(**settings),
     )
@@ -87,6 +91,12 @@ class Server:
     @property
     def supervisor_pid(self) -> int | None:
         """A process outside the tree that works for it (PM2's daemon), if any."""
+        return None
+
+    @property
+    def edge_pid(self) -> int | None:
+        """The root of the edge's processes in front of the tree (HAProxy, or
+        the launcher whose child it is), if any: counted with the server."""
         return None
 
     def start(self):
@@ -203,12 +213,124 @@ class CeilingServer(ChildProcessServer):
     key = "ceiling"
     label = "ceiling: constant answer, same gunicorn"
 
-    def __init__(self, workdir: Path, workers: int):
+    def __init__(self, workdir: Path, workers: int, behind_edge: bool = False):
         super().__init__(workdir)
         self.workers = workers
+        self.behind_edge = behind_edge
+        if behind_edge:
+            self.key = "ceiling_workers"
+            self.log_path = self.workdir / f"{self.key}.log"
 
     def command(self):
-        return [sys.executable, "-m", "bench.ceiling_app", "--port", str(self.port), "--workers", str(self.workers)]
+        command = [sys.executable, "-m", "bench.ceiling_app", "--port", str(self.port), "--workers", str(self.workers)]
+        # Behind the edge, gunicorn binds 127.0.0.1:workers_port (diabetes.serving.bind_address).
+        return command + (["--workers-port", str(self.port)] if self.behind_edge else [])
+
+    def environment(self) -> dict | None:
+        # gunicorn's settings behind the edge, as the service's (its keep-alive, for one).
+        return {**os.environ, BEHIND_EDGE_VARIABLE: "1"} if self.behind_edge else None
+
+
+class EdgeProxy(ChildProcessServer):
+    """HAProxy with diabetes/haproxy.cfg and the values diabetes/edge.py gives
+    it from the service's settings, in front of `workers_port`
+    (bench.edge_proxy, which becomes HAProxy)."""
+
+    key = "ceiling_edge"
+    label = "the edge (HAProxy) in front of the ceiling"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.workers_port = None
+        self.run_dir = self.workdir / "ceiling-edge-run"
+
+    def command(self):
+        return [
+            sys.executable,
+            "-m",
+            "bench.edge_proxy",
+            "--port",
+            str(self.port),
+            "--workers-port",
+            str(self.workers_port),
+            "--run-dir",
+            str(self.run_dir),
+        ]
+
+
+class EdgeCeilingServer(Server):
+    """The ceiling as the service is served: the same edge (HAProxy, the
+    same configuration and values) in front of the same gunicorn command line
+    around a Flask app that answers a constant."""
+
+    key = "ceiling"
+    label = "ceiling: constant answer, same edge + gunicorn"
+
+    def __init__(self, workdir: Path, workers: int):
+        super().__init__(workdir)
+        self.workers_server = CeilingServer(workdir, workers, behind_edge=True)
+        self.edge = EdgeProxy(workdir)
+
+    @property
+    def root_pid(self) -> int:
+        return self.workers_server.root_pid
+
+    @property
+    def edge_pid(self) -> int | None:
+        return self.edge.root_pid
+
+    def start(self):
+        self.workers_server.start()
+        self.edge.workers_port = self.workers_server.port
+        self.edge.start()
+        self.port, self.answer = self.edge.port, self.edge.answer
+
+    def stop(self):
+        try:
+            self.edge.stop()
+        finally:
+            self.workers_server.stop()
+            self.port = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return f"{self.edge.log_tail(lines)}\n{self.workers_server.log_tail(lines)}"
+
+
+EDGE_CONSTANT_CONFIG = """\
+# The edge alone answering a constant: this machine's limit for HTTP.
+global
+    # One thread, as the service's edge (notebooks/serve.ipynb: edge_threads).
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout http-request 10s
+    timeout http-keep-alive 5s
+    timeout client 30s
+
+frontend constant
+    bind 127.0.0.1:{port}
+    http-request return status 200 content-type application/json string '{{"prediction": 0.1}}'
+"""
+
+
+class EdgeConstantServer(ChildProcessServer):
+    """HAProxy by itself, one thread, answering the article's route with a
+    constant: no Python, no backend."""
+
+    key = "edge_constant"
+    label = "the edge alone: HAProxy answering a constant (1 thread)"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.config = self.workdir / "edge-constant.cfg"
+
+    def prepare(self):
+        self.config.write_text(EDGE_CONSTANT_CONFIG.format(port=self.port))
+
+    def command(self):
+        return [HAPROXY, "-db", "-f", str(self.config)]
 
 
 class MlflowServer(ChildProcessServer):
@@ -274,16 +396,20 @@ class ServiceUnderPM2(Server):
     and promote build/models/latest to `current`, undoing a user's rollback."""
 
     key = "service"
-    label = "this project: make serve (PM2, gunicorn)"
+    label = "this project: make serve (PM2, HAProxy edge, gunicorn)"
     start_timeout = 300  # the first start runs the endpoint notebook; with no model, training too
+    # The PM2 app of the edge (diabetes/edge.py's launcher, HAProxy its child), as ecosystem.config.js names it.
+    edge_app = f"{APP_NAME}-edge"
 
-    def __init__(self, workdir: Path, models_dir: Path | None):
+    def __init__(self, workdir: Path, models_dir: Path | None, project: Path = PROJECT):
         super().__init__(workdir)
         self.models_dir = models_dir
+        self.project = project
         self.pm2_home = self.workdir / "pm2"
         self.master_pid = None
+        self.edge_launcher_pid = None
         # Beside the models, as the Makefile's RELEASES_DIR is by default.
-        self.releases_dir = models_dir.parent / "releases" if models_dir else PROJECT / "build" / "releases"
+        self.releases_dir = models_dir.parent / "releases" if models_dir else project / "build" / "releases"
         # The script PM2 runs: the current release's.
         self.service_script = self.releases_dir / "current" / "serve.py"
 
@@ -308,6 +434,7 @@ class ServiceUnderPM2(Server):
         return run_make(
             [*self.make_options(), *targets, *self.make_variables()],
             timeout,
+            self.project,
             **{f"{ENVIRONMENT_PREFIX}PORT": str(self.port)},
         )
 
@@ -328,6 +455,10 @@ class ServiceUnderPM2(Server):
         except (OSError, ValueError):
             return None
 
+    @property
+    def edge_pid(self) -> int | None:
+        return self.edge_launcher_pid
+
     def start(self):
         self.port = free_port()
         self.pm2_home.mkdir(parents=True, exist_ok=True)
@@ -339,13 +470,14 @@ class ServiceUnderPM2(Server):
             raise ServerFailed(
                 f"make serve failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
-        self.master_pid = self._gunicorn_master_pid()
+        self.master_pid, self.edge_launcher_pid = self._pids_under_pm2()
         self.answer = self.wait_until_answering(30)
 
-    def _gunicorn_master_pid(self) -> int:
+    def _pids_under_pm2(self) -> tuple[int, int | None]:
         """The pid PM2 started for the current release's serve.py, which became the gunicorn
         master. Found by its script, not its name: ecosystem.config.js names
-        it from the environment, and runs other apps beside it (log rotation)."""
+        it from the environment, and runs other apps beside it (log rotation).
+        Then the pid of the edge's app (its launcher), when this service has one."""
         result = run_bounded(
             [str(PM2), "jlist"], timeout=30, cwd=PROJECT, env=clean_environment(PM2_HOME=str(self.pm2_home))
         )
@@ -365,7 +497,13 @@ class ServiceUnderPM2(Server):
                 f"expected one app of {self.service_script} under PM2 in {self.pm2_home}, "
                 f"found pids {pids} among {running}"
             )
-        return pids[0]
+        if self.edge_app is None:
+            return pids[0], None
+        edges = [app["pid"] for app in apps if app.get("name") == self.edge_app and app.get("pid")]
+        if len(edges) != 1:
+            running = {app.get("name"): app.get("pid") for app in apps}
+            raise ServerFailed(f"expected one {self.edge_app} under PM2 in {self.pm2_home}, found {running}")
+        return pids[0], edges[0]
 
     def stop(self):
         if self.port is None:
@@ -384,14 +522,16 @@ class ServiceUnderPM2(Server):
             self._end_what_make_stop_left(daemon_pid)
         if not wait_until(lambda: not port_is_open(self.port), timeout=30):
             print(f"port {self.port} still answers after make stop", file=sys.stderr)
-        self.port, self.master_pid = None, None
+        self.port, self.master_pid, self.edge_launcher_pid = None, None, None
 
     def _end_what_make_stop_left(self, daemon_pid: int | None):
         """Only the benchmark's own: what runs in its PM2 home. PM2's daemon
         goes first, as a whole tree: while it lives, it restarts a killed master."""
 
+        roots = (daemon_pid, self.master_pid, self.edge_launcher_pid)
+
         def all_gone():
-            return not process_exists(daemon_pid) and not process_exists(self.master_pid)
+            return not any(process_exists(root) for root in roots)
 
         if wait_until(all_gone, timeout=30):
             return
@@ -402,11 +542,7 @@ class ServiceUnderPM2(Server):
             pass
         if wait_until(all_gone, timeout=30):
             return
-        leftovers = list(
-            dict.fromkeys(
-                pid for root in (daemon_pid, self.master_pid) if process_exists(root) for pid in process_tree(root)
-            )
-        )
+        leftovers = list(dict.fromkeys(pid for root in roots if process_exists(root) for pid in process_tree(root)))
         print(f"pm2 kill left pids {leftovers} running: killing them", file=sys.stderr)
         for pid in leftovers:
             try:
@@ -420,6 +556,42 @@ class ServiceUnderPM2(Server):
             return "\n".join(error_log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+class BeforeEdgeService(ServiceUnderPM2):
+    """The service as main served it before the edge (BEFORE_EDGE_COMMIT:
+    PM2 and gunicorn alone, gunicorn on the service's port), run by that
+    commit's `make serve` from a git worktree of it, in a PM2 home, logs,
+    models copy and port of its own."""
+
+    key = "before_edge"
+    label = f"main before the edge ({BEFORE_EDGE_COMMIT}: make serve, PM2, gunicorn alone)"
+    edge_app = None
+
+
+def _git(*arguments: str, timeout: float = 120) -> str:
+    result = run_bounded(["git", "-C", str(PROJECT), *arguments], timeout=timeout)
+    if result.returncode != 0:
+        raise ServerFailed(f"git {' '.join(arguments)} failed: {result.stderr.strip()[-1000:]}")
+    return result.stdout.strip()
+
+
+def add_worktree(path: Path, commit: str = BEFORE_EDGE_COMMIT) -> Path:
+    """A detached git worktree of `commit` at `path`, sharing the project's
+    installed .venv and node_modules (links): nothing is reinstalled."""
+    _git("worktree", "add", "--detach", "--quiet", str(path), commit)
+    for installed in (".venv", "node_modules"):
+        (path / installed).symlink_to(PROJECT / installed, target_is_directory=True)
+    return path
+
+
+def remove_worktree(path: Path):
+    """Undo add_worktree: the folder and git's record of it."""
+    if (path / ".git").exists():
+        try:
+            _git("worktree", "remove", "--force", str(path))
+        except (ServerFailed, subprocess.TimeoutExpired) as error:
+            print(f"could not remove the worktree {path}: {error}", file=sys.stderr)
 
 
 def prepare_models_copy(project_models: Path, destination: Path) -> Path | None:
