@@ -67,9 +67,13 @@ def article_call(service, timeout: float = 10) -> float:
 
 def connect_from(service, address: str) -> socket.socket:
     connection = socket.socket()
-    connection.bind((address, 0))
-    connection.settimeout(10)
-    connection.connect(("127.0.0.1", service["port"]))
+    try:
+        connection.bind((address, 0))
+        connection.settimeout(10)
+        connection.connect(("127.0.0.1", service["port"]))
+    except OSError:
+        connection.close()
+        raise
     return connection
 
 
