@@ -555,6 +555,13 @@ class Contract:
 
     def _v2_json_values(self, tensor) -> Values:
         """The values of `data`: flat (row-major), as the protocol sends them, or nested in rows."""
+        if "data" not in tensor:
+            raise InvalidRequest(
+                f'the input tensor has no "data", nor a {V2_BINARY_DATA_SIZE} parameter for values sent '
+                "as binary data after the JSON request: send its values one of these ways",
+                ErrorCode.INVALID_TENSOR,
+                field="/inputs/0/data",
+            )
         (row_count, width), data = tensor["shape"], tensor["data"]
         if not isinstance(data, list):
             raise InvalidRequest("the tensor's data must be a list", ErrorCode.INVALID_TENSOR, field="/inputs/0/data")

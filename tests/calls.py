@@ -411,6 +411,14 @@ BAD_CALLS = [
     ),
     _bad("V2 infer refuses an empty tensor", *_POST_V2, 400, "empty_batch", json=v2_request([], shape=(0, 8))),
     _bad(
+        "V2 infer refuses an input tensor with neither data nor binary data",
+        *_POST_V2,
+        400,
+        "invalid_tensor",
+        "/inputs/0/data",
+        json={"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32"}]},
+    ),
+    _bad(
         "V2 infer refuses a string in FP32 data",
         *_POST_V2,
         400,

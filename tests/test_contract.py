@@ -363,6 +363,20 @@ BAD = {
         None,
     ),
     "an empty V2 tensor": ("v2", v2_json([], (0, 8)), "empty_batch", None, None),
+    "a V2 input with neither data nor binary data": (
+        "v2",
+        {"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32"}]},
+        "invalid_tensor",
+        "/inputs/0/data",
+        None,
+    ),
+    "a V2 input with neither data nor binary data, after which bytes come": (
+        "v2 http",
+        (b'{"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32"}]}', None),
+        "invalid_tensor",
+        "/inputs/0/data",
+        None,
+    ),
     "a V2 tensor over the row limit": (
         "v2",
         v2_json(ROWS[0] * (MAX_ROWS + 1), (MAX_ROWS + 1, 8)),
