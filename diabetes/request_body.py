@@ -7,14 +7,18 @@ refused with 413 as soon as it passes the limit, never cut at the limit and
 answered as if it were whole. CSV is read as a stream of lines, so that its
 row limit can stop it early. A body that has not fully arrived within
 `BODY_SECONDS` is refused with 408: a client that sends its body a byte at a
-time holds a connection only that long.
+time holds a connection only that long, however it spaces its bytes.
 """
 
 import io
+import sys
 import time
 
 from diabetes.contract import ErrorCode, InvalidRequest
 
+# The most a body may take to arrive, all of it. A module constant rather
+# than a setting: no deployment has needed another value, and a test that
+# needs a shorter one sets it in the worker before the app serves.
 BODY_SECONDS = 30
 _CHUNK_BYTES = 64 * 1024
 # What is read and dropped of a refused body, so that the client, still
@@ -53,7 +57,26 @@ class LimitedBody(io.RawIOBase):
 
 def _read_within(stream, socket, size: int, seconds: float) -> bytes:
     """Up to `size` bytes of the body (fewer only at its end), or 408 when
-    they take longer than `seconds` to arrive."""
+    they take longer than `seconds` to arrive, all of them.
+
+    The server's `read(size)` waits for the socket as many times as the bytes
+    take to come, so a socket's timeout would bound each wait, not the read: a
+    byte every few seconds would never time out. In a gevent worker, whose
+    sockets yield to gevent's loop while they wait, a gevent Timeout bounds the
+    whole read. Elsewhere (a test, another server) the socket's timeout is
+    the bound there is."""
+    timeout = _gevent_timeout()
+    if timeout is not None:
+        timer = timeout(seconds)
+        timer.start()
+        try:
+            return stream.read(size)
+        except timeout as error:
+            if error is not timer:
+                raise
+            raise body_too_slow() from None
+        finally:
+            timer.close()
     try:
         if socket is not None:
             socket.settimeout(seconds)
@@ -63,6 +86,16 @@ def _read_within(stream, socket, size: int, seconds: float) -> bytes:
     finally:
         if socket is not None:
             socket.settimeout(None)
+
+
+def _gevent_timeout():
+    """gevent's Timeout when this process's sockets are gevent's (a gunicorn
+    gevent worker patched them before it loaded the app), else None. gevent
+    is never imported here: a notebook's kernel must not load it."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        return None
+    return sys.modules["gevent"].Timeout
 
 
 def declared_length(environ: dict) -> int:
