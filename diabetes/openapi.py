@@ -27,9 +27,14 @@ ERROR_DESCRIPTIONS = {
     400: "The request is not valid: `error` says what was wrong and what was expected",
     404: "No such model or version",
     413: "The body or the batch is over its limit",
-    415: "The body is not of a supported content type",
+    415: "The body is not of a supported content type, charset (UTF-8) or content coding (gzip, deflate)",
 }
 BINARY_BODY = {"schema": {"type": "string", "format": "binary"}}
+# What every operation that reads a body says of how it may be compressed (diabetes/request_body.py).
+BODY_CODINGS = (
+    "The body may be compressed, with Content-Encoding gzip or deflate (zlib-wrapped or raw); the size limit "
+    "holds for it decompressed too. Any other coding is refused with 415."
+)
 
 
 @cache
@@ -106,6 +111,7 @@ def _prediction_paths(contract: Contract) -> dict:
                 "summary": "The original article's endpoint (unchanged)",
                 "requestBody": {
                     "required": True,
+                    "description": BODY_CODINGS,
                     "content": {"application/json": {"schema": _ref("ArticleRequest"), "example": ARTICLE_BODY}},
                 },
                 "responses": {"200": _json(_ref("ArticlePrediction")), **_errors(400, 413, 415)},
@@ -129,6 +135,7 @@ def _predict_operation(contract: Contract) -> dict:
         "parameters": [explain],
         "requestBody": {
             "required": True,
+            "description": BODY_CODINGS,
             "content": {
                 "application/json": {"schema": _ref("PredictRequest"), "example": EXAMPLE_RECORD},
                 "text/csv": {"schema": {"type": "string"}, "example": csv_example},
@@ -211,6 +218,8 @@ def _infer_operation(contract: Contract) -> dict:
         "parameters": [inference_header_length],
         "requestBody": {
             "required": True,
+            "description": BODY_CODINGS
+            + f" The {V2_INFERENCE_HEADER_CONTENT_LENGTH} header counts the JSON request's bytes decompressed.",
             "content": {
                 "application/json": {"schema": _ref("V2InferenceRequest"), "example": example},
                 "application/octet-stream": BINARY_BODY,

@@ -186,6 +186,14 @@ BAD_CALLS = [
         "request_entity_too_large",
         generated_body="too_large",
     ),
+    _bad(
+        "the article route refuses a content coding it does not read",
+        *_POST_ARTICLE,
+        415,
+        "unsupported_media_type",
+        json=ARTICLE_BODY,
+        headers=(("Content-Encoding", "br"),),
+    ),
     _bad("the article route refuses GET", "GET", ARTICLE_PATH, 405, "method_not_allowed", content_type=None),
     # named features, JSON
     _bad(
@@ -304,6 +312,14 @@ BAD_CALLS = [
         "invalid_parameter",
         "explain",
         json=EXAMPLE_RECORD,
+    ),
+    _bad(
+        "predict refuses a body that is not the gzip its Content-Encoding says",
+        *_POST_PREDICT,
+        400,
+        "invalid_body",
+        json=EXAMPLE_RECORD,
+        headers=(("Content-Encoding", "gzip"),),
     ),
     _bad(
         "predict refuses a body over the size limit",

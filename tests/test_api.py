@@ -1,9 +1,11 @@
 """The API, on every route: through Flask's test client on the generated
 script's app, and over HTTP against the PM2-served service (`target`)."""
 
+import gzip
 import json as json_module
 import re
 import subprocess
+import time
 
 import jsonschema
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import xgboost as xgb
 import yaml
 from calls import BAD_CALLS, BINARY_ROW, GOOD_CALLS, NO_BODY, Call
+from compressed import CODINGS, compressed, zip_bomb
 from conftest import PROJECT, Target, json_of
 from flask import Flask
 from flask_cors import CORS
@@ -318,6 +321,117 @@ def test_null_and_zero_both_mean_not_measured(in_process, trained):
     assert probabilities[0] == probabilities[1] == empty_field
     model = reference_model(trained["models_dir"] / in_process.version)
     model.assert_probabilities([[*ARTICLE_VALUES[:4], None, *ARTICLE_VALUES[5:]]], [empty_field])
+
+
+# ---- compressed bodies ---------------------------------------------------------------------------
+def v2_json_body(rows) -> bytes:
+    return json_module.dumps(
+        {"inputs": [{"name": "features", "shape": [len(rows), 8], "datatype": "FP32", "data": rows}]}
+    ).encode()
+
+
+BODY_ROWS = [ARTICLE_VALUES, BINARY_ROW]
+# Every way a body is read: a route, its body, its headers.
+BODIES = {
+    "the article's route": (
+        ARTICLE_PATH,
+        json_module.dumps(ARTICLE_BODY).encode(),
+        {"Content-Type": "application/json"},
+    ),
+    "predict, JSON": (
+        "/predict?explain=true",
+        json_module.dumps({"instances": BODY_ROWS}).encode(),
+        {"Content-Type": "application/json"},
+    ),
+    "predict, CSV": (
+        "/predict",
+        f"{CSV_HEADER}\n{ARTICLE_BODY['data']}\n{','.join(map(str, BINARY_ROW))}\n".encode(),
+        {"Content-Type": "text/csv"},
+    ),
+    "V2, JSON": (V2_INFER, v2_json_body(BODY_ROWS), {}),
+    "V2, binary tensor data": (V2_INFER, *v2_binary_body(np.array(BODY_ROWS))),
+}
+
+
+@pytest.mark.parametrize("path, body, headers", BODIES.values(), ids=BODIES.keys())
+@pytest.mark.parametrize("header, coding", CODINGS.values(), ids=CODINGS.keys())
+def test_a_compressed_body_gets_the_answer_the_same_body_uncompressed_gets(target, path, body, headers, header, coding):
+    plain_status, _, plain = target.send("POST", path, body, headers)
+    status, answer_headers, answer = target.send(
+        "POST", path, compressed(body, coding), {**headers, "Content-Encoding": header}
+    )
+    assert (plain_status, status) == (200, 200), answer[:300]
+    assert answer == plain
+    assert answer_headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("way", ["instances", "csv", "V2 binary FP32"])
+def test_all_768_rows_compressed_get_the_models_answers(target, reference, data_set, way):
+    rows = data_set[reference.names]
+    if way == "V2 binary FP32":
+        body, headers = v2_binary_body(rows.values)
+    elif way == "csv":
+        body, headers = rows.to_csv(index=False).encode(), {"Content-Type": "text/csv"}
+    else:
+        body, headers = (
+            json_module.dumps({"instances": rows.values.tolist()}).encode(),
+            {"Content-Type": "application/json"},
+        )
+    path = V2_INFER if way.startswith("V2") else "/predict"
+    status, _, answer = target.send("POST", path, gzip.compress(body), {**headers, "Content-Encoding": "gzip"})
+    assert status == 200, answer[:300]
+    answer = json_of(answer)
+    if way.startswith("V2"):
+        probabilities = next(output["data"] for output in answer["outputs"] if output["name"] == "probability")
+    else:
+        probabilities = [prediction["probability"] for prediction in answer["predictions"]]
+    reference.assert_probabilities(rows.values.tolist(), probabilities)
+
+
+@pytest.mark.parametrize("path, body, headers", BODIES.values(), ids=BODIES.keys())
+def test_a_zip_bomb_is_refused_with_413_on_every_route(target, limits, path, body, headers):
+    started = time.monotonic()
+    status, _, answer = target.send("POST", path, zip_bomb(), {**headers, "Content-Encoding": "gzip"})
+    assert status == 413
+    assert json_of(answer) == {
+        "error": f"the body decompresses to more than {limits['max_request_bytes']} bytes, the most this service "
+        "accepts: split it",
+        "code": "request_entity_too_large",
+        "status": 413,
+        "field": None,
+        "row": None,
+    }
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("path, body, headers", BODIES.values(), ids=BODIES.keys())
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip, gzip", "identity, gzip"])
+def test_a_body_in_another_content_coding_or_several_is_refused_with_415_on_every_route(
+    target, path, body, headers, coding
+):
+    status, _, answer = target.send("POST", path, body, {**headers, "Content-Encoding": coding})
+    assert status == 415
+    assert json_of(answer) == {
+        "error": f"Content-Encoding {coding} is not supported: send the body uncompressed, or with one of gzip, "
+        "deflate",
+        "code": "unsupported_media_type",
+        "status": 415,
+        "field": None,
+        "row": None,
+    }
+
+
+@pytest.mark.parametrize("path, body, headers", BODIES.values(), ids=BODIES.keys())
+def test_a_body_that_is_not_the_gzip_it_says_it_is_gets_400_on_every_route(target, path, body, headers):
+    status, _, answer = target.send("POST", path, body, {**headers, "Content-Encoding": "gzip"})
+    assert status == 400
+    assert json_of(answer) == {
+        "error": "the body is not valid gzip data, as its Content-Encoding says: incorrect header check",
+        "code": "invalid_body",
+        "status": 400,
+        "field": None,
+        "row": None,
+    }
 
 
 # ---- the Open Inference Protocol V2 --------------------------------------------------------

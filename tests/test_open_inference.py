@@ -6,6 +6,7 @@ Triton's binary tensor data extension sent by hand, in process and over HTTP."""
 import gzip
 import json
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,22 @@ def test_tritonclient_infers_on_a_version_with_a_request_id(triton_client, serve
     assert_the_models_answers(result, served)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary_input", [True, False], ids=["binary input", "JSON input"])
+def test_tritonclient_compressing_its_requests_gets_the_answers_it_gets_uncompressed(
+    triton_client, served, algorithm, binary_input
+):
+    """tritonclient compresses the whole body, binary tensor data included, and
+    its Inference-Header-Content-Length counts the JSON request uncompressed."""
+    plain = infer_every_row(triton_client, served, "FP32", binary_input, outputs=None)
+    compressed = infer_every_row(
+        triton_client, served, "FP32", binary_input, outputs=None, request_compression_algorithm=algorithm
+    )
+    assert_the_models_answers(compressed, served)
+    for name in ("probability", "label"):
+        assert np.array_equal(compressed.as_numpy(name), plain.as_numpy(name))
+
+
 def test_tritonclient_reports_the_services_error_message(triton_client):
     features = triton.InferInput("features", [1, 8], "FP32")
     features.set_data_from_numpy(np.array([[1, np.nan, 70, 28, 135, 34.2, 0.142, 22]], dtype=np.float32))
@@ -195,6 +212,11 @@ def with_headers(request, headers) -> tuple[bytes, dict]:
 def gzip_compressed(request) -> tuple[bytes, dict]:
     body, headers = request
     return gzip.compress(body), {**headers, "Content-Encoding": "gzip"}
+
+
+def cut_short(request, by=8) -> tuple[bytes, dict]:
+    body, headers = request
+    return body[:-by], headers
 
 
 ROW = BINARY_ROW
@@ -284,8 +306,20 @@ HOSTILE = {
         "invalid_tensor",
         "/inputs/0/datatype",
     ),
-    # how the body is encoded (tritonclient's request_compression_algorithm)
-    "a gzip-compressed body": (gzip_compressed(binary_request(BINARY_ROW_FP32)), 415, "unsupported_media_type", None),
+    # how the body is encoded (tritonclient's request_compression_algorithm: gzip, deflate)
+    "a brotli-compressed body": (
+        with_headers(binary_request(BINARY_ROW_FP32), {"Content-Encoding": "br"}),
+        415,
+        "unsupported_media_type",
+        None,
+    ),
+    "a gzip body cut short": (cut_short(gzip_compressed(binary_request(BINARY_ROW_FP32))), 400, "invalid_body", None),
+    "a gzip body whose header counts the compressed JSON": (
+        gzip_compressed(binary_request(BINARY_ROW_FP32, header_length=len(gzip.compress(JSON_ROW)))),
+        400,
+        "invalid_json",
+        None,
+    ),
     "a charset other than UTF-8": (
         with_headers(binary_request(BINARY_ROW_FP32), {"Content-Type": "text/plain; charset=latin-1"}),
         415,
@@ -344,6 +378,16 @@ def test_a_chunked_binary_body_over_the_size_limit_is_refused_not_cut(service, l
     chunks = (body[start : start + 65536] for start in range(0, len(body), 65536))
     response = requests.post(service["url"] + V2_INFER, data=chunks, headers=headers, timeout=30)
     assert response.status_code == 413 and response.json()["code"] == "request_entity_too_large"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_binary_request_is_decompressed_before_its_json_and_tensor_are_split(target, reference, coding):
+    body, headers = binary_request(fp32(*ROW, *OTHER_ROW), shape=(2, 8), outputs=[{"name": "probability"}])
+    squeezed = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+    status, _, answer = target.send("POST", V2_INFER, squeezed, {**headers, "Content-Encoding": coding})
+    assert status == 200, answer[:300]
+    [probability] = json_of(answer)["outputs"]
+    reference.assert_probabilities([ROW, OTHER_ROW], probability["data"])
 
 
 @pytest.mark.parametrize("content_type", [None, "application/json", "text/plain", "application/octet-stream"])
