@@ -46,7 +46,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import cached_property
 from http import HTTPStatus
@@ -215,10 +215,20 @@ class Contract:
     version: str
     threshold: float
     max_rows: int
+    explains: bool = False  # the rows are to be explained too: max_rows is the explanations' limit (`explaining`)
 
     @classmethod
     def from_metadata(cls, metadata: dict, max_rows: int) -> "Contract":
         return cls(tuple(metadata["features"]), metadata["version"], metadata["threshold"], max_rows)
+
+    def explaining(self, max_rows: int) -> "Contract":
+        """The contract of a request that asks for explanations: the same,
+        with at most `max_rows` rows (or this contract's limit, when lower),
+        refused as any batch over its limit is, with a message that says so.
+        TreeSHAP costs far more per row than a prediction (about 20 times with
+        the default model, several hundred with deep trees), and it runs on
+        the worker's one event loop."""
+        return replace(self, max_rows=min(self.max_rows, max_rows), explains=True)
 
     @cached_property
     def names(self) -> tuple:
@@ -274,10 +284,14 @@ class Contract:
         if count == 0:
             raise InvalidRequest("the batch is empty: send at least one row", ErrorCode.EMPTY_BATCH)
         if count > self.max_rows:
-            raise InvalidRequest(
-                f"the batch has {count} rows, at most {self.max_rows} are accepted per request: split it",
-                ErrorCode.TOO_MANY_ROWS,
-            )
+            raise self._too_many_rows(f"the batch has {count} rows")
+
+    def _too_many_rows(self, what: str) -> InvalidRequest:
+        if self.explains:
+            advice = f"at most {self.max_rows} are explained per request: send fewer rows, or drop explain"
+        else:
+            advice = f"at most {self.max_rows} are accepted per request: split it"
+        return InvalidRequest(f"{what}, {advice}", ErrorCode.TOO_MANY_ROWS)
 
     # ---- the article's route --------------------------------------------------
     def rows_from_article(self, body) -> np.ndarray:
@@ -417,11 +431,7 @@ class Contract:
             columns = self._csv_header_columns(rows.pop(0))
             line_numbers.pop(0)
         if len(rows) > self.max_rows:
-            raise InvalidRequest(
-                f"the CSV has more than {self.max_rows} rows, at most {self.max_rows} "
-                "are accepted per request: split it",
-                ErrorCode.TOO_MANY_ROWS,
-            )
+            raise self._too_many_rows(f"the CSV has more than {self.max_rows} rows")
         self._check_row_count(len(rows))
         self._check_row_widths(
             rows, named=lambda index: f"line {line_numbers[index]}", field=lambda index: pointer("rows", index)

@@ -47,11 +47,17 @@ def open_inference_schemas() -> dict:
     return copy.deepcopy(_open_inference_spec()["components"]["schemas"])
 
 
-def openapi_document(contract: Contract) -> dict:
+def openapi_document(contract: Contract, max_explain_rows: int | None = None) -> dict:
+    """`max_explain_rows`: the most rows of a request with explain=true (by default, the batch limit)."""
+    explained = contract.max_rows if max_explain_rows is None else min(max_explain_rows, contract.max_rows)
     return {
         "openapi": "3.0.3",
         "info": _info(contract),
-        "paths": {**_prediction_paths(contract), **_description_paths(), **_open_inference_paths(contract)},
+        "paths": {
+            **_prediction_paths(contract, explained),
+            **_description_paths(),
+            **_open_inference_paths(contract),
+        },
         "components": {"schemas": _schemas(contract)},
     }
 
@@ -81,8 +87,12 @@ def _json(schema: dict, description: str = "OK", example=None) -> dict:
     return {"description": description, "content": {"application/json": content}}
 
 
-def _errors(*statuses: int) -> dict:
-    responses = {str(status): _json(_ref("Error"), ERROR_DESCRIPTIONS[status]) for status in statuses}
+def _errors(*statuses: int, **descriptions: str) -> dict:
+    """The error answers of `statuses`; `descriptions` (e.g. `e413="..."`) say more than the usual ones."""
+    responses = {
+        str(status): _json(_ref("Error"), descriptions.get(f"e{status}", ERROR_DESCRIPTIONS[status]))
+        for status in statuses
+    }
     responses["default"] = _json(_ref("Error"), "Any other error, in the same envelope")
     return responses
 
@@ -104,7 +114,7 @@ def _row_schema(names: list) -> dict:
 # ---- paths -------------------------------------------------------------------------------------------------
 
 
-def _prediction_paths(contract: Contract) -> dict:
+def _prediction_paths(contract: Contract, max_explain_rows: int) -> dict:
     return {
         ARTICLE_PATH: {
             "post": {
@@ -117,17 +127,19 @@ def _prediction_paths(contract: Contract) -> dict:
                 "responses": {"200": _json(_ref("ArticlePrediction")), **_errors(400, 413, 415)},
             }
         },
-        "/predict": {"post": _predict_operation(contract)},
+        "/predict": {"post": _predict_operation(contract, max_explain_rows)},
     }
 
 
-def _predict_operation(contract: Contract) -> dict:
+def _predict_operation(contract: Contract, max_explain_rows: int) -> dict:
     explain = {
         "name": "explain",
         "in": "query",
         "required": False,
         "schema": {"type": "boolean", "default": False},
-        "description": "add each row's TreeSHAP contributions (log-odds)",
+        "description": "add each row's TreeSHAP contributions (log-odds). TreeSHAP costs far more than a "
+        f"prediction: with explain=true a request may hold at most {max_explain_rows} rows (413 too_many_rows "
+        "beyond: send fewer rows, or drop explain)",
     }
     csv_example = ",".join(contract.names) + "\n" + ARTICLE_BODY["data"] + "\n"
     return {
@@ -141,7 +153,16 @@ def _predict_operation(contract: Contract) -> dict:
                 "text/csv": {"schema": {"type": "string"}, "example": csv_example},
             },
         },
-        "responses": {"200": _json(_ref("PredictResponse")), **_errors(400, 413, 415)},
+        "responses": {
+            "200": _json(_ref("PredictResponse")),
+            **_errors(
+                400,
+                413,
+                415,
+                e413=f"{ERROR_DESCRIPTIONS[413]}: {contract.max_rows} rows, or {max_explain_rows} with explain=true "
+                "(too_many_rows); or the body's size (request_entity_too_large)",
+            ),
+        },
     }
 
 

@@ -65,7 +65,9 @@ class Call:
     text: str | None = None  # a raw body,
     content_type: str | None = "application/json"
     field: str | None = None  # the error's expected field
-    generated_body: str | None = None  # "too_many_rows" or "too_large": built from the limits, too big to store
+    # Built from the limits, too big to store: "too_many_rows" (one row over the batch limit), "most_rows"
+    # (the batch limit's rows, more than may be explained: max_explain_rows is below it) or "too_large".
+    generated_body: str | None = None
     headers: tuple = ()  # more request headers, as (name, value) pairs
     # For a good prediction call: the rows of 8 raw values it sends, in order, None
     # for not measured, from which the tests work out what the model must answer.
@@ -77,6 +79,8 @@ class Call:
     def body(self, max_rows: int, max_bytes: int) -> bytes | None:
         if self.generated_body == "too_many_rows":
             return json.dumps({"instances": [ARTICLE_VALUES] * (max_rows + 1)}).encode()
+        if self.generated_body == "most_rows":
+            return json.dumps({"instances": [ARTICLE_VALUES] * max_rows}).encode()
         if self.generated_body == "too_large":
             return json.dumps({"data": "1" * max_bytes}).encode()
         if self.json is not NO_BODY:
@@ -312,6 +316,14 @@ BAD_CALLS = [
         "invalid_parameter",
         "explain",
         json=EXAMPLE_RECORD,
+    ),
+    _bad(
+        "predict refuses to explain more rows than its explanation limit",
+        "POST",
+        "/predict?explain=true",
+        413,
+        "too_many_rows",
+        generated_body="most_rows",
     ),
     _bad(
         "predict refuses a body that is not the gzip its Content-Encoding says",

@@ -22,6 +22,8 @@ COLLECTION = Path(f"postman/{APP_NAME}.postman_collection.json")
 _BODY_SCRIPTS = {
     "too_many_rows": 'JSON.stringify({instances: Array(Number(pm.collectionVariables.get("maxBatchRows")) + 1)'
     ".fill([1, 106, 70, 28, 135, 34.2, 0.142, 22])})",
+    "most_rows": 'JSON.stringify({instances: Array(Number(pm.collectionVariables.get("maxBatchRows")))'
+    ".fill([1, 106, 70, 28, 135, 34.2, 0.142, 22])})",
     "too_large": 'JSON.stringify({data: "1".repeat(Number(pm.collectionVariables.get("maxRequestBytes")))})',
 }
 

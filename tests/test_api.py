@@ -25,6 +25,8 @@ from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CS
 from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH
 from diabetes.cross_origin import CrossOrigin
 from diabetes.features import FEATURE_NAMES
+from diabetes.settings import notebook_defaults
+from tests.processes import clean_environment
 
 V2_SPEC = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())
 
@@ -271,9 +273,14 @@ def test_every_route_answers_the_models_probability_and_label_for_all_768_rows(t
     assert 0 < sum(answer["labels"]) < len(rows)
 
 
-def test_explanations_are_the_models_treeshap_contributions_for_every_row(target, reference, data_set):
+def test_explanations_are_the_models_treeshap_contributions_for_every_row(target, reference, data_set, limits):
     rows = data_set[reference.names]
-    answer = batch_answer(target, rows, "explained records")
+    # In batches of as many rows as a request may have explained.
+    batches = [
+        rows[start : start + limits["max_explain_rows"]] for start in range(0, len(rows), limits["max_explain_rows"])
+    ]
+    answers = [batch_answer(target, batch, "explained records") for batch in batches]
+    answer = {name: sum((batch[name] for batch in answers), []) for name in ("probabilities", "explanations")}
     reference.assert_probabilities(rows.values.tolist(), answer["probabilities"])
     reference.assert_explanations(rows.values.tolist(), answer["explanations"])
     for explanation, probability in zip(answer["explanations"], answer["probabilities"]):
@@ -321,6 +328,77 @@ def test_null_and_zero_both_mean_not_measured(in_process, trained):
     assert probabilities[0] == probabilities[1] == empty_field
     model = reference_model(trained["models_dir"] / in_process.version)
     model.assert_probabilities([[*ARTICLE_VALUES[:4], None, *ARTICLE_VALUES[5:]]], [empty_field])
+
+
+# ---- explanations: a row limit of their own ---------------------------------------------------
+def test_as_many_rows_as_may_be_explained_are_explained_and_one_more_is_refused_with_413(target, reference, limits):
+    most = limits["max_explain_rows"]
+    assert most < limits["max_batch_rows"]
+    rows = [ARTICLE_VALUES, BINARY_ROW] * (most // 2) + [ARTICLE_VALUES] * (most % 2)
+    explained = post(target, "/predict?explain=true", json={"instances": rows})["predictions"]
+    reference.assert_explanations(rows, [prediction["explanation"] for prediction in explained])
+    for body, content_type in [
+        (json_module.dumps({"instances": rows + [BINARY_ROW]}), "application/json"),
+        (json_module.dumps([dict(zip(FEATURE_NAMES, row)) for row in rows + [BINARY_ROW]]), "application/json"),
+        ("".join(",".join(map(str, row)) + "\n" for row in rows + [BINARY_ROW]), "text/csv"),
+    ]:
+        status, _, answer = target.call(
+            Call("", "POST", "/predict?explain=true", 413, text=body, content_type=content_type)
+        )
+        assert status == 413
+        counted = (
+            f"the CSV has more than {most} rows" if content_type == "text/csv" else f"the batch has {most + 1} rows"
+        )
+        assert json_of(answer) == {
+            "error": f"{counted}, at most {most} are explained per request: send fewer rows, or drop explain",
+            "code": "too_many_rows",
+            "status": 413,
+            "field": None,
+            "row": None,
+        }
+        # The same batch without explanations is answered.
+        unexplained = target.call(Call("", "POST", "/predict", 200, text=body, content_type=content_type))
+        assert unexplained[0] == 200 and len(json_of(unexplained[2])["predictions"]) == most + 1
+
+
+def test_the_explanations_limit_is_the_apps_max_explain_rows(served_module):
+    client = served_module.create_app(served_module.bundle, max_explain_rows=2).test_client()
+    three = {"instances": [ARTICLE_VALUES, BINARY_ROW, ARTICLE_VALUES]}
+    response = client.post("/predict?explain=true", json=three)
+    assert (response.status_code, response.get_json()["code"]) == (413, "too_many_rows")
+    assert "at most 2 are explained per request" in response.get_json()["error"]
+    assert client.post("/predict?explain=true", json={"instances": three["instances"][:2]}).status_code == 200
+    assert client.post("/predict", json=three).status_code == 200
+    explain = client.get("/openapi.json").get_json()["paths"]["/predict"]["post"]["parameters"][0]
+    assert "at most 2 rows" in explain["description"]
+
+
+def test_diabetes_max_explain_rows_in_the_environment_sets_the_served_scripts_limit(scripts, trained):
+    """The generated script run as gunicorn's workers import it, with the variable set."""
+    program = f"""
+import importlib.util, json
+spec = importlib.util.spec_from_file_location("serve", {str(scripts / "serve.py")!r})
+serve = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(serve)
+client = serve.app.test_client()
+rows = {{"instances": [{ARTICLE_VALUES!r}] * 3}}
+answer = client.post("/predict?explain=true", json=rows).get_json()
+print("answered", json.dumps([serve.settings["max_explain_rows"], answer]))
+"""
+    env = clean_environment(DIABETES_MODEL_DIR=str(trained["models_dir"] / "latest"), DIABETES_MAX_EXPLAIN_ROWS="2")
+    python = str(PROJECT / ".venv/bin/python")
+    result = subprocess.run([python, "-c", program], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # The app writes its access log on the standard output too.
+    [answered] = [line for line in result.stdout.splitlines() if line.startswith("answered ")]
+    setting, answer = json_module.loads(answered.removeprefix("answered "))
+    assert setting == 2
+    assert (answer["status"], answer["code"]) == (413, "too_many_rows")
+    assert "at most 2 are explained per request: send fewer rows, or drop explain" in answer["error"]
+
+
+def test_the_served_script_reads_every_parameter_of_the_notebook_as_a_setting(served_module):
+    assert set(served_module.settings) == set(notebook_defaults())
 
 
 # ---- compressed bodies ---------------------------------------------------------------------------

@@ -520,6 +520,58 @@ def test_a_csv_body_over_the_row_limit_is_read_no_further(contract):
     assert refused.value.code == "too_many_rows" and refused.value.status == 413
 
 
+# ---- explanations: a row limit of their own --------------------------------------------------
+EXPLAINED = 3
+TOO_MANY_TO_EXPLAIN = {
+    "instances": ("json", {"instances": [ROWS[0]] * (EXPLAINED + 1)}, "the batch has 4 rows"),
+    "a list of records": ("json", records(ROWS[:1]) * (EXPLAINED + 1), "the batch has 4 rows"),
+    "CSV rows": ("csv", csv_text([ROWS[0]] * (EXPLAINED + 1)), "the CSV has more than 3 rows"),
+}
+
+
+@pytest.mark.parametrize("form, body, what", TOO_MANY_TO_EXPLAIN.values(), ids=TOO_MANY_TO_EXPLAIN.keys())
+def test_a_batch_over_the_explanations_limit_is_refused_naming_the_limit_and_what_to_do(contract, form, body, what):
+    with pytest.raises(InvalidRequest) as refused:
+        read(contract.explaining(EXPLAINED), form, body)
+    assert refused.value.envelope() == {
+        "error": f"{what}, at most 3 are explained per request: send fewer rows, or drop explain",
+        "code": "too_many_rows",
+        "status": 413,
+        "field": None,
+        "row": None,
+    }
+    # Without explanations, the batch limit alone holds.
+    assert read(contract, form, body).shape == (EXPLAINED + 1, 8)
+
+
+def test_csv_rows_over_the_explanations_limit_are_read_no_further(contract):
+    def endless_rows():
+        while True:
+            yield "1,106,70,28,135,34.2,0.142,22\n"
+
+    with pytest.raises(InvalidRequest) as refused:
+        contract.explaining(EXPLAINED).rows_from_csv(endless_rows())
+    assert (refused.value.code, refused.value.status) == ("too_many_rows", 413)
+    assert "at most 3 are explained per request" in refused.value.message
+
+
+def test_a_batch_within_the_explanations_limit_reads_as_it_does_without_them(contract):
+    body = {"instances": [ROWS[0], ROWS[1], ROWS[0]]}
+    assert np.array_equal(read(contract.explaining(EXPLAINED), "json", body), read(contract, "json", body))
+
+
+def test_the_explanations_limit_is_never_above_the_batch_limit(contract):
+    explaining = contract.explaining(MAX_ROWS * 10)
+    assert explaining.max_rows == MAX_ROWS and explaining.explains
+    with pytest.raises(InvalidRequest) as refused:
+        read(explaining, "json", {"instances": [ROWS[0]] * (MAX_ROWS + 1)})
+    assert refused.value.message == (
+        f"the batch has {MAX_ROWS + 1} rows, at most {MAX_ROWS} are explained per request: "
+        "send fewer rows, or drop explain"
+    )
+    assert not contract.explains and contract.max_rows == MAX_ROWS
+
+
 def test_a_json_pointer_escapes_tilde_and_slash():
     assert pointer("instances", 0, "a/b~c") == "/instances/0/a~1b~0c"
     assert pointer() == ""
