@@ -117,6 +117,10 @@ class ErrorCode(StrEnum):
     REQUEST_HEADER_FIELDS_TOO_LARGE = "request_header_fields_too_large"
     INTERNAL_ERROR = "internal_error"
     NOT_IMPLEMENTED = "not_implemented"
+    # Answered by the edge (diabetes/edge.py), never by the app.
+    BAD_GATEWAY = "bad_gateway"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+    GATEWAY_TIMEOUT = "gateway_timeout"
 
     @property
     def status(self) -> int:
@@ -146,6 +150,9 @@ _STATUS_OF_CODE = {
     ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE: HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
     ErrorCode.INTERNAL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
     ErrorCode.NOT_IMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
+    ErrorCode.BAD_GATEWAY: HTTPStatus.BAD_GATEWAY,
+    ErrorCode.SERVICE_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    ErrorCode.GATEWAY_TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
 }
 # The code of each status that Flask or gunicorn may answer by itself.
 _CODE_OF_STATUS = {

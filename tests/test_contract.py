@@ -817,12 +817,15 @@ def test_every_error_code_is_in_the_readme_with_its_status():
         (500, "internal_error"),
         (501, "not_implemented"),
         (409, "bad_request"),
-        (503, "internal_error"),
+        (502, "bad_gateway"),
+        (503, "service_unavailable"),
+        (504, "gateway_timeout"),
+        (507, "internal_error"),
     ],
 )
-def test_an_http_error_of_flask_or_gunicorn_gets_the_code_of_its_status(status, code):
+def test_an_http_error_of_flask_gunicorn_or_the_edge_gets_the_code_of_its_status(status, code):
     assert ErrorCode.of_status(status) == code
-    assert ErrorCode.of_status(status).status == status or status in (409, 503)
+    assert ErrorCode.of_status(status).status == status or status in (409, 507)
 
 
 def test_an_error_code_that_is_not_a_member_is_refused():

@@ -161,4 +161,4 @@ def test_the_makefile_and_the_ecosystem_files_name_the_app_as_the_python_code_do
     project_apps, container_apps = json.loads(listing.stdout)
     assert [name for name, _ in project_apps].count(APP_NAME) == 1
     assert dict(project_apps)[APP_NAME].endswith(f"/{APP_NAME}.out.log")
-    assert [name for name, _ in container_apps] == [APP_NAME]
+    assert [name for name, _ in container_apps] == [APP_NAME, f"{APP_NAME}-edge"]
