@@ -118,3 +118,16 @@ def post_worker_init(worker):
     # youngest generation larger than a batch, they come and go without a
     # collection looking through each of them.
     gc.set_threshold(_YOUNGEST_GENERATION_OBJECTS)
+    # The app says how much memory a worker may hold (the max_worker_memory_mib setting).
+    from diabetes.worker_memory import MemoryCap
+
+    config = getattr(worker.wsgi, "config", {})
+    worker.memory_cap = MemoryCap(config.get(WORKER_MEMORY_CAP_KEY, 0))
+
+
+# Where the app (notebooks/serve.ipynb) puts its workers' memory cap, in bytes.
+WORKER_MEMORY_CAP_KEY = "MAX_WORKER_MEMORY_BYTES"
+
+
+def post_request(worker, request, environ, response):
+    worker.memory_cap(worker)

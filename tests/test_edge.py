@@ -390,3 +390,25 @@ def test_the_edges_refusals_are_logged_as_json_lines(service):
         )
 
     assert wait_until(refusal_logged, timeout=10)
+
+
+# ---- bounded memory per worker ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def capped_service(trained, tmp_path_factory):
+    """A service whose workers may hold 1 MiB: each is past it after its first requests."""
+    workspace = tmp_path_factory.mktemp("capped")
+    with service_of_its_own(trained, workspace, DIABETES_MAX_WORKER_MEMORY_MIB="1") as service:
+        yield service
+
+
+def test_a_worker_past_its_memory_cap_is_replaced_gracefully_and_no_request_fails(capped_service, tmp_path):
+    master = pid_of(capped_service, APP_NAME)
+    workers_before = set(process_tree(master)[1:])
+    script = write_wrk_script(tmp_path / "article.lua", ARTICLE_BODY)
+    result = run_wrk(f"{capped_service['url']}{ARTICLE_PATH}", script, connections=4, seconds=6)
+    assert result["requests"] > 100 and not any(result["errors"].values()), result
+    assert not workers_before & set(process_tree(master)[1:]), "no worker was replaced"
+    log = (capped_service["workspace"] / "logs" / f"{APP_NAME}.error.log").read_text()
+    assert "past its cap of 1 MiB" in log
