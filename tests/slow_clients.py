@@ -115,3 +115,96 @@ def worst_latency(send, seconds: float) -> float:
         worst = max(worst, time.monotonic() - started)
         time.sleep(0.05)
     return worst
+
+
+@contextmanager
+def slow_and_held_bodies(port: int, slow: int, held: int, per_address: int = 200, held_bytes: int = 4 << 20):
+    """Keep `slow` connections that send a head and part of a small body,
+    then a byte every 20 s, and `held` ones that announce a `held_bytes` body
+    and send all of it but the last byte (as fast as the server takes it),
+    for as long as the block runs; each one the server closes is opened
+    again. They connect from 127.0.0.2 and up, `per_address` from each, so
+    that the edge's per-address limit sees them apart from the measuring
+    client. Yields the count of connections the server closed, by kind."""
+    context = multiprocessing.get_context("spawn")
+    opened, stop, results = context.Event(), context.Event(), context.Queue()
+    attacker = context.Process(
+        target=_hold_bodies, args=(port, slow, held, per_address, held_bytes, opened, stop, results), daemon=True
+    )
+    attacker.start()
+    closed = {}
+    try:
+        if not opened.wait(timeout=120):
+            raise TimeoutError(f"could not open {slow} slow and {held} held bodies to port {port}")
+        yield closed
+    finally:
+        stop.set()
+        if attacker.is_alive() or not results.empty():
+            closed.update(results.get(timeout=60))
+        attacker.join(timeout=10)
+        if attacker.is_alive():
+            attacker.kill()
+
+
+def _hold_bodies(port, slow, held, per_address, held_bytes, opened, stop, results):
+    import selectors
+
+    body = json.dumps(ARTICLE_BODY).encode()
+    heads = {
+        "slow": (
+            f"POST {ARTICLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body[:10],
+        "held": (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+            f"Content-Length: {held_bytes}\r\n\r\n"
+        ).encode(),
+    }
+    closed = {"slow": 0, "held": 0}
+    chunk = b" " * 65536
+    connections = {}  # socket -> [kind, bytes of the body sent, next byte due (slow)]
+    selector = selectors.DefaultSelector()
+
+    def open_one(index, kind):
+        connection = socket.socket()
+        try:
+            connection.bind((f"127.0.0.{2 + index // per_address}", 0))
+            connection.connect(("127.0.0.1", port))
+            connection.sendall(heads[kind])
+        except OSError:
+            connection.close()
+            return
+        connection.setblocking(False)
+        connections[connection] = [kind, 0, time.monotonic() + 20, index]
+        selector.register(connection, selectors.EVENT_READ)
+
+    kinds = [("slow", index) for index in range(slow)] + [("held", slow + index) for index in range(held)]
+    for kind, index in kinds:
+        open_one(index, kind)
+    opened.set()
+    while not stop.is_set():
+        for key, _ in selector.select(timeout=0.05):
+            # Anything to read is an answer (a 408, a 413) or the close: open it again.
+            connection = key.fileobj
+            kind, _, _, index = connections.pop(connection)
+            selector.unregister(connection)
+            connection.close()
+            closed[kind] += 1
+            open_one(index, kind)
+        now = time.monotonic()
+        for connection, state in list(connections.items()):
+            kind, sent, due, _ = state
+            try:
+                if kind == "held" and sent < held_bytes - 1:
+                    state[1] += connection.send(chunk[: min(len(chunk), held_bytes - 1 - sent)])
+                elif kind == "slow" and now >= due and sent < len(body) - 11:
+                    connection.send(body[10 + sent : 11 + sent])
+                    state[1], state[2] = sent + 1, now + 20
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                pass  # the close is seen by the selector
+    results.put(dict(closed))
+    for connection in connections:
+        connection.close()

@@ -19,7 +19,7 @@ import pytest
 import requests
 from conftest import FAST_PARAMS, PROJECT, make, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
-from slow_clients import idle_and_slow_connections, slow_article_call, worst_latency
+from slow_clients import idle_and_slow_connections, slow_and_held_bodies, slow_article_call, worst_latency
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
@@ -151,6 +151,27 @@ def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(serv
     # reopened at once when the server closes them, queue ahead of the probe:
     # its worst time is reported; every probe must be answered.
     assert probe < 5
+
+
+def test_slow_bodies_and_held_4_mib_bodies_beside_a_load_fail_nothing(service):
+    slow, held = (1000, 300) if LONG else (200, 60)
+    join = under_load(service, SOAK_SECONDS)
+    with slow_and_held_bodies(service["port"], slow=slow, held=held) as closed:
+        probe = worst_latency(
+            lambda: requests.get(service["url"] + "/v2/health/ready", timeout=5).raise_for_status(),
+            seconds=SOAK_SECONDS - 1,
+        )
+    load = join()
+    record(
+        "slow and held bodies",
+        f"{SOAK_SECONDS} s at 16 connections, {load['requests']} requests",
+        f"{slow} slow-body connections (a byte every 20 s) + {held} held 4 MiB bodies "
+        f"({closed['slow']} + {closed['held']} closed by the edge or the app)",
+        lost(load),
+        f"p99 {load['p99_ms']:.1f} ms, probe's worst {probe * 1000:.0f} ms",
+    )
+    assert lost(load) == 0, load["errors"]
+    assert probe < 1
 
 
 def test_logs_are_rotated_as_they_grow(service):
