@@ -4,7 +4,10 @@
 
 Servers, one at a time, each on a free port of 127.0.0.1: the article's
 endpoint as the article wrote it, this project's service as `make serve` runs
-it, the same gunicorn stack answering a constant (the ceiling), and with
+it (PM2, the HAProxy edge, gunicorn), the same edge and gunicorn stack
+answering a constant (the ceiling), main as it was before the edge (a git
+worktree of that commit, its own `make serve`), HAProxy alone answering a
+constant (the machine's limit for HTTP), MLServer when installed, and with
 --mlflow `mlflow models serve` when MLflow is installed. Every round starts,
 loads and stops each server in turn, so that noise on the machine hits all of
 them; ratios compare servers within a round. While the service runs, it also
@@ -44,6 +47,7 @@ from bench.report import (
     targets,
 )
 from bench.servers import (
+    BEFORE_EDGE_COMMIT,
     KEEP_INSTALLED,
     PROJECT,
     ArticleServer,
@@ -298,16 +302,22 @@ def benchmark(
     # main as it was before the edge: that commit's `make serve`, from a
     # worktree of it, on its own copy of the same model.
     before_dir = workdir / "before-edge"
-    before_models = prepare_models_copy(models, before_dir / "models")
-    checkout = add_worktree(workdir / BEFORE_EDGE_CHECKOUT)
-    before = BeforeEdgeService(before_dir, before_models, project=checkout)
+    try:
+        checkout = add_worktree(workdir / BEFORE_EDGE_CHECKOUT)
+    except ServerFailed as error:  # a clone without that commit
+        skipped.append(f"before_edge: no worktree of {BEFORE_EDGE_COMMIT} ({error})")
+        log(f"skipped main before the edge: {skipped[-1]}")
+        before_unit = []
+    else:
+        before_models = prepare_models_copy(models, before_dir / "models")
+        before_unit = [BeforeEdgeService(before_dir, before_models, project=checkout)]
     # The ceiling starts as soon as the service stops, then main before the
     # edge, and the service's single-row loads come last in its turn: the
     # loads that the main ratios compare are seconds apart, not minutes, on
     # cores whose speed drifts with the host's load.
     units = [
         [ArticleServer(workdir, pickle_path)],
-        [service, ceiling, before],
+        [service, ceiling, *before_unit],
         [EdgeConstantServer(workdir)],
         *([other] for other in others),
     ]
