@@ -351,7 +351,7 @@ def _edge_lines(results: dict) -> list[str]:
     ]
     return [
         "",
-        "The edge alone (HAProxy, one thread, answering a constant) is this machine's limit for HTTP: "
+        "The edge alone (HAProxy with the edge's threads, answering a constant) is this machine's limit for HTTP: "
         + "; ".join(cells)
         + ". CPU: the edge's processes are counted with the server's (in brackets: the edge's part); "
         "PSS: the edge's launcher and HAProxy are the `edge` part of the total.",

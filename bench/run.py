@@ -318,7 +318,7 @@ def benchmark(
     units = [
         [ArticleServer(workdir, pickle_path)],
         [service, ceiling, *before_unit],
-        [EdgeConstantServer(workdir)],
+        [EdgeConstantServer(workdir, threads=notebook_defaults()["edge_threads"])],
         *([other] for other in others),
     ]
     servers = [server for unit in units for server in unit]

@@ -299,8 +299,8 @@ class EdgeCeilingServer(Server):
 EDGE_CONSTANT_CONFIG = """\
 # The edge alone answering a constant: this machine's limit for HTTP.
 global
-    # One thread, as the service's edge (notebooks/serve.ipynb: edge_threads).
-    nbthread 1
+    # As many threads as the service's edge (notebooks/serve.ipynb: edge_threads).
+    nbthread {threads}
     maxconn 4096
 
 defaults
@@ -316,18 +316,19 @@ frontend constant
 
 
 class EdgeConstantServer(ChildProcessServer):
-    """HAProxy by itself, one thread, answering the article's route with a
-    constant: no Python, no backend."""
+    """HAProxy by itself, with the service's edge's threads, answering the
+    article's route with a constant: no Python, no backend."""
 
     key = "edge_constant"
-    label = "the edge alone: HAProxy answering a constant (1 thread)"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, threads: int):
         super().__init__(workdir)
+        self.threads = threads
+        self.label = f"the edge alone: HAProxy answering a constant ({threads} thread{'s' * (threads != 1)})"
         self.config = self.workdir / "edge-constant.cfg"
 
     def prepare(self):
-        self.config.write_text(EDGE_CONSTANT_CONFIG.format(port=self.port))
+        self.config.write_text(EDGE_CONSTANT_CONFIG.format(port=self.port, threads=self.threads))
 
     def command(self):
         return [HAPROXY, "-db", "-f", str(self.config)]
