@@ -151,8 +151,10 @@ serve: $(DEPLOYED) | haproxy
 
 ## stop     stop the API and the project's PM2 daemon
 stop:
-	@# pm2 stop lets the requests in flight finish (pm2 kill alone does not wait for them).
-	@if [ -e $(PM2_HOME)/pm2.pid ]; then $(PM2) stop all > /dev/null; $(PM2) kill; else echo "PM2 is not running"; fi
+	@# pm2 stop lets the requests in flight finish (pm2 kill alone does not wait for them): the edge's
+	@# first, while the workers still answer what it holds, then the workers' own.
+	@if [ -e $(PM2_HOME)/pm2.pid ]; then $(PM2) stop $(APP)-edge > /dev/null 2>&1 || true; \
+	    $(PM2) stop all > /dev/null; $(PM2) kill; else echo "PM2 is not running"; fi
 
 ## models   list the model versions with their metrics (* marks the one served)
 models: $(VENV_OK)

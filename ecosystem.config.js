@@ -70,8 +70,9 @@ module.exports = {
       restart_delay: 100,
       // Measures the gunicorn master only (PM2 does not see the workers).
       max_memory_restart: "300M",
-      // Longer than gunicorn's graceful_timeout, so workers can finish.
-      kill_timeout: 25000,
+      // Longer than the wait for the edge to drain and gunicorn's
+      // graceful_timeout together (diabetes/gunicorn_config.py), so workers can finish.
+      kill_timeout: 35000,
       out_file: path.join(logDir, `${appName}.out.log`),
       error_file: path.join(logDir, `${appName}.error.log`),
       // No PM2 timestamps: the access log batches several lines per write, each
@@ -94,6 +95,9 @@ module.exports = {
       restart_delay: 500,
       // Longer than HAProxy's hard-stop-after (diabetes/edge.py, STOP_SECONDS).
       kill_timeout: 27000,
+      // PM2's stop goes to the launcher alone, which passes it on as HAProxy's
+      // graceful stop; sent to HAProxy too, it would be a hard stop.
+      treekill: false,
       out_file: path.join(logDir, `${edgeName}.out.log`),
       error_file: path.join(logDir, `${edgeName}.error.log`),
       time: false,

@@ -47,6 +47,10 @@ BEHIND_EDGE_VARIABLE = "WORKERS_BEHIND_EDGE"
 RUN_DIR_VARIABLE = "EDGE_RUN_DIR"
 WORKERS_HOST = "127.0.0.1"
 STATS_SOCKET = "edge.sock"
+# Present while the edge finishes what it holds on a stop: gunicorn waits for
+# it to go before it stops itself (diabetes/gunicorn_config.py), so that a
+# request the edge holds still finds a worker.
+DRAINING_FILE = "draining"
 ERRORS_DIR = "errors"
 # Every status the edge may answer by itself (diabetes/haproxy.cfg's http-errors).
 REFUSALS = (400, 403, 408, 413, 414, 500, 501, 502, 503, 504)
@@ -157,13 +161,34 @@ def run(release_dir: Path):
         [HAPROXY, "-db", "-f", str(CONFIG)], env=environment, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
     )
 
+    draining = run_dir / DRAINING_FILE
+    draining.unlink(missing_ok=True)
+
     def stop_gracefully(signum, frame):
+        draining.touch()
         haproxy.send_signal(signal.SIGUSR1)
 
     signal.signal(signal.SIGINT, stop_gracefully)
     signal.signal(signal.SIGTERM, stop_gracefully)
     threading.Thread(target=report_to_pm2, args=(run_dir,), daemon=True).start()
-    sys.exit(haproxy.wait())
+    status = haproxy.wait()
+    draining.unlink(missing_ok=True)
+    sys.exit(status)
+
+
+def wait_while_draining(run_dir: Path, appear_seconds: float, drain_seconds: float):
+    """Wait until the edge has finished what it holds, if it is stopping:
+    for its draining file to appear (the edge and gunicorn get PM2's stop at
+    about the same time), then to go (at most `drain_seconds`)."""
+    draining = run_dir / DRAINING_FILE
+    deadline = time.monotonic() + appear_seconds
+    while not draining.exists():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    deadline = time.monotonic() + drain_seconds
+    while draining.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _die_with_parent():

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 # Asynchronous workers: a connection that sends nothing, or sends its request
 # a byte at a time, waits in a greenlet of its own instead of holding a whole
@@ -21,7 +22,8 @@ worker_connections = 1000
 # edge (diabetes/edge.py) the only client is HAProxy, which holds the clients
 # and keeps its connections to the workers open for reuse: longer than it
 # keeps an idle one, so that it seldom sends on one a worker is closing.
-keepalive = 60 if os.environ.get("WORKERS_BEHIND_EDGE") else 5
+BEHIND_EDGE = bool(os.environ.get("WORKERS_BEHIND_EDGE"))
+keepalive = 60 if BEHIND_EDGE else 5
 # The server's own limits on a request's head; over them it answers 414 or
 # 431 (as JSON, see post_fork) before the app sees the request.
 limit_request_line = 4094
@@ -72,10 +74,30 @@ def child_exit(server, worker):
     multiprocess.mark_process_dead(worker.pid)
 
 
+# Behind the edge (diabetes/edge.py): on a stop, how long gunicorn waits for
+# the edge to start and then to finish draining, before it stops itself.
+EDGE_STOP_APPEARS_SECONDS = 0.5
+EDGE_DRAIN_SECONDS = 10
+
+
 def when_ready(server):
     # PM2 stops and restarts an app with SIGINT, which gunicorn takes as a
     # quick shutdown that fails the requests in flight: take it as SIGTERM,
-    # the graceful one.
+    # the graceful one. Behind the edge, which PM2 stops at the same time,
+    # the requests it still holds (a body still arriving) need workers: the
+    # master waits for the edge to finish them first.
+    if BEHIND_EDGE:
+        from diabetes.edge import RUN_DIR_VARIABLE, wait_while_draining
+
+        stop_gracefully = server.handle_term
+
+        def handle_term():
+            run_dir = os.environ.get(RUN_DIR_VARIABLE)
+            if run_dir:
+                wait_while_draining(Path(run_dir), EDGE_STOP_APPEARS_SECONDS, EDGE_DRAIN_SECONDS)
+            stop_gracefully()
+
+        server.handle_term = handle_term
     server.handle_int = server.handle_term
     # `pm2 monit` sees this process only: a thread of the master reports the
     # whole service to PM2 (diabetes/pm2_metrics.py). The served script's
@@ -99,14 +121,18 @@ def post_fork(server, worker):
     # service never uses; it costs each worker memory and start-up time.
     # A None entry in sys.modules makes that import fail, as if not installed.
     sys.modules.setdefault("sklearn", None)
-    # A worker whose master dies (kill -9) gets SIGTERM and leaves, instead of
-    # holding the port unsupervised while PM2 starts a new master.
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # A worker whose master dies (kill -9) leaves, instead of serving
+    # unsupervised while PM2 starts a new master. Behind the edge it leaves at
+    # once (SIGQUIT): what it held is sent again to a live worker by the edge;
+    # on its own it finishes its requests first (SIGTERM).
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT if BEHIND_EDGE else signal.SIGTERM)
 
 
 def post_worker_init(worker):
-    # PM2 sends its SIGINT to the workers too: finish the request in hand, then leave.
-    signal.signal(signal.SIGINT, worker.handle_exit)
+    # PM2 sends its SIGINT to the workers too. On their own they finish the
+    # request in hand, then leave; behind the edge they wait for the master,
+    # which stops them once the edge has drained (when_ready).
+    signal.signal(signal.SIGINT, signal.SIG_IGN if BEHIND_EDGE else worker.handle_exit)
     # What the worker has made by now (modules, the model, the app) lives as
     # long as it does: the cyclic garbage collector stops looking through it,
     # once the garbage of the start is collected. A batch's rows (a list each)
