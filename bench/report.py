@@ -154,6 +154,14 @@ def targets(results: dict) -> dict:
             "×",
             "no ceiling",
         ),
+        "single_row_vs_before_edge": _at_least(
+            f"single row: service ≥ {VS_BEFORE_EDGE}× main before the edge's requests/s ({at}, median of "
+            "per-round ratios; gunicorn alone, from a worktree of that commit)",
+            ratio.get("service/before_edge"),
+            VS_BEFORE_EDGE,
+            "×",
+            _why_missing(results, "before_edge"),
+        ),
         "single_row_vs_mlserver": _at_least(
             f"single row, V2 JSON: service ≥ 3× MLServer's requests/s ({at}, median of per-round ratios)",
             ratio.get("service_v2/mlserver"),
@@ -235,23 +243,6 @@ def targets(results: dict) -> dict:
             training,
             f"{training:.1f} s",
             training <= 10,
-        ),
-    }
-
-
-def edge_targets(results: dict) -> dict:
-    """The targets set when the edge went in front of gunicorn (kept apart
-    from `targets`, whose keys tests/test_bench.py lists): the service beside
-    main as it was before the edge, on the same article's route."""
-    ratio = results["ratios"].get("service/before_edge", {}).get(TARGET_CONNECTIONS, {}).get("median")
-    return {
-        "single_row_vs_before_edge": _at_least(
-            f"single row: service ≥ {VS_BEFORE_EDGE}× main before the edge's requests/s "
-            f"({TARGET_CONNECTIONS} connections, median of per-round ratios)",
-            ratio,
-            VS_BEFORE_EDGE,
-            "×",
-            _why_missing(results, "before_edge"),
         ),
     }
 
@@ -465,7 +456,7 @@ def _make_lines(results: dict) -> list[str]:
 
 def _target_lines(results: dict) -> list[str]:
     lines = ["", "### Targets", "", "| target | measured | met |", "| --- | ---: | :---: |"]
-    for target in [*results["targets"].values(), *results.get("edge_targets", {}).values()]:
+    for target in results["targets"].values():
         lines.append(f"| {target['target']} | {target['shown']} | {'yes' if target['met'] else '**no**'} |")
     return lines
 

@@ -38,7 +38,6 @@ from bench.measure import measure_load
 from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
 from bench.report import (
     batch_ratios,
-    edge_targets,
     markdown,
     ratios,
     spread,
@@ -406,7 +405,6 @@ def benchmark(
         "skipped": skipped,
     }
     results["targets"] = targets(results)
-    results["edge_targets"] = edge_targets(results)
     return results
 
 

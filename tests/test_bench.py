@@ -28,6 +28,7 @@ STAGES = {"parse", "validate", "predict", "serialize"}
 IN_PROCESS_PATHS = ("bundle", "xgboost", "article")
 TARGETS = (
     "single_row_vs_ceiling",
+    "single_row_vs_before_edge",
     "single_row_vs_mlserver",
     "single_row_vs_article",
     "single_row_p99",
