@@ -15,6 +15,7 @@ Imported by gunicorn's processes only: gevent must not load into a
 notebook's kernel.
 """
 
+import socket
 import time
 
 import gevent
@@ -179,8 +180,45 @@ class FairGeventWorker(ggevent.GeventWorker):
         wsgi.WSGIErrorsWrapper = OneErrorLogStream()
         super().run()
 
+    # The connections this worker holds, and those of them inside a request.
+    open_connections: set = set()
+    busy_connections: set = set()
+
+    def init_process(self):
+        self.open_connections, self.busy_connections = set(), set()
+        super().init_process()
+
+    def handle(self, listener, client, address):
+        self.open_connections.add(client)
+        try:
+            super().handle(listener, client, address)
+        finally:
+            self.open_connections.discard(client)
+
+    def handle_exit(self, sig, frame):
+        super().handle_exit(sig, frame)
+        gevent.spawn(self.close_idle_connections)
+
+    def close_idle_connections(self):
+        """On its way out (a reload, a stop, its memory cap), a worker closes
+        the kept-alive connections that wait for a next request. Otherwise
+        the edge, which keeps its connections to the workers open for reuse,
+        would send each one more request to this worker, answered by the
+        release it was started from, and the worker would wait out its
+        graceful timeout for them. The edge opens new connections, to live
+        workers; a request that crosses the close is sent again by it."""
+        for connection in list(self.open_connections - self.busy_connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def handle_request(self, listener_name, request, sock, address):
-        super().handle_request(listener_name, request, sock, address)
+        self.busy_connections.add(sock)
+        try:
+            super().handle_request(listener_name, request, sock, address)
+        finally:
+            self.busy_connections.discard(sock)
         # A keep-alive client that sends its next request as soon as it has
         # an answer finds this greenlet still reading, so it never waits and
         # never yields: one connection could keep the worker for itself.

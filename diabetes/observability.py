@@ -41,6 +41,7 @@ from prometheus_client import (
 )
 
 from diabetes.cross_origin import CrossOrigin
+from diabetes.edge import BEHIND_EDGE_VARIABLE
 from diabetes.gathered_metrics import gather_metric_writes
 
 disable_created_metrics()
@@ -429,12 +430,25 @@ class Watch:
                 record,
                 environ["REQUEST_METHOD"],
                 environ.get("PATH_INFO", ""),
-                environ.get("REMOTE_ADDR"),
+                client_address(environ),
                 status,
                 seconds,
                 time.time(),
             )
         )
+
+
+# Behind the edge (diabetes/edge.py) every request comes from HAProxy, which
+# adds the client's address as the last X-Forwarded-For entry: a client may
+# send entries of its own, never the last one.
+_BEHIND_EDGE = bool(os.environ.get(BEHIND_EDGE_VARIABLE))
+
+
+def client_address(environ: dict) -> str | None:
+    forwarded = _BEHIND_EDGE and environ.get("HTTP_X_FORWARDED_FOR")
+    if forwarded:
+        return forwarded.rpartition(",")[2].strip()
+    return environ.get("REMOTE_ADDR")
 
 
 # Requests answered and not yet in the books: (record, method, path, remote

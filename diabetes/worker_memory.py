@@ -44,4 +44,5 @@ class MemoryCap:
                 resident >> 20,
                 self.cap_bytes >> 20,
             )
-            worker.alive = False
+            # As SIGTERM would: stop taking connections, close the idle ones.
+            worker.handle_exit(None, None)

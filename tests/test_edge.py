@@ -412,3 +412,16 @@ def test_a_worker_past_its_memory_cap_is_replaced_gracefully_and_no_request_fail
     assert not workers_before & set(process_tree(master)[1:]), "no worker was replaced"
     log = (capped_service["workspace"] / "logs" / f"{APP_NAME}.error.log").read_text()
     assert "past its cap of 1 MiB" in log
+
+
+def test_the_apps_access_log_names_the_client_the_edge_forwarded(service):
+    with connect_from(service, "127.0.0.6") as connection:
+        connection.sendall(article_head(service) + ARTICLE_JSON)
+        assert read_answer(connection)[0] == 200
+    log = service["workspace"] / "logs" / f"{APP_NAME}.out.log"
+
+    def logged():
+        records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        return any(record.get("remote_addr") == "127.0.0.6" for record in records)
+
+    assert wait_until(logged, timeout=10)

@@ -57,3 +57,12 @@ def test_prometheus_clients_multiprocess_value_class_and_histogram_members_are_w
     assert "process_identifier" in parameters(values.MultiProcessValue)
     histogram = Histogram("internals_probe_seconds", "probe", registry=CollectorRegistry())
     assert hasattr(histogram, "_sum") and isinstance(histogram._buckets, list)
+
+
+
+def test_gunicorns_async_worker_hands_each_connection_and_request_to_the_methods_the_worker_wraps():
+    from gunicorn.workers import base_async, ggevent
+
+    assert parameters(base_async.AsyncWorker.handle) == ["self", "listener", "client", "addr"]
+    assert parameters(ggevent.GeventWorker.handle_request) == ["self", "listener_name", "req", "sock", "addr"]
+    assert parameters(ggevent.GeventWorker.handle_exit) == ["self", "sig", "frame"]
