@@ -59,7 +59,6 @@ def test_prometheus_clients_multiprocess_value_class_and_histogram_members_are_w
     assert hasattr(histogram, "_sum") and isinstance(histogram._buckets, list)
 
 
-
 def test_gunicorns_async_worker_hands_each_connection_and_request_to_the_methods_the_worker_wraps():
     from gunicorn.workers import base_async, ggevent
 
