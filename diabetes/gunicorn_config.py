@@ -22,6 +22,8 @@ worker_connections = 1000
 # edge (diabetes/edge.py) the only client is HAProxy, which holds the clients
 # and keeps its connections to the workers open for reuse: longer than it
 # keeps an idle one, so that it seldom sends on one a worker is closing.
+# diabetes.edge.BEHIND_EDGE_VARIABLE, spelled here: gunicorn reads this file
+# before the release's package is on the path (see diabetes/serving.py).
 BEHIND_EDGE = bool(os.environ.get("WORKERS_BEHIND_EDGE"))
 keepalive = 60 if BEHIND_EDGE else 5
 # Behind the edge, each worker listens on a socket of its own (SO_REUSEPORT),

@@ -8,6 +8,7 @@ and the test would time itself rather than the service."""
 
 import json
 import multiprocessing
+import selectors
 import socket
 import threading
 import time
@@ -23,21 +24,30 @@ def idle_and_slow_connections(port: int, idle: int, slow: int, byte_every: float
     the block runs: each one the server closes is opened again. Yields the
     count of connections the server closed, by kind (filled in when the block
     ends)."""
+    with _attacker(
+        _hold_connections, (port, idle, slow, byte_every), 60, f"{idle} idle and {slow} slow connections to port {port}"
+    ) as closed:
+        yield closed
+
+
+@contextmanager
+def _attacker(target, arguments: tuple, open_seconds: float, what: str):
+    """`target(*arguments, opened, stop, results)` in a process of its own,
+    for as long as the block runs; yields the dict it puts in `results` when
+    told to stop (filled in when the block ends)."""
     context = multiprocessing.get_context("spawn")
     opened, stop, results = context.Event(), context.Event(), context.Queue()
-    attacker = context.Process(
-        target=_hold_connections, args=(port, idle, slow, byte_every, opened, stop, results), daemon=True
-    )
+    attacker = context.Process(target=target, args=(*arguments, opened, stop, results), daemon=True)
     attacker.start()
     closed = {}
     try:
-        if not opened.wait(timeout=60):
-            raise TimeoutError(f"could not open {idle} idle and {slow} slow connections to port {port}")
+        if not opened.wait(timeout=open_seconds):
+            raise TimeoutError(f"could not open {what}")
         yield closed
     finally:
         stop.set()
         if attacker.is_alive() or not results.empty():
-            closed.update(results.get(timeout=30))
+            closed.update(results.get(timeout=60))
         attacker.join(timeout=10)
         if attacker.is_alive():
             attacker.kill()
@@ -126,29 +136,16 @@ def slow_and_held_bodies(port: int, slow: int, held: int, per_address: int = 200
     again. They connect from 127.0.0.2 and up, `per_address` from each, so
     that the edge's per-address limit sees them apart from the measuring
     client. Yields the count of connections the server closed, by kind."""
-    context = multiprocessing.get_context("spawn")
-    opened, stop, results = context.Event(), context.Event(), context.Queue()
-    attacker = context.Process(
-        target=_hold_bodies, args=(port, slow, held, per_address, held_bytes, opened, stop, results), daemon=True
-    )
-    attacker.start()
-    closed = {}
-    try:
-        if not opened.wait(timeout=120):
-            raise TimeoutError(f"could not open {slow} slow and {held} held bodies to port {port}")
+    with _attacker(
+        _hold_bodies,
+        (port, slow, held, per_address, held_bytes),
+        120,
+        f"{slow} slow and {held} held bodies to port {port}",
+    ) as closed:
         yield closed
-    finally:
-        stop.set()
-        if attacker.is_alive() or not results.empty():
-            closed.update(results.get(timeout=60))
-        attacker.join(timeout=10)
-        if attacker.is_alive():
-            attacker.kill()
 
 
 def _hold_bodies(port, slow, held, per_address, held_bytes, opened, stop, results):
-    import selectors
-
     body = json.dumps(ARTICLE_BODY).encode()
     heads = {
         "slow": (

@@ -131,14 +131,21 @@ def test_soak_at_64_connections_fails_nothing_and_does_not_grow(service):
     assert growth <= 0.10
 
 
-def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(service):
+def probed_beside_a_load(service, attackers) -> tuple[dict, float, dict]:
+    """A load of SOAK_SECONDS with `attackers` (a context manager of
+    slow_clients) held beside it: wrk's figures, the readiness probe's worst
+    time in seconds, and the connections the attackers saw closed."""
     join = under_load(service, SOAK_SECONDS)
-    with idle_and_slow_connections(service["port"], idle=200, slow=32) as closed:
+    with attackers as closed:
         probe = worst_latency(
             lambda: requests.get(service["url"] + "/v2/health/ready", timeout=5).raise_for_status(),
             seconds=SOAK_SECONDS - 1,
         )
-    load = join()
+    return join(), probe, closed
+
+
+def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(service):
+    load, probe, closed = probed_beside_a_load(service, idle_and_slow_connections(service["port"], idle=200, slow=32))
     record(
         "idle and slow clients",
         f"{SOAK_SECONDS} s at 16 connections, {load['requests']} requests",
@@ -155,13 +162,7 @@ def test_200_idle_and_32_slow_header_connections_beside_a_load_fail_nothing(serv
 
 def test_slow_bodies_and_held_4_mib_bodies_beside_a_load_fail_nothing(service):
     slow, held = (1000, 300) if LONG else (200, 60)
-    join = under_load(service, SOAK_SECONDS)
-    with slow_and_held_bodies(service["port"], slow=slow, held=held) as closed:
-        probe = worst_latency(
-            lambda: requests.get(service["url"] + "/v2/health/ready", timeout=5).raise_for_status(),
-            seconds=SOAK_SECONDS - 1,
-        )
-    load = join()
+    load, probe, closed = probed_beside_a_load(service, slow_and_held_bodies(service["port"], slow=slow, held=held))
     record(
         "slow and held bodies",
         f"{SOAK_SECONDS} s at 16 connections, {load['requests']} requests",
