@@ -47,15 +47,13 @@ LAB_FLAGS    :=
 QUICK        :=
 # MLServer, the benchmark's peer on the V2 route, in a venv of its own.
 BENCH_VENV   := build/bench-venv
-# The container image (make image): its name, tagged with its version (the
-# baked model's version and the code's commit) and `latest`.
+# The container image (make image): its name, tagged with the id of the
+# release it carries (the one `make serve` checked and serves) and `latest`.
 IMAGE        = $(APP)
-# A Python 3.11 Debian image to build on; `make base-image` makes one from
-# Debian's own packages, $(LOCAL_BASE), for machines that reach no registry.
+# A Python 3.11 Debian image to build on. Where the engine can neither find
+# nor pull it (no registry), the image is built on $(LOCAL_BASE), which
+# `make base-image` makes from Debian's own packages.
 BASE_IMAGE   := python:3.11-slim-bookworm
-# The model version folder baked into the image: by default the one `make
-# serve` checked and serves. Empty: none (mount one at /app/models instead).
-IMAGE_MODEL  := $(MODELS_DIR)/current
 # make run-image: the host's port of the API. IMAGE_NETWORK=host shares the
 # host's network instead of mapping a port (where the engine cannot map one).
 IMAGE_PORT    := 5000
@@ -100,7 +98,10 @@ IMAGE_NODE_PACKAGES := pm2 pm2-logrotate
 # The other devDependencies of ./package.json, as `npm pkg delete` names them.
 NODE_PACKAGES_NOT_IN_IMAGE := Object.keys(require("./package.json").devDependencies) \
   .filter((name) => !process.argv.includes(name)).map((name) => `devDependencies.$${name}`).join(" ")
-IMAGE_VERSION = $(if $(IMAGE_MODEL),$(notdir $(realpath $(IMAGE_MODEL)))-)$(shell git describe --always --dirty 2> /dev/null || echo unknown)
+# The release the image carries, and what its manifest says of it.
+IMAGE_RELEASE = $(realpath $(RELEASES_DIR)/current)
+release_field = $(shell $(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
+                  $(IMAGE_RELEASE)/manifest.json $(1))
 # The Debian mirror that apt uses here: make base-image installs from it.
 DEBIAN_MIRROR = $(or $(shell apt-get indextargets --format '$$(REPO_URI)' 'Identifier: Packages' \
                   'Codename: bookworm' 'Component: main' 2> /dev/null | head -n 1),http://deb.debian.org/debian/)
@@ -221,33 +222,31 @@ reliability: setup wrk
 
 .PHONY: image run-image base-image container-engine debootstrap
 
-## image    build the service's container image, tagged <version> and latest (podman or docker), the served model baked in
-image: $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/package.staged $(IMAGE_DIR)/node_modules.staged $(SCRIPTS_DIR)/serve.py \
-       notebooks/serve.ipynb \
-       | container-engine
-	@if [ -n "$(IMAGE_MODEL)" ] && [ ! -f "$(IMAGE_MODEL)/metadata.json" ]; then \
-	    echo "no model at $(IMAGE_MODEL): run make serve (it trains, checks and promotes one)," \
-	         "or make image IMAGE_MODEL= to build an image without a model"; exit 1; fi
-	rm -rf $(IMAGE_CONTEXT)/app $(IMAGE_CONTEXT)/models
-	mkdir -p $(IMAGE_CONTEXT)/app/container $(IMAGE_CONTEXT)/app/scripts $(IMAGE_CONTEXT)/models
+## image    build the service's container image from the release make serve checked (made first if need be), tagged <release id> and latest
+image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged | container-engine
+	rm -rf $(IMAGE_CONTEXT)/app
+	mkdir -p $(IMAGE_CONTEXT)/app/container $(IMAGE_CONTEXT)/app/releases
 	cp ecosystem.config.js $(IMAGE_CONTEXT)/app/
 	cp container/ecosystem.config.js container/healthcheck.py container/pm2-runtime.js $(IMAGE_CONTEXT)/app/container/
-	cp $(SCRIPTS_DIR)/serve.py $(IMAGE_CONTEXT)/app/scripts/
-	$(PYTHON) -c 'import json; from diabetes.settings import notebook_defaults; \
-	    print(json.dumps(notebook_defaults("notebooks/serve.ipynb"), indent=2))' > $(IMAGE_CONTEXT)/app/settings.json
-	$(if $(IMAGE_MODEL),cp -r $(realpath $(IMAGE_MODEL)) $(IMAGE_CONTEXT)/models/ \
-	    && ln -s $(notdir $(realpath $(IMAGE_MODEL))) $(IMAGE_CONTEXT)/models/current)
-	$(ENGINE) build --file Containerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	    --label org.opencontainers.image.revision=$(shell git rev-parse HEAD 2> /dev/null) \
-	    --label org.opencontainers.image.version=$(IMAGE_VERSION) \
-	    --label diabetes.model.version=$(if $(IMAGE_MODEL),$(notdir $(realpath $(IMAGE_MODEL))),none) \
-	    --tag $(IMAGE):$(IMAGE_VERSION) --tag $(IMAGE):latest $(IMAGE_CONTEXT)
+	cp -a $(IMAGE_RELEASE) $(IMAGE_CONTEXT)/app/releases/
+	ln -s $(notdir $(IMAGE_RELEASE)) $(IMAGE_CONTEXT)/app/releases/current
+	@base=$(BASE_IMAGE); if ! $(ENGINE) image inspect $$base > /dev/null 2>&1 \
+	    && ! timeout 120 $(ENGINE) pull --quiet $$base > /dev/null 2>&1; then \
+	    echo "$$base cannot be pulled (no registry): building on $(LOCAL_BASE) (make base-image)"; \
+	    $(MAKE) --no-print-directory base-image > /dev/null; base=$(LOCAL_BASE); fi; \
+	$(ENGINE) build --file Containerfile --build-arg BASE_IMAGE=$$base \
+	    --label org.opencontainers.image.revision=$(call release_field,commit) \
+	    --label org.opencontainers.image.version=$(notdir $(IMAGE_RELEASE)) \
+	    --label org.opencontainers.image.created=$(call release_field,built_at) \
+	    --label diabetes.release=$(notdir $(IMAGE_RELEASE)) \
+	    --label diabetes.model.version=$(call release_field,model_version) \
+	    --tag $(IMAGE):$(notdir $(IMAGE_RELEASE)) --tag $(IMAGE):latest $(IMAGE_CONTEXT)
 
 ## run-image  run the image in the foreground, the API on port IMAGE_PORT of this host (Ctrl-C stops it)
 run-image: | container-engine
 	$(ENGINE) run --rm --name $(notdir $(IMAGE)) \
 	    $(if $(IMAGE_NETWORK),--network $(IMAGE_NETWORK) --env DIABETES_PORT=$(IMAGE_PORT),--publish $(IMAGE_PORT):5000) \
-	    $(if $(IMAGE_MODELS),--volume $(abspath $(IMAGE_MODELS)):/app/models:ro) \
+	    $(if $(IMAGE_MODELS),--volume $(abspath $(IMAGE_MODELS)):/app/models:ro --env DIABETES_MODEL_DIR=/app/models/current) \
 	    $(IMAGE):latest
 
 ## base-image  make a Python 3.11 base image from Debian's own packages (debootstrap; no registry needed)
@@ -384,7 +383,9 @@ $(DEPLOYED): $(SCRIPTS_DIR)/serve.py $(MODEL) $(wildcard diabetes/*.py) diabetes
 	    $(PAPERMILL) --cwd $(STAGED) $(STAGED)/serve.ipynb $(RUNS_DIR)/serve.ipynb
 	PYTHONPATH=$(abspath $(STAGED))/package $(PYTHON) -P -m diabetes.releases seal $(RELEASES_DIR) \
 	    --passed "endpoint notebook under papermill" --models-dir $(MODELS_DIR)
-	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi
+	@# (Any pm2 command starts a daemon: none is asked unless one runs.)
+	@if [ -e $(PM2_HOME)/pm2.pid ] && $(PM2) describe $(APP) > /dev/null 2>&1; then \
+	    $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi
 	touch $@
 
 # The service's Python packages as wheels, built here at the versions that
@@ -396,17 +397,6 @@ $(IMAGE_DIR)/wheels.staged: container/requirements.in requirements.txt | $(VENV_
 	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check -r container/requirements.in \
 	    --constraint $(IMAGE_DIR)/constraints.txt --wheel-dir $(IMAGE_CONTEXT)/wheels
 	cd $(IMAGE_CONTEXT)/wheels && sha256sum *.whl > SHA256SUMS
-	touch $@
-
-# The project's package, built from a copy: setuptools writes its build files
-# beside the sources.
-$(IMAGE_DIR)/package.staged: pyproject.toml $(wildcard diabetes/*.py diabetes/*.cfg diabetes/specs/*) | $(VENV_OK)
-	rm -rf $(IMAGE_CONTEXT)/package $(IMAGE_DIR)/package-source
-	mkdir -p $(IMAGE_DIR)/package-source
-	cp -r pyproject.toml diabetes $(IMAGE_DIR)/package-source/
-	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps \
-	    --wheel-dir $(IMAGE_CONTEXT)/package $(IMAGE_DIR)/package-source
-	rm -rf $(IMAGE_DIR)/package-source
 	touch $@
 
 # The Node packages the image runs, at the versions package-lock.json pins:

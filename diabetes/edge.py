@@ -1,6 +1,8 @@
 """The service's edge: HAProxy in front of gunicorn, started and watched by PM2.
 
     python -m diabetes.edge run     RELEASE_DIR   write the config, check it, run HAProxy (PM2 runs this)
+    python -m diabetes.edge run     RELEASE_DIR --replicas NAME:PORT
+                                                  the same edge in front of a stack's replicas (deploy/compose.yaml)
     python -m diabetes.edge status  RUN_DIR       the edge's sessions, queue, retries and health check
 
 The edge listens where the service listens (`host`:`port`); gunicorn listens
@@ -19,6 +21,16 @@ user can open.
 takes as a hard stop that drops the requests in flight; this process passes
 it on as SIGUSR1, HAProxy's graceful stop (stop listening, finish what is in
 flight). It also reports the edge's figures to `pm2 monit` once a second.
+With the `leave_rotation_seconds` setting, a stop first turns the readiness
+probe to 503 for that long, still serving everything else, so that a load
+balancer in front (a stack's edge, Kubernetes) takes this replica out of its
+rotation before it stops listening.
+
+With `--replicas NAME:PORT` the edge stands in front of a stack's replicas
+instead of gunicorn: the addresses NAME resolves to, as Docker's DNS gives
+them (a Swarm service in `dnsrr` mode, or a compose service), each checked on
+its readiness probe every second; a request whose replica failed is sent
+again to another one.
 """
 
 import csv
@@ -52,6 +64,11 @@ STATS_SOCKET = "edge.sock"
 # request the edge holds still finds a worker.
 DRAINING_FILE = "draining"
 ERRORS_DIR = "errors"
+# A map file HAProxy reads (and the launcher writes through the stats socket):
+# its key LEAVING_KEY, while present, turns the readiness probe to 503.
+STATE_MAP = "state.map"
+LEAVING_KEY = "leaving"
+LEAVING_MESSAGE = "the service is stopping: this replica takes no new requests"
 # Every status the edge may answer by itself (diabetes/haproxy.cfg's http-errors).
 REFUSALS = (400, 403, 408, 413, 414, 500, 501, 502, 503, 504)
 # Statuses HAProxy has no error file for: their body alone, which the config returns.
@@ -89,10 +106,15 @@ HELD_BODY_BYTES = 8192
 CONNECTIONS_PER_WORKER = 4
 LARGE_BODY_CONNECTIONS_PER_WORKER = 2
 MAX_URL_BYTES = 4094  # gunicorn_config.limit_request_line
+# In front of replicas: server slots for the addresses the replicas' name
+# resolves to (more replicas than this are not used), and Docker's DNS.
+MAX_REPLICAS = 16
+REPLICAS_RESOLVER = "127.0.0.11:53"
 
 
-def edge_environment(settings: dict, run_dir: Path) -> dict:
-    """The variables diabetes/haproxy.cfg reads, from the service's settings."""
+def edge_environment(settings: dict, run_dir: Path, replicas: str = "") -> dict:
+    """The variables diabetes/haproxy.cfg reads, from the service's settings;
+    in front of `replicas` (NAME:PORT) rather than gunicorn when given."""
     host = settings["host"]
     bind = f"[{host}]:{settings['port']}" if ":" in host else f"{host or '0.0.0.0'}:{settings['port']}"
     values = {
@@ -115,6 +137,8 @@ def edge_environment(settings: dict, run_dir: Path) -> dict:
         "RETRIES": RETRIES,
         "STOP_SECONDS": STOP_SECONDS,
     }
+    if replicas:
+        values |= {"REPLICAS": replicas, "MAX_REPLICAS": MAX_REPLICAS, "REPLICAS_RESOLVER": REPLICAS_RESOLVER}
     return {f"EDGE_{name}": str(value) for name, value in values.items()}
 
 
@@ -133,6 +157,8 @@ def write_refusals(run_dir: Path):
             (errors / f"{status}.json").write_bytes(body)
         else:
             (errors / f"{status}.http").write_bytes(head.encode("latin-1") + body)
+    leaving = InvalidRequest(LEAVING_MESSAGE, ErrorCode.of_status(503), 503)
+    (errors / f"{LEAVING_KEY}.json").write_bytes(orjson.dumps(leaving.envelope()))
 
 
 def release_settings(release_dir: Path) -> dict:
@@ -150,12 +176,13 @@ def check_config(environment: dict):
         raise SystemExit(f"the edge's configuration is refused: {result.stdout}{result.stderr}")
 
 
-def run(release_dir: Path):
+def run(release_dir: Path, replicas: str = ""):
     settings = release_settings(release_dir)
     run_dir = Path(os.environ[RUN_DIR_VARIABLE])
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_refusals(run_dir)
-    environment = {**os.environ, **edge_environment(settings, run_dir)}
+    (run_dir / STATE_MAP).write_text("")
+    environment = {**os.environ, **edge_environment(settings, run_dir, replicas)}
     check_config(environment)
     haproxy = subprocess.Popen(
         [HAPROXY, "-db", "-f", str(CONFIG)], env=environment, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL
@@ -164,16 +191,39 @@ def run(release_dir: Path):
     draining = run_dir / DRAINING_FILE
     draining.unlink(missing_ok=True)
 
-    def stop_gracefully(signum, frame):
+    leave_seconds = settings.get("leave_rotation_seconds", 0)
+    stopping = threading.Event()
+
+    def stop_gracefully():
+        # gunicorn, stopped at the same time, waits while this file is there.
         draining.touch()
+        if leave_seconds > 0:
+            leave_rotation(run_dir)
+            time.sleep(leave_seconds)
         haproxy.send_signal(signal.SIGUSR1)
 
-    signal.signal(signal.SIGINT, stop_gracefully)
-    signal.signal(signal.SIGTERM, stop_gracefully)
+    def on_stop(signum, frame):
+        # Once: the stop is under way (PM2 may send its signal more than once).
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=stop_gracefully, daemon=True).start()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
     threading.Thread(target=report_to_pm2, args=(run_dir,), daemon=True).start()
     status = haproxy.wait()
     draining.unlink(missing_ok=True)
     sys.exit(status)
+
+
+def leave_rotation(run_dir: Path):
+    """Turn the readiness probe to 503 (HAProxy's state map), all else served as before."""
+    try:
+        answer = command(run_dir, f"add map {run_dir.resolve() / STATE_MAP} {LEAVING_KEY} 1")
+    except OSError as error:
+        answer = str(error)
+    if answer.strip():
+        print(f"the edge could not turn its readiness to 503: {answer.strip()}", file=sys.stderr)
 
 
 def wait_while_draining(run_dir: Path, appear_seconds: float, drain_seconds: float):
@@ -196,16 +246,21 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
-def stats(run_dir: Path) -> list[dict]:
-    """HAProxy's `show stat`: one row per frontend, backend and server."""
+def command(run_dir: Path, line: str) -> str:
+    """One command on HAProxy's stats socket; its answer."""
     with socket.socket(socket.AF_UNIX) as connection:
         connection.settimeout(2)
         connection.connect(str(run_dir / STATS_SOCKET))
-        connection.sendall(b"show stat\n")
+        connection.sendall(line.encode() + b"\n")
         data = b""
         while chunk := connection.recv(65536):
             data += chunk
-    return list(csv.DictReader(io.StringIO(data.decode().lstrip("# "))))
+    return data.decode()
+
+
+def stats(run_dir: Path) -> list[dict]:
+    """HAProxy's `show stat`: one row per frontend, backend and server."""
+    return list(csv.DictReader(io.StringIO(command(run_dir, "show stat").lstrip("# "))))
 
 
 def summary(rows: list[dict]) -> dict:
@@ -244,10 +299,13 @@ def report_to_pm2(run_dir: Path):
 
 
 def main(argv):
+    replicas = ""
+    if len(argv) == 4 and argv[0] == "run" and argv[2] == "--replicas":
+        argv, replicas = argv[:2], argv[3]
     if len(argv) != 2 or argv[0] not in ("run", "status"):
         raise SystemExit(__doc__)
     if argv[0] == "run":
-        run(Path(argv[1]).resolve())
+        run(Path(argv[1]).resolve(), replicas)
     else:
         try:
             figures = summary(stats(Path(argv[1])))

@@ -1,9 +1,9 @@
 """The container image, built and run for real with podman: the base image
 made from Debian's own packages (once, then cached under build/), `make
-image` on it with the fast model baked in, and a container on the host's
-network, called from the host; its logs, a killed worker, a stop with a
-request in flight; an image without a model serving one mounted by `make
-run-image`.
+image` on it from the release the fast model's `make serve` would check, and
+a container on the host's network, called from the host; its logs, a killed
+worker, a stop with a request in flight; a model version mounted by `make
+run-image` in place of the release's own.
 
 The tests keep their images and containers in a podman store of their own,
 build/container-store (CONTAINER_STORE, see container/engine): the machine's
@@ -34,7 +34,6 @@ ENGINE = PROJECT / "container" / "engine"
 STORE = PROJECT / "build" / "container-store"
 LOCAL_BASE = "localhost/diabetes-base:bookworm"
 IMAGE = f"localhost/{APP_NAME}-test"
-UNBAKED_IMAGE = f"{IMAGE}-unbaked"
 # The engine's default stop timeout: a container not gone by then is killed.
 STOP_TIMEOUT = 10
 FIGURES = {}
@@ -125,26 +124,33 @@ def model_version(trained) -> str:
 
 
 @pytest.fixture(scope="module")
-def image(trained, model_version):
+def image_variables(trained, tmp_path_factory) -> list[str]:
+    """Where `make image` finds (or makes) its release: the fast run's models,
+    releases beside them, a PM2 home of the tests' own."""
+    return [
+        *[f"{name}={value}" for name, value in trained["variables"].items()],
+        f"PM2_HOME={tmp_path_factory.mktemp('image-pm2')}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def release(trained) -> str:
+    return (trained["models_dir"].parent / "releases" / "current").resolve().name
+
+
+@pytest.fixture(scope="module")
+def image(image_variables):
     """`make base-image` (a no-op once the base is in the store) and `make
-    image` with the fast model baked in. On the way out, the version tags of
-    this run are removed and what they alone held is pruned; `latest` keeps
-    the layers cached for the next run."""
+    image` from the release of the fast model (made first, as `make serve`
+    would). On the way out, the release tags of this run are removed and what
+    they alone held is pruned; `latest` keeps the layers cached for the next run."""
     with build_lock():
         timed_make("base image (s)", "base-image", timeout=1200)
-        timed_make(
-            "image build (s)",
-            "image",
-            f"IMAGE={IMAGE}",
-            f"BASE_IMAGE={LOCAL_BASE}",
-            f"IMAGE_MODEL={trained['models_dir'] / 'latest'}",
-            f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}",
-            timeout=1200,
-        )
+        timed_make("image build (s)", "image", f"IMAGE={IMAGE}", *image_variables, timeout=1200)
     FIGURES["image size (MB)"] = round(int(engine("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout) / 1e6)
     yield IMAGE
     with build_lock():
-        for tag in tags_of(IMAGE) | tags_of(UNBAKED_IMAGE):
+        for tag in tags_of(IMAGE):
             if not tag.endswith(":latest"):
                 engine("rmi", tag, check=False)
         engine("image", "prune", "--force", check=False)
@@ -182,7 +188,9 @@ def test_every_package_the_image_installs_is_pinned_in_requirements_txt():
     assert [name for name in wanted if normalized(name) not in pinned] == []
 
 
-def test_the_image_runs_as_a_non_root_user_exposes_5000_and_checks_its_readiness(image, model_version):
+def test_the_image_is_labelled_with_its_release_runs_as_a_non_root_user_and_checks_its_readiness(
+    image, model_version, release
+):
     inspected = json.loads(engine("image", "inspect", image).stdout)[0]
     config = inspected["Config"]
     assert config["User"] == "10001"
@@ -191,7 +199,18 @@ def test_the_image_runs_as_a_non_root_user_exposes_5000_and_checks_its_readiness
     healthcheck = inspected.get("Healthcheck") or config["Healthcheck"]
     assert "/app/container/healthcheck.py" in " ".join(healthcheck["Test"])
     assert config["Labels"]["diabetes.model.version"] == model_version
+    assert config["Labels"]["diabetes.release"] == release
+    assert f"{IMAGE}:{release}" in tags_of(IMAGE)
     assert "DIABETES_HOST=0.0.0.0" in config["Env"]
+
+
+def test_the_image_carries_the_release_as_sealed(container, trained, release):
+    """The same files as the release `make serve` checked, hash for hash."""
+    manifest = json.loads((trained["models_dir"].parent / "releases" / release / "manifest.json").read_text())
+    paths = [f"/app/releases/current/{name}" for name in manifest["files"]]
+    listing = engine("exec", container["name"], "sha256sum", *paths).stdout.splitlines()
+    in_image = {path.removeprefix("/app/releases/current/"): sha for sha, path in map(str.split, listing)}
+    assert in_image == manifest["files"]
 
 
 def test_the_articles_call_and_a_v2_call_answer_from_the_host(container, model_version):
@@ -285,22 +304,14 @@ def test_podman_stop_lets_a_request_in_flight_finish_and_the_container_exits_0(c
     assert stop_seconds < STOP_TIMEOUT
 
 
-def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(image, trained, model_version, tmp_path):
-    with build_lock():
-        make(
-            "image",
-            f"IMAGE={UNBAKED_IMAGE}",
-            f"BASE_IMAGE={LOCAL_BASE}",
-            "IMAGE_MODEL=",
-            f"SCRIPTS_DIR={trained['variables']['SCRIPTS_DIR']}",
-            env=engine_environment(),
-            timeout=600,
-        )
+def test_a_model_version_mounted_by_make_run_image_is_served_in_place_of_the_releases(
+    image, trained, model_version, tmp_path
+):
     models = tmp_path / "models"
     shutil.copytree(trained["models_dir"] / model_version, models / model_version)
     (models / "current").symlink_to(model_version)
     port = free_port()
-    name = UNBAKED_IMAGE.rsplit("/", 1)[1]
+    name = IMAGE.rsplit("/", 1)[1]
     output = open(tmp_path / "run-image.log", "w")
     running = subprocess.Popen(
         [
@@ -309,7 +320,7 @@ def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(imag
             "-C",
             str(PROJECT),
             "run-image",
-            f"IMAGE={UNBAKED_IMAGE}",
+            f"IMAGE={IMAGE}",
             "IMAGE_NETWORK=host",
             f"IMAGE_PORT={port}",
             f"IMAGE_MODELS={models}",
@@ -323,6 +334,9 @@ def test_an_image_without_a_model_serves_the_one_that_make_run_image_mounts(imag
         answer = article_call(port)
         assert answer.status_code == 200
         assert answer.headers["X-Model-Version"] == model_version
+        master, _ = gunicorn_processes(name)
+        environment = engine("exec", name, "cat", f"/proc/{master}/environ").stdout.split("\0")
+        assert "DIABETES_MODEL_DIR=/app/models/current" in environment
         engine("stop", name, timeout=STOP_TIMEOUT + 30)
         assert running.wait(timeout=30) == 0, (tmp_path / "run-image.log").read_text()[-3000:]
     finally:
