@@ -36,7 +36,7 @@ const serviceSettings = Object.fromEntries(
   Object.entries(process.env).filter(([name]) => name.startsWith("DIABETES_")),
 );
 const systemVariables = Object.fromEntries(
-  ["PATH", "LANG", "LC_ALL", "TZ"].filter((name) => process.env[name]).map((name) => [name, process.env[name]]),
+  ["PATH", "LANG", "LC_ALL", "TZ", "OMP_NUM_THREADS"].filter((name) => process.env[name]).map((name) => [name, process.env[name]]),
 );
 // PM2 drops each variable of the shell whose name contains one of these
 // strings; the empty string is in every name. (`filter_env: true` would say
