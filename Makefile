@@ -61,6 +61,16 @@ IMAGE_NETWORK :=
 # make run-image: a models folder of this host to serve (its `current`
 # version), mounted over the image's own; empty: the model baked in.
 IMAGE_MODELS  :=
+# make stack: the stack's name on the swarm, its replicas, the host's port of
+# its edge, and the names clients call it by (DIABETES_TRUSTED_HOSTS).
+STACK         := diabetes
+REPLICAS      := 2
+STACK_PORT    := 8080
+TRUSTED_HOSTS :=
+# The swarm the stack runs on: the one DOCKER_HOST names, else one the
+# project runs itself (deploy/swarm/nodes), its state in SWARM_DIR.
+SWARM_DIR     := build/swarm
+DOCKER_HOST   ?=
 # The container engine, podman or docker: by default podman when installed.
 # CONTAINER_STORE=DIR keeps podman's images and containers there.
 CONTAINER_ENGINE ?=
@@ -98,6 +108,9 @@ IMAGE_NODE_PACKAGES := pm2 pm2-logrotate
 # The other devDependencies of ./package.json, as `npm pkg delete` names them.
 NODE_PACKAGES_NOT_IN_IMAGE := Object.keys(require("./package.json").devDependencies) \
   .filter((name) => !process.argv.includes(name)).map((name) => `devDependencies.$${name}`).join(" ")
+# The swarm `make stack` deploys on: DOCKER_HOST's (SWARM_HOST marks it so),
+# else the project's own, started if need be.
+swarm_host = $(if $(DOCKER_HOST),$(DOCKER_HOST) SWARM_HOST=1,$$(deploy/swarm/nodes $(SWARM_DIR) up | tail -n 1 | sed 's/^DOCKER_HOST=//'))
 # The release the image carries, and what its manifest says of it.
 IMAGE_RELEASE = $(realpath $(RELEASES_DIR)/current)
 release_field = $(shell $(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
@@ -220,7 +233,7 @@ bench-train: $(VENV_OK)
 reliability: setup wrk
 	RELIABILITY=long $(PYTHON) -m pytest -q -s tests/test_reliability.py
 
-.PHONY: image run-image base-image container-engine debootstrap
+.PHONY: image run-image base-image container-engine debootstrap stack stack-down stack-status docker
 
 ## image    build the service's container image from the release make serve checked (made first if need be), tagged <release id> and latest
 image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged | container-engine
@@ -249,6 +262,28 @@ run-image: | container-engine
 	    $(if $(IMAGE_MODELS),--volume $(abspath $(IMAGE_MODELS)):/app/models:ro --env DIABETES_MODEL_DIR=/app/models/current) \
 	    $(IMAGE):latest
 
+## stack    run the release's image on Docker Swarm: REPLICAS replicas behind the edge, on port STACK_PORT (deploy/compose.yaml)
+stack: image | docker
+	@export DOCKER_HOST=$(swarm_host); image=$(IMAGE):$(notdir $(IMAGE_RELEASE)); \
+	if ! docker image inspect $$image > /dev/null 2>&1; then \
+	    $(ENGINE) save localhost/$$image | docker load --quiet > /dev/null && docker tag localhost/$$image $$image; fi; \
+	if [ -z "$${SWARM_HOST-}" ]; then deploy/swarm/nodes $(SWARM_DIR) load $$image; fi; \
+	edge=$$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' $(STACK)_edge 2> /dev/null \
+	        | sed 's/@.*//' || true); \
+	IMAGE=$$image EDGE_IMAGE=$${edge:-$$image} REPLICAS=$(REPLICAS) PORT=$(STACK_PORT) TRUSTED_HOSTS=$(TRUSTED_HOSTS) \
+	    docker stack deploy --resolve-image never --prune --compose-file deploy/compose.yaml $(STACK) > /dev/null; \
+	$(PYTHON) deploy/stack.py wait $(STACK) $(notdir $(IMAGE_RELEASE)) 300
+	@echo "the stack $(STACK) answers on http://127.0.0.1:$(STACK_PORT) (make stack-status, make stack-down)"
+
+## stack-down  remove the stack (and stop the project's own swarm, if it runs one)
+stack-down:
+	@if [ -n "$${DOCKER_HOST-}" ]; then docker stack rm $(STACK); \
+	elif [ -e $(SWARM_DIR)/settings ]; then deploy/swarm/nodes $(SWARM_DIR) down; fi
+
+## stack-status  each replica of the stack: state, node, release, model version; and the edge's view of them
+stack-status:
+	@DOCKER_HOST=$${DOCKER_HOST:-$$(deploy/swarm/nodes $(SWARM_DIR) host)} $(PYTHON) deploy/stack.py status $(STACK)
+
 ## base-image  make a Python 3.11 base image from Debian's own packages (debootstrap; no registry needed)
 base-image: $(IMAGE_DIR)/debian-bookworm.tar | container-engine
 	@$(ENGINE) image inspect $(LOCAL_BASE) > /dev/null 2>&1 || $(ENGINE) import $< $(LOCAL_BASE)
@@ -265,6 +300,11 @@ container-engine:
 
 debootstrap:
 	@command -v debootstrap > /dev/null || { $(call apt_install,debootstrap); }
+
+# Debian's Docker (dockerd, containerd, runc and the docker command), for the
+# stack, installed when missing.
+docker:
+	@command -v dockerd > /dev/null && command -v docker > /dev/null || { $(call apt_install,docker.io); }
 
 ## lab      open the notebooks in JupyterLab (installed on first use)
 lab: $(VENV_OK)

@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from diabetes.edge import CONFIG, HAPROXY, check_config, edge_environment, write_refusals
+from diabetes.edge import CONFIG, HAPROXY, check_config, edge_environment, write_run_files
 from diabetes.settings import notebook_defaults
 
 
@@ -24,7 +24,7 @@ def main(argv=None):
     settings = {**notebook_defaults(), "host": "127.0.0.1", "port": arguments.port}
     settings["workers_port"] = arguments.workers_port
     arguments.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_refusals(arguments.run_dir)
+    write_run_files(arguments.run_dir)
     environment = {**os.environ, **edge_environment(settings, arguments.run_dir)}
     check_config(environment)
     os.execvpe(HAPROXY, [HAPROXY, "-db", "-f", str(CONFIG)], environment)

@@ -142,9 +142,11 @@ def edge_environment(settings: dict, run_dir: Path, replicas: str = "") -> dict:
     return {f"EDGE_{name}": str(value) for name, value in values.items()}
 
 
-def write_refusals(run_dir: Path):
-    """The edge's own answers, one raw HTTP response per status, in the
-    app's envelope with the app's code for that status."""
+def write_run_files(run_dir: Path):
+    """What HAProxy reads from the run folder: the edge's own answers, one raw
+    HTTP response per status, in the app's envelope with the app's code for
+    that status; and the state map, empty (in the rotation)."""
+    (run_dir / STATE_MAP).write_text("")
     errors = run_dir / ERRORS_DIR
     errors.mkdir(parents=True, exist_ok=True)
     for status in REFUSALS:
@@ -180,8 +182,7 @@ def run(release_dir: Path, replicas: str = ""):
     settings = release_settings(release_dir)
     run_dir = Path(os.environ[RUN_DIR_VARIABLE])
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_refusals(run_dir)
-    (run_dir / STATE_MAP).write_text("")
+    write_run_files(run_dir)
     environment = {**os.environ, **edge_environment(settings, run_dir, replicas)}
     check_config(environment)
     haproxy = subprocess.Popen(

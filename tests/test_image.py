@@ -5,21 +5,18 @@ a container on the host's network, called from the host; its logs, a killed
 worker, a stop with a request in flight; a model version mounted by `make
 run-image` in place of the release's own.
 
-The tests keep their images and containers in a podman store of their own,
-build/container-store (CONTAINER_STORE, see container/engine): the machine's
-images are never touched, and the layers stay cached between runs. With the
+The tests keep their images and containers in a podman store of their own
+(tests/containers.py). With the
 base and the layers cached the module takes about a minute; on a fresh
 machine the base (debootstrap) and a cold build add a few minutes. The
 figures measured are printed (pytest -s)."""
 
-import fcntl
 import json
 import shutil
 import subprocess
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 
 import pytest
 import requests
@@ -28,41 +25,13 @@ from slow_clients import slow_article_call
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
-from tests.processes import clean_environment, free_port
+from tests.containers import build_lock, engine, engine_environment
+from tests.processes import free_port
 
-ENGINE = PROJECT / "container" / "engine"
-STORE = PROJECT / "build" / "container-store"
-LOCAL_BASE = "localhost/diabetes-base:bookworm"
 IMAGE = f"localhost/{APP_NAME}-test"
 # The engine's default stop timeout: a container not gone by then is killed.
 STOP_TIMEOUT = 10
 FIGURES = {}
-
-
-def engine_environment() -> dict:
-    return clean_environment(CONTAINER_ENGINE="podman", CONTAINER_STORE=str(STORE))
-
-
-def engine(*arguments, check=True, timeout=60) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [str(ENGINE), *arguments], env=engine_environment(), capture_output=True, text=True, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"container/engine {' '.join(arguments)} failed ({result.returncode}):\n"
-            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
-
-
-@contextmanager
-def build_lock():
-    """One build at a time in this checkout: `make image` stages its context
-    in build/image/, which a concurrent run would rewrite under it."""
-    STORE.mkdir(parents=True, exist_ok=True)
-    with open(STORE / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def timed_make(figure: str, *arguments, timeout: float):
