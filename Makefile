@@ -207,8 +207,8 @@ postman: serve
 collection: $(VENV_OK)
 	$(PYTHON) tests/postman_collection.py
 
-## test     lint, then run the whole test suite (trains, serves under PM2, runs newman; cleans up)
-test: setup wrk postgresql haproxy lint
+## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
+test: setup wrk postgresql haproxy docker lint
 	$(PYTHON) -m pytest
 
 ## lint     ruff's checks and its formatting, of the code and the notebooks (make format applies both)
@@ -222,7 +222,7 @@ format: $(VENV_OK)
 	$(PYTHON) -m ruff format .
 
 ## bench    load the API over HTTP beside the article's endpoint, a hello-world ceiling, MLServer and MLflow if installed (QUICK=1: short)
-bench: setup wrk $(BENCH_VENV_OK)
+bench: setup wrk docker $(BENCH_VENV_OK)
 	$(PYTHON) -m bench.run --mlflow --mlserver-venv $(BENCH_VENV) $(if $(QUICK),--quick)
 
 ## bench-train  training time and peak memory per process: 1 M and 10 M rows, in process, LocalCluster, external scheduler

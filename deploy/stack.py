@@ -2,6 +2,7 @@
 
     python deploy/stack.py wait   STACK RELEASE TIMEOUT   until every replica runs RELEASE, healthy
     python deploy/stack.py status STACK                   each replica's state, node, release and model
+    python deploy/stack.py edge   STACK                   the edge's view of each replica, as JSON lines
 
 Both talk to the swarm through the docker command line (DOCKER_HOST names
 it). A replica's release and model version are its image's labels, which
@@ -52,8 +53,10 @@ def image_of(task: dict) -> str:
     return task["Image"].split("@")[0]
 
 
-def edge_servers(stack: str) -> list[str]:
-    """The edge's replicas as it sees them: `address status` lines (empty if it cannot be asked)."""
+def edge_view(stack: str) -> list[dict]:
+    """The edge's replicas as it sees them: address, status (UP, DOWN, ...)
+    and its last check (e.g. L7STS 503: the replica's readiness answered 503);
+    empty if the edge cannot be asked."""
     containers = docker("ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={stack}_{EDGE_SERVICE}")
     if not containers.split():
         return []
@@ -63,12 +66,16 @@ def edge_servers(stack: str) -> list[str]:
         "print(b''.join(iter(lambda: s.recv(65536), b'')).decode())"
     )
     stat = docker("exec", containers.split()[0], "/app/.venv/bin/python", "-c", command, check=False)
-    rows = csv.DictReader(io.StringIO(stat.lstrip("# ")))
     return [
-        f"{row['addr']} {row['status']}"
-        for row in rows
+        {"address": row["addr"], "status": row["status"], "check": row["check_status"], "code": row["check_code"]}
+        for row in csv.DictReader(io.StringIO(stat.lstrip("# ")))
         if row["pxname"] == "workers" and row["svname"].startswith("replica") and row.get("addr")
     ]
+
+
+def edge_servers(stack: str) -> list[str]:
+    """`address status` of each replica the edge knows."""
+    return [f"{server['address']} {server['status']}" for server in edge_view(stack)]
 
 
 def wait(stack: str, release: str, timeout: float):
@@ -122,6 +129,9 @@ def main(argv: list[str]):
         wait(argv[1], argv[2], float(argv[3]))
     elif len(argv) == 2 and argv[0] == "status":
         status(argv[1])
+    elif len(argv) == 2 and argv[0] == "edge":
+        for server in edge_view(argv[1]):
+            print(json.dumps(server))
     else:
         raise SystemExit(__doc__)
 

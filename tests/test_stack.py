@@ -215,6 +215,38 @@ def test_make_stack_status_names_each_replica_its_node_release_and_model(stack):
     assert len([line for line in output.splitlines() if line.startswith("edge sees replica") and "UP" in line]) == 2
 
 
+def edge_view(stack) -> list[dict]:
+    """The edge's replicas: address, status, last check (deploy/stack.py edge)."""
+    listing = subprocess.run(
+        [str(PROJECT / ".venv" / "bin" / "python"), str(PROJECT / "deploy" / "stack.py"), "edge", STACK],
+        env={**swarm_environment(stack["swarm_dir"]), "DOCKER_HOST": stack["docker_host"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return [json.loads(line) for line in listing.splitlines()]
+
+
+def test_a_stopping_replica_leaves_the_edges_rotation_on_its_readiness_503_while_it_still_answers(stack):
+    [replica] = [replica for replica in wait_for_replicas(stack, 2) if replica["Node"] != WORKER][:1]
+    container = f"{replica['Name']}.{replica['ID']}"
+    address = docker(
+        stack, "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container
+    ).split()
+    stopping = threading.Thread(target=lambda: docker(stack, "stop", "--time", "30", container, timeout=60))
+    stopping.start()
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and stopping.is_alive():
+        seen += [server for server in edge_view(stack) if server["address"].split(":")[0] in address]
+        if any(server["status"] == "DOWN" and server["code"] == "503" for server in seen):
+            break
+    stopping.join(timeout=60)
+    assert any(server["status"] == "DOWN" and server["code"] == "503" for server in seen), seen
+    wait_for_replicas(stack, 2)
+
+
 def test_a_rolling_update_to_a_new_release_fails_no_request(stack, tmp_path):
     # The new release: a model trained with another seed, its release and image.
     params = stack["workspace"] / "other-seed.yaml"
