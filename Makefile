@@ -301,10 +301,10 @@ container-engine:
 debootstrap:
 	@command -v debootstrap > /dev/null || { $(call apt_install,debootstrap); }
 
-# Debian's Docker (dockerd, containerd, runc and the docker command), for the
+# Debian's Docker (dockerd, containerd, runc, the docker command) and docker-compose, for the
 # stack, installed when missing.
 docker:
-	@command -v dockerd > /dev/null && command -v docker > /dev/null || { $(call apt_install,docker.io); }
+	@command -v dockerd > /dev/null && command -v docker > /dev/null && command -v docker-compose > /dev/null || { $(call apt_install,docker.io docker-compose); }
 
 ## lab      open the notebooks in JupyterLab (installed on first use)
 lab: $(VENV_OK)

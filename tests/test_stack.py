@@ -345,3 +345,42 @@ def test_the_worker_nodes_death_under_load_fails_no_request_and_its_replica_move
     assert result["requests"] > 500 and not any(result["errors"].values()), result
     moved = wait_for_replicas(stack, 2, timeout=180)
     assert WORKER not in {replica["Node"] for replica in moved}, moved
+
+
+def test_the_same_compose_file_runs_with_docker_compose_on_one_host(stack):
+    """docker-compose (no swarm): the same file, the replicas scaled by hand,
+    the edge in front of them on a port of the host."""
+    port = free_port()
+    image = f"{IMAGE}:{stack['releases'][0]}"
+    environment = {
+        **swarm_environment(stack["swarm_dir"]),
+        "DOCKER_HOST": stack["docker_host"],
+        "IMAGE": image,
+        "EDGE_IMAGE": image,
+        "PORT": str(port),
+    }
+    compose = ["docker-compose", "--project-name", "composetest", "--file", str(PROJECT / "deploy" / "compose.yaml")]
+
+    def run(*arguments, timeout=180):
+        result = subprocess.run(
+            [*compose, *arguments], env=environment, capture_output=True, text=True, timeout=timeout
+        )
+        assert result.returncode == 0, f"docker-compose {' '.join(arguments)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    try:
+        run("up", "--detach", "--scale", "api=2")
+        deadline = time.monotonic() + 90
+        versions = set()
+        while time.monotonic() < deadline and len(versions) == 0:
+            try:
+                answer = requests.post(f"http://127.0.0.1:{port}{ARTICLE_PATH}", json=ARTICLE_BODY, timeout=5)
+                if answer.status_code == 200:
+                    versions.add(answer.headers["X-Model-Version"])
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        assert versions == {model_of(stack["workspace"], stack["releases"][0])}
+        assert len(run("ps", "--quiet", "api").split()) == 2
+    finally:
+        run("down", "--timeout", "30")
