@@ -208,7 +208,7 @@ collection: $(VENV_OK)
 	$(PYTHON) tests/postman_collection.py
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
-test: setup wrk postgresql haproxy docker lint
+test: setup wrk postgresql haproxy docker busybox-static lint
 	$(PYTHON) -m pytest
 
 ## lint     ruff's checks and its formatting, of the code and the notebooks (make format applies both)
@@ -233,7 +233,7 @@ bench-train: $(VENV_OK)
 reliability: setup wrk
 	RELIABILITY=long $(PYTHON) -m pytest -q -s tests/test_reliability.py
 
-.PHONY: image run-image base-image container-engine debootstrap stack stack-down stack-status docker
+.PHONY: image run-image base-image container-engine debootstrap stack stack-down stack-status docker busybox-static
 
 ## image    build the service's container image from the release make serve checked (made first if need be), tagged <release id> and latest
 image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged | container-engine
@@ -300,6 +300,11 @@ container-engine:
 
 debootstrap:
 	@command -v debootstrap > /dev/null || { $(call apt_install,debootstrap); }
+
+# A static busybox: the tiny image of the swarm nodes' test (tests/test_swarm_nodes.py).
+busybox-static:
+	@dpkg-query --show --showformat='$${Status}' busybox-static 2> /dev/null | grep -q 'install ok installed' \
+	    || { $(call apt_install,busybox-static); }
 
 # Debian's Docker (dockerd, containerd, runc, the docker command) and docker-compose, for the
 # stack, installed when missing.
