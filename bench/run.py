@@ -34,7 +34,6 @@ from pathlib import Path
 
 from bench.batches import TIMED_REQUESTS, load_batches, post, prepare_batches
 from bench.bodies import V2_JSON, V2_SINGLE_ROW, encode
-from bench.measure import measure_load
 from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
 from bench.report import (
     batch_ratios,
@@ -261,9 +260,7 @@ def peers(
 def load_single_rows(plan: Plan, key: str, url: str, script: Path, server, round_: int) -> list[dict]:
     runs = []
     for connections in plan.connection_counts:
-        load = measure_load(
-            url, script, connections, plan.seconds, server.root_pid, server.supervisor_pid, server.edge_pid
-        )
+        load = server.measure(url, script, connections, plan.seconds)
         runs.append({"server": key, "round": round_, "connections": connections, **load})
         log(
             f"  {key} {connections:>3} connections: {load['requests_per_second']:8.0f} requests/s, "

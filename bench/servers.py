@@ -15,6 +15,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.measure import measure_load
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.edge import BEHIND_EDGE_VARIABLE, HAPROXY
 from diabetes.features import FEATURE_NAMES
@@ -70,6 +71,8 @@ class Server:
     path = ARTICLE_PATH
     body = ARTICLE_BODY
     start_timeout = 60
+    # What the supervisor's CPU is called in the tables.
+    supervisor = "PM2"
 
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
@@ -104,6 +107,10 @@ class Server:
 
     def stop(self):
         raise NotImplementedError
+
+    def measure(self, url: str, script: Path, connections: int, seconds: int) -> dict:
+        """A wrk load on `url`, and what this server's processes spent on it."""
+        return measure_load(url, script, connections, seconds, self.root_pid, self.supervisor_pid, self.edge_pid)
 
     def log_tail(self, lines: int = 20) -> str:
         return ""
