@@ -7,8 +7,10 @@ endpoint as the article wrote it, this project's service as `make serve` runs
 it (PM2, the HAProxy edge, gunicorn), the same edge and gunicorn stack
 answering a constant (the ceiling), main as it was before the edge (a git
 worktree of that commit, its own `make serve`), HAProxy alone answering a
-constant (the machine's limit for HTTP), MLServer when installed, and with
---mlflow `mlflow models serve` when MLflow is installed. Every round starts,
+constant (the machine's limit for HTTP), MLServer when installed, with
+--mlflow `mlflow models serve` when MLflow is installed, and the stack
+(`make stack`, 2 replicas) on a two-node swarm of the benchmark's own, with
+its replicas on two nodes and on one (bench.stack). Every round starts,
 loads and stops each server in turn, so that noise on the machine hits all of
 them; ratios compare servers within a round. While the service runs, it also
 takes batches on /predict, and (in the first round) a `make serve` with
@@ -39,8 +41,9 @@ from bench.report import (
     batch_ratios,
     markdown,
     ratios,
+    server_results,
     spread,
-    summarize,
+    stack_costs,
     summarize_batches,
     targets,
 )
@@ -61,9 +64,10 @@ from bench.servers import (
     run_make,
     running,
 )
+from bench.stack import stack_servers
 from diabetes.api_examples import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
 from diabetes.settings import notebook_defaults
-from tests.processes import run_bounded
+from tests.processes import free_port, run_bounded
 from tests.wrk import WRK_THREADS, run_wrk, write_wrk_script
 
 PROJECT_MODELS = PROJECT / "build" / "models"
@@ -274,6 +278,34 @@ def answer_of(url: str, encoding, values: list) -> dict:
     return {"body": json.loads(answer), "model_version": headers.get("X-Model-Version")}
 
 
+def load_rounds(plan: Plan, units: list[list], scripts: dict, batches_of: dict, service: ServiceUnderPM2) -> tuple:
+    """Every round: each server started, warmed up, loaded and stopped in
+    turn; the service also takes its batches, its V2 single rows and (once)
+    the timed `make serve`."""
+    workers = notebook_defaults()["workers"]
+    runs, batch_runs, refused, answers, make_serve = [], [], {}, {}, None
+    for round_ in range(plan.rounds):
+        for server in rotated(units, round_):
+            log(f"round {round_ + 1}/{plan.rounds}: starting {server.label}")
+            with running(server):
+                answers.setdefault(server.key, server.answer)
+                run_wrk(server.url, scripts[server.key], plan.connection_counts[0], plan.warmup_seconds)
+                if server.key in batches_of:
+                    # As many connections as the service has workers: each request is a whole batch, more
+                    # would only queue.
+                    loaded, refusals = load_batches(server, batches_of[server.key], plan.batch_seconds, workers, log)
+                    batch_runs += [{"round": round_, **run} for run in loaded]
+                    refused.update({(refusal["server"], refusal["encoding"]): refusal for refusal in refusals})
+                if server is service:
+                    if make_serve is None:
+                        make_serve = time_make_serve(service, plan.make_serve_repeats)
+                    v2_url = service.url_of(V2_INFER)
+                    answers.setdefault(SERVICE_V2, answer_of(v2_url, V2_JSON, ARTICLE_VALUES))
+                    runs += load_single_rows(plan, SERVICE_V2, v2_url, scripts[SERVICE_V2], service, round_)
+                runs += load_single_rows(plan, server.key, server.url, scripts[server.key], server, round_)
+    return runs, batch_runs, refused, answers, make_serve
+
+
 def benchmark(
     plan: Plan,
     workdir: Path,
@@ -310,47 +342,32 @@ def benchmark(
     # The ceiling starts as soon as the service stops, then main before the
     # edge, and the service's single-row loads come last in its turn: the
     # loads that the main ratios compare are seconds apart, not minutes, on
-    # cores whose speed drifts with the host's load.
-    units = [
-        [ArticleServer(workdir, pickle_path)],
-        [service, ceiling, *before_unit],
-        [EdgeConstantServer(workdir, threads=notebook_defaults()["edge_threads"])],
-        *([other] for other in others),
-    ]
-    servers = [server for unit in units for server in unit]
-    scripts = {server.key: write_wrk_script(workdir / f"{server.key}.lua", server.body) for server in servers}
-    # The service also answers one row on the V2 route, side by side with MLServer.
-    scripts[SERVICE_V2] = write_wrk_script(workdir / f"{SERVICE_V2}.lua", V2_SINGLE_ROW)
-    batches = prepare_batches(workdir)
-    # MLServer has only the V2 route.
-    batches_of = {
-        service.key: batches,
-        MlserverServer.key: [batch for batch in batches if batch.encoding.path == V2_INFER],
+    # cores whose speed drifts with the host's load. The stack's two variants
+    # close the service's turn, one right after the other.
+    stack_record = {}
+    with stack_servers(service, free_port(), skipped, stack_record) as stack:
+        units = [
+            [ArticleServer(workdir, pickle_path)],
+            [service, ceiling, *before_unit, *stack],
+            [EdgeConstantServer(workdir, threads=notebook_defaults()["edge_threads"])],
+            *([other] for other in others),
+        ]
+        servers = [server for unit in units for server in unit]
+        scripts = {server.key: write_wrk_script(workdir / f"{server.key}.lua", server.body) for server in servers}
+        # The service also answers one row on the V2 route, side by side with MLServer.
+        scripts[SERVICE_V2] = write_wrk_script(workdir / f"{SERVICE_V2}.lua", V2_SINGLE_ROW)
+        batches = prepare_batches(workdir)
+        # MLServer has only the V2 route.
+        batches_of = {
+            service.key: batches,
+            MlserverServer.key: [batch for batch in batches if batch.encoding.path == V2_INFER],
+        }
+        runs, batch_runs, refused, answers, make_serve = load_rounds(plan, units, scripts, batches_of, service)
+
+    about = {
+        server.key: {"label": server.label, "path": server.path, "supervisor": server.supervisor} for server in servers
     }
-
-    runs, batch_runs, refused, answers, make_serve = [], [], {}, {}, None
-    for round_ in range(plan.rounds):
-        for server in rotated(units, round_):
-            log(f"round {round_ + 1}/{plan.rounds}: starting {server.label}")
-            with running(server):
-                answers.setdefault(server.key, server.answer)
-                run_wrk(server.url, scripts[server.key], plan.connection_counts[0], plan.warmup_seconds)
-                if server.key in batches_of:
-                    # As many connections as the service has workers: each request is a whole batch, more
-                    # would only queue.
-                    loaded, refusals = load_batches(server, batches_of[server.key], plan.batch_seconds, workers, log)
-                    batch_runs += [{"round": round_, **run} for run in loaded]
-                    refused.update({(refusal["server"], refusal["encoding"]): refusal for refusal in refusals})
-                if server is service:
-                    if make_serve is None:
-                        make_serve = time_make_serve(service, plan.make_serve_repeats)
-                    v2_url = service.url_of(V2_INFER)
-                    answers.setdefault(SERVICE_V2, answer_of(v2_url, V2_JSON, ARTICLE_VALUES))
-                    runs += load_single_rows(plan, SERVICE_V2, v2_url, scripts[SERVICE_V2], service, round_)
-                runs += load_single_rows(plan, server.key, server.url, scripts[server.key], server, round_)
-
-    labels = {server.key: (server.label, server.path) for server in servers}
-    labels[SERVICE_V2] = (SERVICE_V2_LABEL, V2_INFER)
+    about[SERVICE_V2] = {"label": SERVICE_V2_LABEL, "path": V2_INFER, "supervisor": service.supervisor}
     order = [server.key for server in servers]
     order.insert(order.index(service.key) + 1, SERVICE_V2)
     encodings = {batch.encoding.key: batch.encoding for batch in batches}
@@ -360,21 +377,7 @@ def benchmark(
         "plan": asdict(plan),
         "model_version": model_version,
         "model": in_process.pop("model"),
-        "servers": {
-            key: {
-                "label": labels[key][0],
-                "path": labels[key][1],
-                "answer": answers.get(key),
-                "by_connections": {
-                    str(connections): summarize(
-                        [run for run in runs if run["server"] == key and run["connections"] == connections]
-                    )
-                    for connections in plan.connection_counts
-                },
-                "runs": [run for run in runs if run["server"] == key],
-            }
-            for key in order
-        },
+        "servers": server_results({key: about[key] for key in order}, runs, answers, plan.connection_counts),
         "ratios": ratios(runs, plan.connection_counts),
         "batches": {
             "connections": workers,
@@ -401,6 +404,7 @@ def benchmark(
         "make": {"serve_unchanged_seconds": make_serve, "train": training},
         "skipped": skipped,
     }
+    results["stack"] = {**stack_record, "costs": stack_costs(results["servers"])}
     results["targets"] = targets(results)
     return results
 
