@@ -192,7 +192,7 @@ def _at_least(target: str, measured: float | None, minimum: float, unit: str, mi
 
 
 def _why_missing(results: dict, server: str, encoding: str | None = None) -> str:
-    for refusal in results["batches"]["not_supported"]:
+    for refusal in results.get("batches", {}).get("not_supported", []):
         if refusal["server"] == server and refusal["encoding"] == encoding:
             return f"{server} refused it ({refusal['status']})"
     for reason in results["skipped"]:

@@ -229,7 +229,9 @@ class StackDeployment:
             )  # fmt: skip
         self.setup_seconds["make_stack"] = time.monotonic() - started
         if result.returncode != 0:
-            raise ServerFailed(f"make stack failed ({result.returncode}):\n{_tail(result)}")
+            # Its last words (make's own line, and the error before it) first: the reason in the report.
+            last = [line.strip() for line in (result.stdout + result.stderr).splitlines() if line.strip()][-2:]
+            raise ServerFailed(f"make stack failed ({result.returncode}): {' / '.join(last)}\n{_tail(result)}")
         self.release = (self.service.releases_dir / "current").resolve().name
         log(f"  the stack runs {IMAGE}:{self.release} after {self.setup_seconds['make_stack']:.0f} s")
 
