@@ -3,9 +3,11 @@ under load at both connection counts, MLServer included (installed in the
 benchmark's venv first, as `make bench` does), the project's service without
 a single error, single rows and batches alike, on /predict and on the V2
 route; V2 binary tensors are either measured or reported as refused; one row
-is timed in process, `make serve` and `make train` are timed, every target is
-reported, and the results are written. No speed and no target is asserted:
-the figures depend on the machine and on whatever else it runs."""
+is timed in process, `make serve` and `make train` are timed; the stack runs
+on its two-node swarm, on two nodes and on one (unless this machine cannot run
+it, which the report says); every target is reported, and the results are
+written. No speed and no target is asserted: the figures depend on the
+machine and on whatever else it runs."""
 
 import json
 import shutil
@@ -43,8 +45,11 @@ TARGETS = (
     "in_process_difference",
     "make_serve_unchanged",
     "training",
+    "stack_beside_service",
 )
 BENCH_VENV = PROJECT / "build" / "bench-venv"
+# The stack's image build and swarm take a few minutes of their own.
+QUICK_RUN_SECONDS = 900
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +78,12 @@ def quick_run(tmp_path_factory, trained) -> dict:
         text=True,
     )
     try:
-        stdout, stderr = process.communicate(timeout=420)
+        stdout, stderr = process.communicate(timeout=QUICK_RUN_SECONDS)
     except subprocess.TimeoutExpired:
-        # SIGTERM, not a kill: the benchmark then stops the servers it started.
+        # SIGTERM, not a kill: the benchmark then stops the servers it started (and removes its swarm).
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=120)
-        pytest.fail(f"the quick benchmark took over 420 s:\n{stderr[-4000:]}")
+        stdout, stderr = process.communicate(timeout=360)
+        pytest.fail(f"the quick benchmark took over {QUICK_RUN_SECONDS} s:\n{stderr[-4000:]}")
     assert process.returncode == 0, f"the benchmark failed ({process.returncode}):\n{stdout}\n{stderr[-4000:]}"
     return {"stdout": stdout, "output": output, "results": json.loads((output / "results.json").read_text())}
 
@@ -183,3 +188,23 @@ def test_every_target_is_reported_with_its_measure(quick_run):
     for target in targets.values():
         assert isinstance(target["met"], bool)
         assert f"| {target['target']} | {target['shown']} |" in table
+
+
+def test_the_stack_is_measured_on_two_nodes_beside_the_service_or_skipped_with_its_reason(quick_run):
+    results = quick_run["results"]
+    reasons = [reason for reason in results["skipped"] if reason.startswith("stack:")]
+    table = (quick_run["output"] / "results.md").read_text()
+    assert "### The stack on Docker Swarm" in table
+    if reasons:
+        # Only a machine that cannot run it (no docker, not root) skips it: one that does not come up fails.
+        assert "did not come up" not in reasons[0], reasons[0]
+        assert "stack" not in results["servers"] and f"Not measured: {reasons[0].removeprefix('stack: ')}" in table
+        return
+    for name in ("stack", "stack_one_node"):
+        for connections in CONNECTION_COUNTS:
+            assert results["servers"][name]["by_connections"][connections]["requests_per_second"]["median"] > 0
+    placements = results["stack"]["placements"]
+    assert all(len(set(nodes)) == 2 for nodes in placements["stack"]), placements
+    assert all(len(set(nodes)) == 1 and "benchworker" not in nodes for nodes in placements["stack_one_node"])
+    assert set(results["stack"]["costs"]) == {"extra_hop", "overlay", "both"}
+    assert results["targets"]["stack_beside_service"]["met"]
