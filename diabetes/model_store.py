@@ -10,13 +10,23 @@ version being served.
                                                 loads and passes its sample check)
 
 Models are stored in XGBoost's own format (never pickled) and are refused when
-the file does not match the sha256 recorded in its metadata. This module does
+the file does not match the sha256 recorded in its metadata.
+
+A version's files that hold patients' rows or predictions for them
+(`PRIVATE_FILES`: the training rows, the test and out-of-fold predictions, the
+executed notebook that shows them) are readable by their owner only (0600),
+whatever the umask: created so, in a folder only the owner can enter until the
+version is complete. The model and its metadata hold no rows and follow the
+umask, as does the version's folder: a service that runs as another user (the
+image's, with `make run-image IMAGE_MODELS=...`) reads them. This module does
 not import XGBoost, which is slow to import: commands that only read or
 switch versions stay quick. Loading a model to predict with it is diabetes.prediction's.
 """
 
 import hashlib
 import json
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +36,10 @@ MODEL_FILE = "model.ubj"
 METADATA_FILE = "metadata.json"
 CURRENT_LINK = "current"
 LATEST_LINK = "latest"
+# Files of a version that hold patients' rows or predictions for them, kept
+# 0600. train.ipynb and train.html are copied in by `make train`.
+PRIVATE_FILES = frozenset({"data.csv", "predictions.csv", "cv_predictions.csv", "train.ipynb", "train.html"})
+PRIVATE_MODE = 0o600
 
 
 class ModelRefused(Exception):
@@ -47,18 +61,27 @@ def publish_version(booster, metadata: dict, models_dir, extra_files=()) -> Path
     The version folder is complete before it gets its final name, and the
     link is swapped with a rename: a reader sees the old version or the new
     one, never half of one. `extra_files` are (name, writer) pairs, each
-    writer called with the path to write."""
+    writer called with the path to write. An extra file is created 0600
+    before its writer opens it, and kept so. The folder is written with mode
+    0700, then given its parent's mode (never writable by others) as it gets
+    its name."""
     models_dir = Path(models_dir)
     model_bytes = bytes(booster.save_raw(raw_format="ubj"))
     version = new_version_id(model_bytes)
     metadata = {**metadata, "version": version, "model_file": MODEL_FILE, "model_sha256": sha256_of(model_bytes)}
 
+    models_dir.mkdir(parents=True, exist_ok=True)
     staging = models_dir / f".{version}.partial"
-    staging.mkdir(parents=True)
+    staging.mkdir(mode=0o700)
+    os.chmod(staging, 0o700)  # whatever the umask (mkdir's mode is only narrowed by it)
     (staging / MODEL_FILE).write_bytes(model_bytes)
     (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     for name, write in extra_files:
-        write(staging / name)
+        path = staging / name
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+        write(path)
+        os.chmod(path, PRIVATE_MODE)  # a writer that replaced the file
+    os.chmod(staging, stat.S_IMODE(models_dir.stat().st_mode) & 0o755)
     version_dir = models_dir / version
     staging.rename(version_dir)
     point_link(models_dir, LATEST_LINK, version)
