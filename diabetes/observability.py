@@ -19,8 +19,10 @@ import fcntl
 import functools
 import io
 import itertools
+import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -43,7 +45,9 @@ from prometheus_client import (
 from diabetes.cross_origin import CrossOrigin
 from diabetes.edge import BEHIND_EDGE_VARIABLE
 from diabetes.gathered_metrics import gather_metric_writes
+from diabetes.settings import SettingRefused
 
+_LOGGER = logging.getLogger(__name__)
 disable_created_metrics()
 # Before the metrics are made: in each gunicorn worker their writes are gathered.
 write_gathered_metrics = gather_metric_writes()
@@ -222,10 +226,14 @@ class PredictionLog:
     appended to a file that a later training run can read.
 
     The inputs are patients' measurements: the file and its rotated copies are
-    readable by their owner only (0600). Each line is written in one write to
-    the file opened for appending, and the file is closed (so flushed) at
-    once: a crash of the service loses at most the request in hand, and the
-    file can be moved away at any time. Past `max_bytes` the file is rotated
+    readable by their owner only (0600). A file or rotated copy found with a
+    wider mode (made before the service, by hand or by another tool) is
+    narrowed to 0600 with a warning, when the log is opened and as it is
+    rotated; one the service cannot narrow (another user's) is refused at
+    start. Each line is written in one write to the file opened for
+    appending, and the file is closed (so flushed) at once: a crash of the
+    service loses at most the request in hand, and the file can be moved away
+    at any time. Past `max_bytes` the file is rotated
     (`path.1` ... `path.N`, the oldest dropped), under a lock that the workers
     share, so that the log never grows without bound. The values are written
     as the model read them, float32, in their shortest form (34.2, not
@@ -233,20 +241,50 @@ class PredictionLog:
     disk) drops the line, counts it, and the request is answered all the same."""
 
     ROTATED_FILES = 5
+    MODE = 0o600
 
     def __init__(self, path: str, max_bytes: int):
         self.path, self.max_bytes = os.path.abspath(path), max_bytes
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         self.lock_path = self.path + ".lock"
+        for path in [self.path, *self.rotated_paths()]:
+            try:
+                self._narrow(path)
+            except OSError as error:
+                raise SettingRefused(
+                    f"prediction log {path} is readable by others and cannot be made private ({error}): "
+                    f"chmod 600 it, or remove it"
+                ) from None
+
+    def rotated_paths(self) -> list[str]:
+        return [f"{self.path}.{number}" for number in range(1, self.ROTATED_FILES + 1)]
+
+    def _narrow(self, path: str):
+        """Make the file at `path`, if it is a regular file that others may
+        read or write, readable by its owner only, and say so."""
+        try:
+            status = os.stat(path)
+        except FileNotFoundError:
+            return
+        mode = stat.S_IMODE(status.st_mode)
+        if not stat.S_ISREG(status.st_mode) or not mode & 0o077:
+            return  # a device (/dev/full) or a pipe is not ours to change
+        os.chmod(path, self.MODE)
+        _LOGGER.warning(
+            "prediction log %s had mode %o: others could read the patients' rows it holds; narrowed to %o",
+            path,
+            mode,
+            self.MODE,
+        )
 
     def append(self, record: dict):
         line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
         try:
-            lock = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            lock = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT, self.MODE)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 self._rotate_if_full(len(line))
-                log = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                log = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, self.MODE)
                 try:
                     os.write(log, line)
                 finally:
@@ -267,6 +305,9 @@ class PredictionLog:
             if os.path.exists(f"{self.path}.{number}"):
                 os.replace(f"{self.path}.{number}", f"{self.path}.{number + 1}")
         os.replace(self.path, f"{self.path}.1")
+        # Copies keep their mode as they move: one widened since the start is narrowed now.
+        for path in self.rotated_paths():
+            self._narrow(path)
 
 
 @functools.cache

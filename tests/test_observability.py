@@ -1,6 +1,7 @@
 """Metrics, access logs, request ids, the prediction log and the API key."""
 
 import json
+import os
 import stat
 import time
 
@@ -13,8 +14,8 @@ from prometheus_client import Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES
-from diabetes.observability import BOOKKEEPING_SECONDS, LATENCY, observe_all
-from diabetes.settings import APP_NAME
+from diabetes.observability import BOOKKEEPING_SECONDS, LATENCY, PredictionLog, observe_all
+from diabetes.settings import APP_NAME, SettingRefused
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
 
@@ -206,6 +207,59 @@ def test_the_prediction_log_is_rotated_past_its_size_cap(served_module, tmp_path
     for path in [log, *rotated]:
         assert path.stat().st_size <= 2000 and stat.S_IMODE(path.stat().st_mode) == 0o600
         assert all(json.loads(line)["route"] == ARTICLE_PATH for line in path.read_text().splitlines())
+
+
+def test_a_prediction_log_and_its_copies_made_wider_before_the_service_are_narrowed_with_a_warning(tmp_path, caplog):
+    log = tmp_path / "predictions.jsonl"
+    for path in [log, tmp_path / "predictions.jsonl.1", tmp_path / "predictions.jsonl.3"]:
+        path.write_text('{"inputs": [[1, 106, 70, 28, 135, 34.2, 0.142, 22]]}\n')
+        path.chmod(0o644)
+    with caplog.at_level("WARNING", logger="diabetes.observability"):
+        PredictionLog(str(log), 1 << 20)
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()} == {
+        "predictions.jsonl": 0o600,
+        "predictions.jsonl.1": 0o600,
+        "predictions.jsonl.3": 0o600,
+    }
+    warned = sorted(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert warned == [
+        f"prediction log {log}{suffix} had mode 644: others could read the patients' rows it holds; narrowed to 600"
+        for suffix in ("", ".1", ".3")
+    ]
+
+
+def test_a_rotated_copy_made_wider_while_the_service_runs_is_narrowed_as_it_is_rotated(tmp_path, caplog):
+    log = tmp_path / "predictions.jsonl"
+    prediction_log = PredictionLog(str(log), 100)
+    record = {"inputs": np.float32([ARTICLE_VALUES]), "probabilities": np.float32([0.1])}
+    prediction_log.append(record)
+    prediction_log.append(record)  # past 100 bytes: the first line is rotated to .1
+    (tmp_path / "predictions.jsonl.1").chmod(0o604)
+    with caplog.at_level("WARNING", logger="diabetes.observability"):
+        prediction_log.append(record)  # .1 moves to .2
+    assert stat.S_IMODE((tmp_path / "predictions.jsonl.2").stat().st_mode) == 0o600
+    assert any("predictions.jsonl.2 had mode 604" in record.getMessage() for record in caplog.records)
+    for path in tmp_path.glob("predictions.jsonl*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_wider_prediction_log_that_cannot_be_narrowed_is_refused_at_start(tmp_path, monkeypatch):
+    log = tmp_path / "predictions.jsonl"
+    log.write_text("")
+    log.chmod(0o644)
+
+    def not_the_owner(path, mode):
+        raise PermissionError(1, "Operation not permitted", path)
+
+    monkeypatch.setattr("diabetes.observability.os.chmod", not_the_owner)
+    with pytest.raises(SettingRefused, match=f"prediction log {log} is readable by others and cannot be made private"):
+        PredictionLog(str(log), 1 << 20)
+
+
+def test_a_prediction_log_on_a_device_is_left_as_the_device_is():
+    before = stat.S_IMODE(os.stat("/dev/full").st_mode)
+    PredictionLog("/dev/full", 1 << 20)
+    assert stat.S_IMODE(os.stat("/dev/full").st_mode) == before
 
 
 def test_a_prediction_log_on_a_full_disk_drops_lines_and_answers_all_the_same(served_module):
