@@ -57,18 +57,24 @@ class SettingRefused(ValueError):
 
 
 def read_api_key(api_key: str, api_key_file: str) -> str:
-    """The API key: from `api_key_file` when set (a file only its owner can
-    read, as ssh demands of a private key: a key that others can read is no
-    secret), otherwise `api_key`; empty means no key is needed."""
+    """The API key: from `api_key_file` when set (a file of the service's own
+    user that only this user can read, as ssh demands of a private key: a key
+    that others can read, or that another user can rewrite, is no secret),
+    otherwise `api_key`; empty means no key is needed. The file is checked as
+    it is opened, so the checks and the read are of the same file."""
     if not api_key_file:
         return api_key
     try:
-        mode = os.stat(api_key_file).st_mode
-        if mode & 0o077:
-            raise SettingRefused(
-                f"{api_key_file} is readable by others (mode {mode & 0o777:o}): chmod 600 {api_key_file}"
-            )
         with open(api_key_file, encoding="utf-8") as file:
+            status = os.fstat(file.fileno())
+            mode = status.st_mode & 0o777
+            if status.st_uid != os.geteuid():
+                raise SettingRefused(
+                    f"{api_key_file} belongs to uid {status.st_uid}, not to the service's user (uid {os.geteuid()}): "
+                    f"chown {os.geteuid()} {api_key_file}"
+                )
+            if mode & 0o077:
+                raise SettingRefused(f"{api_key_file} is readable by others (mode {mode:o}): chmod 600 {api_key_file}")
             key = file.read().strip()
     except OSError as error:
         raise SettingRefused(f"cannot read the API key file: {error}") from None

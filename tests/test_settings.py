@@ -3,6 +3,7 @@ notebook's parameters, their overrides from the environment, the API key file,
 the Host header's names, and the one app name that every file agrees on."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -20,6 +21,7 @@ from diabetes.settings import (
     trusted_host_names,
 )
 
+NOBODY = 65534  # a user and group other than the test's own
 DEFAULTS = {"port": 5000, "ratio": 0.5, "debug": False, "host": "127.0.0.1"}
 
 
@@ -99,6 +101,20 @@ def test_an_api_key_file_that_others_can_read_is_refused_with_the_fix(tmp_path, 
     key_file.chmod(mode)
     with pytest.raises(SettingRefused, match=f"readable by others \\(mode {mode:o}\\): chmod 600 {key_file}"):
         read_api_key("", str(key_file))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user takes root")
+def test_an_api_key_file_of_another_user_is_refused_though_only_its_owner_can_read_it(tmp_path):
+    """Another user could rewrite the key the service trusts, or read it: only
+    a file of the service's own user holds its key."""
+    key_file = tmp_path / "key"
+    key_file.write_text("secret\n")
+    key_file.chmod(0o600)
+    os.chown(key_file, NOBODY, NOBODY)
+    with pytest.raises(SettingRefused, match=f"belongs to uid {NOBODY}, not to the service's user \\(uid 0\\)"):
+        read_api_key("", str(key_file))
+    os.chown(key_file, 0, NOBODY)  # the group may differ: it cannot read a 0600 file
+    assert read_api_key("", str(key_file)) == "secret"
 
 
 def test_an_empty_or_missing_api_key_file_is_refused(tmp_path):
