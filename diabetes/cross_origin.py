@@ -5,6 +5,11 @@ without flask-cors's work on every request: with the default origins (a
 regular expression), a request without an Origin header, as every
 non-browser client sends, costs one dictionary lookup. tests/test_api.py
 holds them to flask-cors's own, preflights included.
+
+One difference, on purpose: flask-cors matches a regular expression from the
+start of the origin only (`re.match`), so `https://app\\.example\\.com` also
+lets `https://app.example.com.evil.net` read the answers. Here the pattern must
+match the whole origin (`re.fullmatch`).
 """
 
 import re
@@ -15,9 +20,9 @@ _REGEX_HINTS = frozenset("*\\]?$^[]()")
 
 
 class CrossOrigin:
-    """`origins`: one origin, a regular expression matched from the start of
-    the Origin header (case-insensitive), or "*" for any; `expose_headers`:
-    the answer's headers a page's script may read."""
+    """`origins`: one origin, a regular expression that must match the whole
+    Origin header (case-insensitive), or "*" for any; `expose_headers`: the
+    answer's headers a page's script may read."""
 
     def __init__(self, origins: str, expose_headers: list[str]):
         # flask-cors answers a request without an Origin header too when the
@@ -33,7 +38,7 @@ class CrossOrigin:
 
     def allows(self, origin: str) -> bool:
         if self.pattern is not None:
-            return self.pattern.match(origin) is not None
+            return self.pattern.fullmatch(origin) is not None
         return origin.lower() == self.literal
 
     def headers(self, environ: dict) -> list[tuple[str, str]]:
