@@ -33,7 +33,10 @@ a single record and on the article's route.
 
 Missing values: in JSON a feature may be `null`, and in CSV a field may be
 empty, to say "not measured"; XGBoost routes such a value down the branch it
-learned for missing ones. A 0 in glucose, blood_pressure, skin_fold_thick,
+learned for missing ones. A CSV line of empty fields only (`,,,,,,,`, what a
+spreadsheet writes for an empty row) is an empty row, wherever it is: refused
+as a row of 0 values, never read as a header nor as a patient with nothing
+measured. A 0 in glucose, blood_pressure, skin_fold_thick,
 serum_insuling or mass_index means "not measured" too, as in the training
 data. The article's route keeps its original contract: 8 numbers; V2 tensors
 hold numbers only.
@@ -444,7 +447,7 @@ class Contract:
             rows, named=lambda index: f"line {line_numbers[index]}", field=lambda index: pointer("rows", index)
         )
         sent_names = self.names if columns is None else tuple(self.names[feature] for feature in columns)
-        return self.matrix(
+        matrix = self.matrix(
             Values(
                 list(itertools.chain.from_iterable(rows)),
                 len(rows),
@@ -455,6 +458,18 @@ class Contract:
                 lines=line_numbers,
             )
         )
+        # Only an empty field reads as NaN: a row of NaN is a line of empty fields.
+        empty = np.isnan(matrix).all(axis=1)
+        if empty.any():
+            index = int(empty.argmax())
+            raise InvalidRequest(
+                f"line {line_numbers[index]} has 0 values (every field is empty), expected {len(self.names)}: "
+                f"{', '.join(self.names)}",
+                ErrorCode.WRONG_VALUE_COUNT,
+                field=pointer("rows", index),
+                row=index,
+            )
+        return matrix
 
     def _csv_rows(self, lines) -> tuple[list, list]:
         """The rows of fields and the line each ends on, blank lines left out,
@@ -477,9 +492,12 @@ class Contract:
         return rows, line_numbers
 
     def _is_header(self, line) -> bool:
-        """A first line that names a feature, or holds no number at all."""
+        """A first line that names a feature, or holds text but no number at
+        all (a line of empty fields is an empty row, not a header)."""
         fields = [value.strip(_ASCII_BLANKS) for value in line]
-        return any(field in self.names for field in fields) or all(parse_number_text(f) is None for f in fields)
+        if any(field in self.names for field in fields):
+            return True
+        return any(fields) and all(parse_number_text(f) is None for f in fields)
 
     def _csv_header_columns(self, header) -> tuple | None:
         """The feature of each column, None when they are in the model's order."""

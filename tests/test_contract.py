@@ -268,6 +268,23 @@ BAD = {
     "too many instances": ("json", {"instances": [ROWS[0]] * (MAX_ROWS + 1)}, "too_many_rows", None, None),
     "too many records": ("json", records(ROWS[:1]) * (MAX_ROWS + 1), "too_many_rows", None, None),
     "a CSV row of 7 values": ("csv", csv_text([ROWS[0], ROWS[1][:7]]), "wrong_value_count", "/rows/1", 1),
+    "a first CSV line of empty fields": ("csv", ",,,,,,,\n", "wrong_value_count", "/rows/0", 0),
+    "a first CSV line of empty fields, then a row": (
+        "csv",
+        ",,,,,,,\n" + csv_text([ROWS[0]], header=None),
+        "wrong_value_count",
+        "/rows/0",
+        0,
+    ),
+    "a first CSV line of blank and quoted empty fields": ("csv", ' ,"",\t,,,,,\n', "wrong_value_count", "/rows/0", 0),
+    "a CSV line of empty fields after a row": (
+        "csv",
+        csv_text([ROWS[0], [None] * 8], header=None),
+        "wrong_value_count",
+        "/rows/1",
+        1,
+    ),
+    "a CSV line of empty fields after a header": ("csv", csv_text([[None] * 8]), "wrong_value_count", "/rows/0", 0),
     "a word in CSV": (
         "csv",
         csv_text([ROWS[0], [6, "high", 72, 35, 0, 33.6, 0.627, 50]]),
@@ -508,6 +525,26 @@ def test_a_csv_error_gives_the_line_in_its_message_counting_the_header_and_blank
         read(contract, "csv", body)
     assert refused.value.field == "/rows/1/diabetes_pedigree" and refused.value.row == 1
     assert refused.value.message.startswith("line 5, /rows/1/diabetes_pedigree ")
+
+
+def test_a_csv_line_of_empty_fields_is_an_empty_row_not_a_header(contract):
+    """What a spreadsheet writes for an empty row: refused as a row of 0
+    values, on its line, not as a header naming unknown features."""
+    with pytest.raises(InvalidRequest) as refused:
+        read(contract, "csv", ",,,,,,,\n" + csv_text(ROWS, header=None))
+    assert refused.value.code == "wrong_value_count"
+    assert refused.value.message.startswith("line 1 has 0 values (every field is empty), expected 8: times_pregnant")
+    with pytest.raises(InvalidRequest) as refused:
+        read(contract, "csv", csv_text(ROWS) + "\n,,,,,,,\n")
+    assert refused.value.message.startswith("line 5 has 0 values") and refused.value.row == 2
+
+
+def test_a_csv_line_with_one_value_measured_is_a_row(contract):
+    matrix = read(
+        contract, "csv", ",,,,,,,22\n" + csv_text([[None, None, None, None, None, 34.2, None, None]], header=None)
+    )
+    assert matrix.shape == (2, 8) and matrix[0, 7] == 22 and matrix[1, 5] == np.float32(34.2)
+    assert np.isnan(matrix[0, :7]).all() and np.isnan(np.delete(matrix[1], 5)).all()
 
 
 def test_a_csv_body_over_the_row_limit_is_read_no_further(contract):
