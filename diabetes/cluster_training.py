@@ -49,7 +49,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from diabetes.data import COLUMNS, ROW_ID, TABLE, DataSourceError, _checked, is_database_url, redacted
+from diabetes.credentials import redacted, scrubbed
+from diabetes.data import COLUMNS, ROW_ID, TABLE, DataSourceError, _checked, connect_url_of, is_database_url
 from diabetes.features import FEATURE_NAMES, FEATURES, LABEL_NAME, to_model_input
 from diabetes.training import CrossValidation, _early_stopping_point
 
@@ -187,12 +188,13 @@ def read_training_partitions(data_url: str, data_query: str = "") -> Partitioned
                 f"(empty: {TABLE}), not {table!r}"
             )
         source, query = redacted(data_url), f"read_sql_table {table} on index {ROW_ID}"
+        # The workers connect: they get the URL with its references expanded (dask wants a string).
+        url = connect_url_of(data_url)
         try:
-            frame = dd.read_sql_table(table, data_url, index_col=ROW_ID)
+            frame = dd.read_sql_table(table, url.render_as_string(hide_password=False), index_col=ROW_ID)
         except Exception as error:  # sqlalchemy's errors: no such table, no connection, no driver
-            raise DataSourceError(
-                f"cannot read table {table} of {source}: {error.__class__.__name__}: {str(error).splitlines()[0]}"
-            ) from None
+            message = f"{error.__class__.__name__}: {scrubbed(str(error), url).splitlines()[0]}"
+            raise DataSourceError(f"cannot read table {table} of {source}: {message}") from None
     else:
         source, query = data_url, None
         frame = _read_files(data_url)

@@ -4,7 +4,10 @@ named by a hash of its rows.
 `data_url` is a file path (the CSV of the data set: no header, 8 features then
 the label) or a SQLAlchemy URL (`sqlite:///build/diabetes.sqlite`,
 `postgresql+psycopg://user@host:5432/db`); `data_query` is the SQL run against
-a database (by default the table that `make db` writes, in file order).
+a database (by default the table that `make db` writes, in file order). A
+URL's credentials are recorded and shown only redacted, and may be named by
+reference (`${NAME}`, `${file:PATH}`), expanded only here, where it connects
+(diabetes/credentials.py).
 
 Whatever the source, the rows are brought to one canonical form: the feature
 columns then the label, in `FEATURE_NAMES` order, as CSV with a header, each
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diabetes.credentials import CredentialError, connect_url, redacted, scrubbed
 from diabetes.features import FEATURE_NAMES, LABEL_NAME
 
 COLUMNS = (*FEATURE_NAMES, LABEL_NAME)
@@ -47,7 +51,7 @@ class DataSourceError(Exception):
 @dataclass(frozen=True)
 class TrainingData:
     rows: pd.DataFrame  # COLUMNS: features as float64 (NaN for SQL NULL), the label as int
-    source: str  # the file path, or the URL without its password
+    source: str  # the file path, or the URL with its credentials redacted
     query: str | None  # the SQL, for a database
     canonical: bytes  # the rows in canonical form (see the module's docstring)
 
@@ -80,29 +84,12 @@ def is_database_url(data_url: str) -> bool:
     return "://" in data_url
 
 
-def redacted(data_url: str) -> str:
-    """The URL without its password (in the authority or as a query argument)."""
-    from sqlalchemy.engine import URL, make_url
-
-    url = make_url(data_url)
-    url = URL.create(
-        url.drivername,
-        url.username,
-        None,
-        url.host,
-        url.port,
-        url.database,
-        {key: value for key, value in url.query.items() if key.lower() != "password"},
-    )
-    return url.render_as_string(hide_password=False)
-
-
 def read_training_data(data_url: str, data_query: str = "") -> TrainingData:
     """Read, check and canonicalise the training rows; DataSourceError says what is wrong."""
     data_url = str(data_url)
     if is_database_url(data_url):
         query = data_query or DEFAULT_QUERY
-        source = _safe_redacted(data_url)
+        source = redacted(data_url)
         frame = _read_sql(data_url, source, query)
     else:
         query, source = None, data_url
@@ -119,13 +106,17 @@ def canonical_form(rows: pd.DataFrame) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _safe_redacted(data_url: str) -> str:
+def connect_url_of(data_url: str):
+    """The sqlalchemy URL to connect with, its references expanded (see
+    diabetes/credentials.py); DataSourceError, holding no credential, if it
+    cannot be had."""
     try:
-        return redacted(data_url)
-    except Exception as error:  # sqlalchemy.exc.ArgumentError, ValueError: not a URL it can parse
+        return connect_url(data_url)
+    except CredentialError as error:
+        raise DataSourceError(f"cannot connect to {redacted(data_url)}: {error}") from None
+    except ValueError as error:  # not a URL SQLAlchemy can parse (its message holds no part of it)
         raise DataSourceError(
-            f"data_url is not a SQLAlchemy URL ({error.__class__.__name__}): "
-            "expected e.g. sqlite:///build/diabetes.sqlite or "
+            f"data_url is not a SQLAlchemy URL ({error}): expected e.g. sqlite:///build/diabetes.sqlite or "
             "postgresql+psycopg://user@host:5432/db"
         ) from None
 
@@ -146,27 +137,33 @@ def _read_csv(path: str) -> pd.DataFrame:
 
 
 def _read_sql(data_url: str, source: str, query: str) -> pd.DataFrame:
+    """The query's rows; every message names the source redacted, and a
+    driver's message is scrubbed of the URL's credentials."""
     import sqlalchemy
 
+    url = connect_url_of(data_url)
     try:
-        engine = sqlalchemy.create_engine(data_url)
+        engine = sqlalchemy.create_engine(url)
     except Exception as error:  # unknown dialect or driver, bad arguments
-        raise DataSourceError(f"cannot use {source}: {error.__class__.__name__}: {error}") from None
+        raise DataSourceError(f"cannot use {source}: {error.__class__.__name__}: {scrubbed(str(error), url)}") from None
     try:
         with engine.connect() as connection:
             try:
                 return pd.read_sql_query(sqlalchemy.text(query), connection)
             except (sqlalchemy.exc.SQLAlchemyError, pd.errors.DatabaseError) as error:
                 cause = getattr(error.__cause__, "orig", error.__cause__) or error
-                raise DataSourceError(f"the query failed on {source}: {_first_line(cause)}\n  query: {query}") from None
+                raise DataSourceError(
+                    f"the query failed on {source}: {_first_line(cause, url)}\n  query: {query}"
+                ) from None
     except sqlalchemy.exc.DBAPIError as error:
-        raise DataSourceError(f"cannot connect to {source}: {_first_line(error.orig)}") from None
+        raise DataSourceError(f"cannot connect to {source}: {_first_line(error.orig, url)}") from None
     finally:
         engine.dispose()
 
 
-def _first_line(error) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+def _first_line(error, url) -> str:
+    text = scrubbed(str(error).strip(), url)
+    return text.splitlines()[0] if text else error.__class__.__name__
 
 
 def _checked(frame: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -205,7 +202,7 @@ def write_table(rows: pd.DataFrame, data_url: str, table: str = TABLE):
     number as `row_id`: what `make db` and the tests' PostgreSQL do."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(data_url)
+    engine = sqlalchemy.create_engine(connect_url_of(data_url))
     try:
         with engine.begin() as connection:
             rows.rename_axis(ROW_ID).reset_index().to_sql(table, connection, if_exists="replace", index=False)

@@ -75,7 +75,7 @@ def test_the_hash_names_the_rows_and_changes_with_them(sqlite_db):
 def test_a_password_never_reaches_the_recorded_source():
     assert (
         redacted("postgresql+psycopg://trainer:s3cret@db.example:5432/clinic?sslmode=require")
-        == "postgresql+psycopg://trainer@db.example:5432/clinic?sslmode=require"
+        == "postgresql+psycopg://trainer:***@db.example:5432/clinic?sslmode=require"
     )
     assert "s3cret" not in redacted("postgresql+psycopg://trainer@db.example/clinic?password=s3cret")
 
