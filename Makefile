@@ -389,14 +389,17 @@ $(NODE_OK): package.json package-lock.json
 	touch $@
 
 # The executed notebook is the run's record even when the run fails, so it is
-# not a target: the model is. A failed gate publishes nothing.
+# not a target: the model is. A failed gate publishes nothing. papermill writes
+# the parameters into the executed notebook (and so train.html and the model's
+# copy): diabetes.credentials gives it every data URL redacted, and the URL
+# itself only in the environment of this run (diabetes/credentials.py).
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
           diabetes/features.py diabetes/model_store.py diabetes/prediction.py diabetes/data.py \
-          diabetes/training.py diabetes/cluster_training.py | $(VENV_OK)
+          diabetes/credentials.py diabetes/training.py diabetes/cluster_training.py | $(VENV_OK)
 	@mkdir -p $(RUNS_DIR)
 	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
-	$(PAPERMILL) $(TRAIN_PROGRESS) --log-output notebooks/train.ipynb $(RUNS_DIR)/train.ipynb \
-	    $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
+	$(PYTHON) -m diabetes.credentials run $(PAPERMILL) $(TRAIN_PROGRESS) --log-output \
+	    notebooks/train.ipynb $(RUNS_DIR)/train.ipynb $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
 	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
 	cp $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
 
