@@ -14,11 +14,19 @@ build/models: a sweep publishes nothing) with the quality gate off, so that a
 weak run is still a row of the table. A run that fails is a row with its error.
 
     build/sweeps/<id>/
+        sweep.yaml         the sweep file
         results.csv        one row per run: parameters, metrics, duration, status, error
         report.ipynb/.html the report notebook (notebooks/sweep_report.ipynb), run by papermill
         best.yaml          the best run's parameters; train-params: the files `make train` needs to train it
+        base/              copies of the base files that hold a data URL with a credential, redacted
         runs/<n>/          params.yaml, the executed train.ipynb, models/
     build/sweeps/latest -> <id>
+
+Everything the sweep writes or prints holds a data URL's credentials redacted
+(diabetes/credentials.py): each run's papermill reads redacted parameter
+files, and the URLs themselves reach only the environment of that run's
+processes. A best run whose own parameters held a credential is written with
+it redacted: name it by reference (`${NAME}`) for `PUBLISH=best` to train it.
 """
 
 import argparse
@@ -37,6 +45,7 @@ import pandas as pd
 import papermill
 import yaml
 
+from diabetes import credentials
 from diabetes.model_store import point_link
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -102,18 +111,27 @@ def papermill_command(notebook, executed, *options: tuple) -> list[str]:
     return command + [str(part) for option in options for part in option]
 
 
-def run_one(name: str, parameters: dict, base: list, run_dir: Path, timeout: float) -> dict:
-    """Train with papermill; the row of the results table, whatever happens."""
+def run_one(name: str, parameters: dict, base: list, run_dir: Path, timeout: float, hidden: dict | None = None) -> dict:
+    """Train with papermill; the row of the results table, whatever happens.
+    `base` holds no credential (see private_base); `hidden` maps the redacted
+    URLs of `base` to the URLs, which only the run's environment gets."""
     run_dir.mkdir(parents=True)
     settings = {**parameters, **RUN_SETTINGS, "models_dir": str(run_dir / "models")}
-    (run_dir / "params.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    record, found = credentials.private_parameters(settings)
+    hidden = {**(hidden or {}), **found}
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(record, sort_keys=False))
     parameter_files = [*base, run_dir / "params.yaml"]
     command = papermill_command(NOTEBOOK, run_dir / "train.ipynb", *[("-f", path) for path in parameter_files])
     started = time.monotonic()
-    row = {"run": name, **parameters, "status": "failed", "error": "", "notebook": str(run_dir / "train.ipynb")}
+    shown = {key: record[key] for key in parameters}
+    row = {"run": name, **shown, "status": "failed", "error": "", "notebook": str(run_dir / "train.ipynb")}
     try:
         result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=credentials.environment(hidden, {**os.environ, "OMP_NUM_THREADS": "1"}),
         )
         if result.returncode == 0:
             metadata = json.loads((run_dir / "models" / "latest" / "metadata.json").read_text())
@@ -129,8 +147,34 @@ def run_one(name: str, parameters: dict, base: list, run_dir: Path, timeout: flo
         row["error"] = f"timed out after {timeout:.0f} s"
     except (OSError, ValueError, KeyError) as error:
         row["error"] = f"{error.__class__.__name__}: {error}"
+    for url in hidden.values():
+        row["error"] = credentials.scrubbed(row["error"], url)
     row["duration_s"] = round(time.monotonic() - started, 1)
     return row
+
+
+def private_base(base: list[str], folder: Path) -> tuple[list[str], dict]:
+    """The base parameter files the runs read: a redacted copy in `folder` of
+    each that holds a data URL with a credential; and {redacted URL: URL}."""
+    files, hidden = [], {}
+    for index, path in enumerate(base):
+        record, found = credentials.private_parameters(yaml.safe_load(Path(path).read_text()) or {})
+        if found:
+            folder.mkdir(exist_ok=True)
+            path = folder / f"{index}-{Path(path).name}"
+            path.write_text(f"# {base[index]}, its credentials redacted\n" + yaml.safe_dump(record, sort_keys=False))
+            hidden.update(found)
+        files.append(str(path))
+    return files, hidden
+
+
+def redacted_values(value):
+    """The value (a sweep file, parameters) with every data URL in it redacted."""
+    if isinstance(value, dict):
+        return {key: redacted_values(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redacted_values(item) for item in value]
+    return credentials.redacted(value) if credentials.is_url(value) else value
 
 
 def notebook_error(path: Path) -> str | None:
@@ -175,13 +219,19 @@ def sweep(
     sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     sweep_dir = Path(sweeps_dir) / sweep_id
     (sweep_dir / "runs").mkdir(parents=True)
-    (sweep_dir / "sweep.yaml").write_text(Path(sweep_file).read_text())
+    shown_spec = redacted_values(spec)
+    (sweep_dir / "sweep.yaml").write_text(
+        Path(sweep_file).read_text()
+        if shown_spec == spec
+        else f"# {sweep_file}, its credentials redacted\n" + yaml.safe_dump(shown_spec, sort_keys=False)
+    )
+    run_base, hidden = private_base(base, sweep_dir / "base")
     print(f"sweep {sweep_id}: {len(runs)} runs of {NOTEBOOK}, {jobs} at a time, one XGBoost thread each", flush=True)
 
     started, rows = time.monotonic(), []
     with ThreadPoolExecutor(jobs) as pool:
         futures = [
-            pool.submit(run_one, name, parameters, base, sweep_dir / "runs" / name, timeout)
+            pool.submit(run_one, name, parameters, run_base, sweep_dir / "runs" / name, timeout, hidden)
             for name, parameters in runs
         ]
         for future in as_completed(futures):
@@ -203,9 +253,15 @@ def sweep(
     best = best_run(results)
     if best is not None:
         parameters = dict(next(parameters for name, parameters in runs if name == best["run"]))
+        shown = redacted_values(parameters)
         (sweep_dir / "best.yaml").write_text(
             f"# The best run ({best['run']}) of sweep {sweep_id}, by cross-validated ROC AUC\n"
-            + yaml.safe_dump(parameters, sort_keys=False)
+            + (
+                ""
+                if shown == parameters
+                else "# A credential of its data URL is redacted: name it by reference (${NAME}) to train it.\n"
+            )
+            + yaml.safe_dump(shown, sort_keys=False)
         )
         (sweep_dir / "train-params").write_text(" ".join([*base, str(sweep_dir / "best.yaml")]) + "\n")
     point_link(Path(sweeps_dir), LATEST_LINK, sweep_id)
