@@ -55,7 +55,8 @@ IMAGE        = $(APP)
 # `make base-image` makes from Debian's own packages.
 BASE_IMAGE   := python:3.11-slim-bookworm
 # make run-image: the host's port of the API. IMAGE_NETWORK=host shares the
-# host's network instead of mapping a port (where the engine cannot map one).
+# host's network instead of mapping a port (where the engine cannot map one);
+# DIABETES_WORKERS_PORT from the environment then moves gunicorn's port too.
 IMAGE_PORT    := 5000
 IMAGE_NETWORK :=
 # make run-image: a models folder of this host to serve (its `current`
@@ -258,7 +259,8 @@ image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged |
 ## run-image  run the image in the foreground, the API on port IMAGE_PORT of this host (Ctrl-C stops it)
 run-image: | container-engine
 	$(ENGINE) run --rm --name $(notdir $(IMAGE)) \
-	    $(if $(IMAGE_NETWORK),--network $(IMAGE_NETWORK) --env DIABETES_PORT=$(IMAGE_PORT),--publish $(IMAGE_PORT):5000) \
+	    $(if $(IMAGE_NETWORK),--network $(IMAGE_NETWORK) --env DIABETES_PORT=$(IMAGE_PORT) \
+	        $${DIABETES_WORKERS_PORT:+--env DIABETES_WORKERS_PORT=$$DIABETES_WORKERS_PORT},--publish $(IMAGE_PORT):5000) \
 	    $(if $(IMAGE_MODELS),--volume $(abspath $(IMAGE_MODELS)):/app/models:ro --env DIABETES_MODEL_DIR=/app/models/current) \
 	    $(IMAGE):latest
 
@@ -396,12 +398,13 @@ $(NODE_OK): package.json package-lock.json
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
           diabetes/features.py diabetes/model_store.py diabetes/prediction.py diabetes/data.py \
           diabetes/credentials.py diabetes/training.py diabetes/cluster_training.py | $(VENV_OK)
-	@mkdir -p $(RUNS_DIR)
+	@# The executed notebook shows training rows: its copies are the user's alone.
+	@install -d -m 700 $(RUNS_DIR)
 	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
 	$(PYTHON) -m diabetes.credentials run $(PAPERMILL) $(TRAIN_PROGRESS) --log-output \
 	    notebooks/train.ipynb $(RUNS_DIR)/train.ipynb $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
 	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
-	cp $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
+	install -m 600 $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
 
 $(DB): data/pima-indians-diabetes.data.csv diabetes/data.py | $(VENV_OK)
 	@mkdir -p $(dir $@)

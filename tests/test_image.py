@@ -132,7 +132,12 @@ def container(image):
     network (no port mapping), on a free port."""
     port = free_port()
     name = f"{APP_NAME}-test-{port}"
-    engine("run", "--detach", "--name", name, "--network", "host", "--env", f"DIABETES_PORT={port}", image)
+    # On the host's network, gunicorn's port behind the edge must be free too:
+    # a service of the host's on the default one would take its requests.
+    engine(
+        "run", "--detach", "--name", name, "--network", "host",
+        "--env", f"DIABETES_PORT={port}", "--env", f"DIABETES_WORKERS_PORT={free_port()}", image,
+    )  # fmt: skip
     try:
         FIGURES["start to ready (s)"] = round(wait_until_ready(port, name), 1)
         yield {"name": name, "port": port}
@@ -294,7 +299,7 @@ def test_a_model_version_mounted_by_make_run_image_is_served_in_place_of_the_rel
             f"IMAGE_PORT={port}",
             f"IMAGE_MODELS={models}",
         ],
-        env=engine_environment(),
+        env=engine_environment(DIABETES_WORKERS_PORT=str(free_port())),
         stdout=output,
         stderr=subprocess.STDOUT,
     )

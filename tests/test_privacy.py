@@ -118,11 +118,6 @@ def test_the_model_and_its_metadata_stay_readable_and_nothing_is_writable_by_oth
     assert not [path.name for path in version.iterdir() if mode_of(path) & 0o022]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Makefile's train rule copies the executed notebook with `cp` under the umask: "
-    "`install -m 600` and a private RUNS_DIR are asked of its owner (issue 22)",
-)
 def test_the_executed_notebook_that_shows_the_rows_is_readable_by_its_owner_only(run_under_umask_022):
     copies = [run_under_umask_022["version"] / name for name in sorted(NOTEBOOK_COPIES)]
     runs = [run_under_umask_022["runs"] / name for name in sorted(NOTEBOOK_COPIES)]
