@@ -293,7 +293,7 @@ def test_a_release_changed_after_it_was_sealed_is_refused_by_a_rollback(service,
     script.write_text(script.read_text() + "\n# changed in place\n")
     assert releases.main(["rollback", str(releases_dir)]) == 1
     assert releases.current_release(releases_dir) == later
-    assert releases.changed_files(releases_dir, served) == ["serve.py"]
+    assert releases.problems(releases_dir, served) == ["serve.py: changed (its sha256 differs from the manifest's)"]
 
 
 def test_a_release_manifest_names_every_file_its_commit_model_and_checks(service):
@@ -306,11 +306,17 @@ def test_a_release_manifest_names_every_file_its_commit_model_and_checks(service
         if path.is_file() and path.name != "manifest.json"
     }
     assert set(manifest["files"]) == on_disk
+    assert manifest["links"] == {} and not any(path.is_symlink() for path in folder.rglob("*"))
     assert {"serve.py", "serve.ipynb", "settings.json", "model/model.ubj", "package/diabetes/serving.py"} <= on_disk
+    # Of its model version, what serving needs: the model and its card, none of the training rows.
+    assert {name for name in on_disk if name.startswith("model/")} == {"model/model.ubj", "model/metadata.json"}
     assert manifest["model_version"] == json.loads((folder / "model" / "metadata.json").read_text())["version"]
     assert "endpoint notebook under papermill" in manifest["checks_passed"]
     assert "sample prediction as recorded" in manifest["checks_passed"]
     # The copy is no git checkout: the manifest says so rather than guess.
     assert manifest["commit"] is None and manifest["dirty"] is None
     assert json.loads((folder / "settings.json").read_text())["port"] == service["port"]
-    assert not any(path.stat().st_mode & 0o222 for path in [folder, *folder.rglob("*")]), "a release is read-only"
+    modes = {path: path.stat().st_mode for path in [folder, *folder.rglob("*")]}
+    assert not [path for path, mode in modes.items() if mode & 0o222], "a release is read-only"
+    assert not [path for path, mode in modes.items() if mode & 0o077], "a release is its owner's alone"
+    assert releases.problems(service["releases_dir"], release) == []
