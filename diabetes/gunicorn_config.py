@@ -3,12 +3,34 @@ endpoint notebook's parameters, on the command line)."""
 
 import ctypes
 import gc
+import importlib.util
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+
+def _load_beside(file_name: str, module_name: str):
+    """A module of this file's own folder, loaded by its path."""
+    spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(file_name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The release check (diabetes/serving.py's `release_problems`), loaded by path
+# from this file's own folder when gunicorn reads this file, in the master:
+# the copy of the release the master starts from (which the script checked
+# before it became this master, diabetes/serving.py's exec_gunicorn), or of
+# the one a reload checked first (when_ready). Imported by name it would be
+# the working tree's (gunicorn's working directory comes first on the path
+# when it reads this file), and after a switch of `current`, the new
+# release's, unchecked. Workers inherit it from the master; the standard
+# library and orjson are all it imports.
+_release_check = _load_beside("serving.py", "_diabetes_release_check")
 
 # Asynchronous workers: a connection that sends nothing, or sends its request
 # a byte at a time, waits in a greenlet of its own instead of holding a whole
@@ -107,6 +129,26 @@ def when_ready(server):
 
         server.handle_term = handle_term
     server.handle_int = server.handle_term
+    # A reload (SIGHUP, after `make serve` or `make rollback` switched
+    # `current`) goes ahead only when the release `current` names matches its
+    # manifest: gunicorn would otherwise stop the running workers as soon as
+    # it had forked new ones, each of which refuses that release (pre_fork),
+    # and nothing would serve. Refused, the running workers keep serving.
+    reload = server.handle_hup
+
+    def handle_hup():
+        release = _served_release(server)
+        problems = _release_check.release_problems(release[1]) if release else []
+        if problems:
+            server.log.error(
+                "refused to reload: release %s does not match its manifest: %s; the running workers keep serving",
+                os.path.basename(release[1]),
+                _release_check.summary(problems),
+            )
+            return
+        reload()
+
+    server.handle_hup = handle_hup
     # `pm2 monit` sees this process only: a thread of the master reports the
     # whole service to PM2 (diabetes/pm2_metrics.py). The served script's
     # folder comes first on the workers' path (diabetes/serving.py).
@@ -116,7 +158,97 @@ def when_ready(server):
     start_reporting(os.getpid(), os.environ["PROMETHEUS_MULTIPROC_DIR"], script_dir, server.log)
 
 
+# ---- Only a release that matches its manifest is served ---------------------------
+# A worker refused (below) closes its socket at once, waits this long, then
+# exits with this status: gunicorn starts another in its place, which checks
+# again (one refusal logged per REFUSED_WORKER_PAUSE_SECONDS), while the
+# workers started before keep serving. Not gunicorn's "failed to boot" (3),
+# which would stop them all.
+REFUSED_WORKER_PAUSE_SECONDS = 5
+REFUSED_WORKER_EXIT = 1
+
+
+def _served_release(server) -> tuple[str, str] | None:
+    """The release a worker started now would import: the script's folder as
+    the workers' path names it (through the `current` link; it comes first in
+    `pythonpath`, see diabetes/serving.py) and the folder that names now.
+    None when the script is not a release's."""
+    script_dir = server.cfg.pythonpath.split(",")[0] if server.cfg.pythonpath else None
+    if not script_dir or not _release_check.is_release(script_dir):
+        return None
+    return os.path.abspath(script_dir), os.path.realpath(script_dir)
+
+
+def pre_fork(server, worker):
+    # In the master, before each worker starts (at start, after a crash or a
+    # timeout, at a reload): the release it will import is checked against
+    # its manifest, before any of its code runs in the worker; the worker is
+    # then pinned to that folder (post_fork). A release that does not match
+    # gets no worker: while workers started before remain, they keep serving
+    # and this one leaves (post_fork); when none is left, the master stops,
+    # loudly (PM2 restarts it, and the script refuses the release as well).
+    release = _served_release(server)
+    if release is None:
+        return
+    started = time.perf_counter()
+    problems = _release_check.release_problems(release[1])
+    name = os.path.basename(release[1])
+    if not problems:
+        worker.release = release
+        server.log.info(
+            "release %s matches its manifest (checked in %.1f ms)", name, (time.perf_counter() - started) * 1000
+        )
+        return
+    worker.refused = f"release {name} does not match its manifest: {_release_check.summary(problems)}"
+    serving = [other for other in server.WORKERS.values() if not getattr(other, "refused", None)]
+    if not serving:
+        from gunicorn.errors import HaltServer
+
+        raise HaltServer(f"refused to start a worker: {worker.refused}; no worker is left to serve", 1)
+    server.log.error(
+        "refused to start a worker: %s; the %d worker(s) started before keep serving", worker.refused, len(serving)
+    )
+
+
+def _leave_refused(worker):
+    """A worker that the master refused (pre_fork): its own listening socket
+    (SO_REUSEPORT behind the edge) closed before it takes a connection, then gone."""
+    for listener in worker.sockets:
+        listener.close()
+    # Still the master's handlers here: a stop or a reload ends this wait at once.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    time.sleep(REFUSED_WORKER_PAUSE_SECONDS)
+    sys.exit(REFUSED_WORKER_EXIT)
+
+
+def _pin_release(release: tuple[str, str] | None):
+    """Have this worker import the release folder that was checked, even if
+    `current` names another by the time it imports: the workers' path, the
+    search path of the packages imported so far and the model folder, where
+    they name `current`, name that folder instead."""
+    if release is None:
+        return
+    linked, resolved = release
+
+    def pinned(path: str) -> str:
+        return resolved + path[len(linked) :] if path == linked or path.startswith(linked + os.sep) else path
+
+    sys.path[:] = [pinned(entry) for entry in sys.path]
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [pinned(entry) for entry in search]
+    if os.environ.get("DIABETES_MODEL_DIR"):
+        os.environ["DIABETES_MODEL_DIR"] = pinned(os.environ["DIABETES_MODEL_DIR"])
+
+
 def post_fork(server, worker):
+    # First, before the worker imports anything: leave if the master refused
+    # the release (pre_fork), else import only from the folder it checked.
+    if getattr(worker, "refused", None):
+        _leave_refused(worker)
+    _pin_release(getattr(worker, "release", None))
     # gunicorn answers what it cannot parse (a malformed request line, a head
     # over the limits above) with an HTML page from `util.write_error`, read at
     # each call: the project's JSON envelope, counted and logged, replaces it.
