@@ -62,6 +62,11 @@ IMAGE_NETWORK :=
 # make run-image: a models folder of this host to serve (its `current`
 # version), mounted over the image's own; empty: the model baked in.
 IMAGE_MODELS  :=
+# make image IMAGE_WITH_TRAINING_ROWS=1: the image carries the served model
+# version's training record too (its rows, test predictions, executed
+# notebook) in /app/training/<version>/, the service user's alone. Empty:
+# none of it, only what serving needs (the release: code, model, model card).
+IMAGE_WITH_TRAINING_ROWS :=
 # make stack: the stack's name on the swarm, its replicas, the host's port of
 # its edge, and the names clients call it by (DIABETES_TRUSTED_HOSTS).
 STACK         := diabetes
@@ -238,12 +243,25 @@ reliability: setup wrk
 
 ## image    build the service's container image from the release make serve checked (made first if need be), tagged <release id> and latest
 image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged | container-engine
-	rm -rf $(IMAGE_CONTEXT)/app
-	mkdir -p $(IMAGE_CONTEXT)/app/container $(IMAGE_CONTEXT)/app/releases
+	@# The release as sealed, once it matches its manifest; not one that carries its model version's
+	@# training record (a release sealed before releases left it out).
+	$(RELEASE) check $(RELEASES_DIR) --release $(notdir $(IMAGE_RELEASE)) --serving-only
+	@# The previous context's copy is read-only.
+	chmod -R u+w $(IMAGE_CONTEXT)/app $(IMAGE_CONTEXT)/training 2> /dev/null || true
+	rm -rf $(IMAGE_CONTEXT)/app $(IMAGE_CONTEXT)/training
+	mkdir -p $(IMAGE_CONTEXT)/app/container $(IMAGE_CONTEXT)/app/releases $(IMAGE_CONTEXT)/training
 	cp ecosystem.config.js $(IMAGE_CONTEXT)/app/
 	cp container/ecosystem.config.js container/healthcheck.py container/pm2-runtime.js $(IMAGE_CONTEXT)/app/container/
 	cp -a $(IMAGE_RELEASE) $(IMAGE_CONTEXT)/app/releases/
 	ln -s $(notdir $(IMAGE_RELEASE)) $(IMAGE_CONTEXT)/app/releases/current
+	@# Sealed, a release is its owner's alone (0400, 0500); in the image it is root's, and the service
+	@# runs as another user (10001, or whichever an orchestrator picks): files 0444, folders 0555, which
+	@# it reads and cannot change. Its content, which its manifest checks, is the same.
+	chmod -R a=rX $(IMAGE_CONTEXT)/app/releases/$(notdir $(IMAGE_RELEASE))
+	$(RELEASE) check $(IMAGE_CONTEXT)/app/releases --serving-only
+	if [ -n "$(IMAGE_WITH_TRAINING_ROWS)" ]; then \
+	    cp -R $(MODELS_DIR)/$(call release_field,model_version) $(IMAGE_CONTEXT)/training/ \
+	    && chmod -R u=rX,go= $(IMAGE_CONTEXT)/training/$(call release_field,model_version); fi
 	@base=$(BASE_IMAGE); if ! $(ENGINE) image inspect $$base > /dev/null 2>&1 \
 	    && ! timeout 120 $(ENGINE) pull --quiet $$base > /dev/null 2>&1; then \
 	    echo "$$base cannot be pulled (no registry): building on $(LOCAL_BASE) (make base-image)"; \
@@ -254,6 +272,7 @@ image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged |
 	    --label org.opencontainers.image.created=$(call release_field,built_at) \
 	    --label diabetes.release=$(notdir $(IMAGE_RELEASE)) \
 	    --label diabetes.model.version=$(call release_field,model_version) \
+	    --label diabetes.training-rows=$(if $(IMAGE_WITH_TRAINING_ROWS),included,none) \
 	    --tag $(IMAGE):$(notdir $(IMAGE_RELEASE)) --tag $(IMAGE):latest $(IMAGE_CONTEXT)
 
 ## run-image  run the image in the foreground, the API on port IMAGE_PORT of this host (Ctrl-C stops it)

@@ -29,6 +29,12 @@ from tests.containers import build_lock, engine, engine_environment
 from tests.processes import free_port
 
 IMAGE = f"localhost/{APP_NAME}-test"
+# The image `make image IMAGE_WITH_TRAINING_ROWS=1` builds, with the model version's training record.
+IMAGE_WITH_ROWS = f"localhost/{APP_NAME}-test-rows"
+# What a model version keeps besides what serving needs: its rows, test predictions, executed notebook.
+TRAINING_RECORD = ("data.csv", "predictions.csv", "cv_predictions.csv", "train.ipynb", "train.html")
+# The service's user in the image, and another one.
+SERVICE_UID, OTHER_UID = 10001, 10002
 # The engine's default stop timeout: a container not gone by then is killed.
 STOP_TIMEOUT = 10
 FIGURES = {}
@@ -174,17 +180,89 @@ def test_the_image_is_labelled_with_its_release_runs_as_a_non_root_user_and_chec
     assert "/app/container/healthcheck.py" in " ".join(healthcheck["Test"])
     assert config["Labels"]["diabetes.model.version"] == model_version
     assert config["Labels"]["diabetes.release"] == release
+    assert config["Labels"]["diabetes.training-rows"] == "none"
     assert f"{IMAGE}:{release}" in tags_of(IMAGE)
     assert "DIABETES_HOST=0.0.0.0" in config["Env"]
 
 
 def test_the_image_carries_the_release_as_sealed(container, trained, release):
-    """The same files as the release `make serve` checked, hash for hash."""
+    """The same files as the release `make serve` checked, hash for hash, and
+    nothing else: the release check passes in the image."""
     manifest = json.loads((trained["models_dir"].parent / "releases" / release / "manifest.json").read_text())
     paths = [f"/app/releases/current/{name}" for name in manifest["files"]]
     listing = engine("exec", container["name"], "sha256sum", *paths).stdout.splitlines()
     in_image = {path.removeprefix("/app/releases/current/"): sha for sha, path in map(str.split, listing)}
     assert in_image == manifest["files"]
+    assert manifest["links"] == {}
+    check = engine(
+        "exec",
+        container["name"],
+        "/app/.venv/bin/python",
+        "-I",
+        "/app/releases/current/package/diabetes/serving.py",
+        "exec",
+        "/app/releases/current",
+        "/bin/echo",
+        "checked",
+        check=False,
+    )
+    assert (check.returncode, check.stdout) == (0, "checked\n"), check.stderr
+
+
+def entries_in(name: str, *folders: str) -> dict[str, tuple[str, str, str, str]]:
+    """Each entry under `folders` in the container: (owner, group, octal mode, type)."""
+    listing = engine("exec", name, "find", *folders, "-printf", "%p %u %g %m %y\\n").stdout
+    return {path: tuple(rest) for path, *rest in map(str.split, listing.splitlines())}
+
+
+def test_the_image_holds_none_of_the_training_rows_and_its_release_is_roots_and_read_only(container, release):
+    """What serving needs of the model, and nothing of its training record:
+    no rows anywhere in the app, and the release's files 0444, folders 0555,
+    root's (the service runs as another user, which reads them)."""
+    found = engine(
+        "exec",
+        container["name"],
+        "find",
+        "/app",
+        "(",
+        "-path",
+        "/app/.venv",
+        "-o",
+        "-path",
+        "/app/node_modules",
+        ")",
+        "-prune",
+        "-o",
+        "(",
+        *" -o ".join(f"-name {name}" for name in TRAINING_RECORD).split(),
+        ")",
+        "-print",
+    ).stdout.split()
+    assert found == []
+    entries = entries_in(container["name"], f"/app/releases/{release}", "/app/training")
+    assert {path for path in entries if path.startswith(f"/app/releases/{release}/model/")} == {
+        f"/app/releases/{release}/model/metadata.json",
+        f"/app/releases/{release}/model/model.ubj",
+    }
+    assert entries.pop("/app/training")[3] == "d" and not [path for path in entries if "/app/training" in path]
+    wrong = {
+        path: entry
+        for path, entry in entries.items()
+        if entry != ("root", "root", "555" if entry[3] == "d" else "444", entry[3]) or entry[3] not in "fd"
+    }
+    assert wrong == {}
+
+
+def test_the_services_user_can_change_nothing_in_its_release(container):
+    attempts = {
+        "add a file": "touch /app/releases/current/package/flask.py",
+        "plant a link": "ln -s /tmp /app/releases/current/package/sitecustomize",
+        "change a file": "echo >> /app/releases/current/serve.py",
+        "make it writable": "chmod u+w /app/releases/current/serve.py",
+    }
+    for what, command in attempts.items():
+        attempt = engine("exec", "--user", str(SERVICE_UID), container["name"], "sh", "-c", command, check=False)
+        assert attempt.returncode != 0, f"the service's user could {what}"
 
 
 def test_the_articles_call_and_a_v2_call_answer_from_the_host(container, model_version):
@@ -318,3 +396,49 @@ def test_a_model_version_mounted_by_make_run_image_is_served_in_place_of_the_rel
             engine("rm", "--force", "--time", "0", name, check=False)
             running.wait(timeout=30)
         output.close()
+
+
+def test_make_image_with_training_rows_carries_them_for_the_services_user_alone(
+    image, image_variables, model_version, release
+):
+    """Asked for explicitly, the model version's training record goes into
+    /app/training/<version>/, readable by the service's user only; the
+    release is the same."""
+    try:
+        with build_lock():
+            timed_make(
+                "image build with rows (s)",
+                "image",
+                f"IMAGE={IMAGE_WITH_ROWS}",
+                "IMAGE_WITH_TRAINING_ROWS=1",
+                *image_variables,
+                timeout=1200,
+            )
+        config = json.loads(engine("image", "inspect", IMAGE_WITH_ROWS).stdout)[0]["Config"]
+        assert config["Labels"]["diabetes.training-rows"] == "included"
+        assert config["Labels"]["diabetes.release"] == release
+
+        def run(user: int, *command: str) -> subprocess.CompletedProcess:
+            return engine(
+                "run", "--rm", "--network", "host", "--user", str(user), "--entrypoint", command[0],
+                IMAGE_WITH_ROWS, *command[1:], check=False,
+            )  # fmt: skip
+
+        record = f"/app/training/{model_version}"
+        listing = run(SERVICE_UID, "find", record, "-printf", "%p %U %m %y\\n").stdout.splitlines()
+        entries = {path: tuple(rest) for path, *rest in map(str.split, listing)}
+        assert {f"{record}/{name}" for name in TRAINING_RECORD} <= set(entries)
+        wrong = {
+            path: entry
+            for path, entry in entries.items()
+            if entry != (str(SERVICE_UID), "500" if entry[2] == "d" else "400", entry[2])
+        }
+        assert wrong == {}
+        assert run(SERVICE_UID, "head", "-c", "1", f"{record}/data.csv").returncode == 0
+        assert run(OTHER_UID, "head", "-c", "1", f"{record}/data.csv").returncode != 0
+        in_release = run(SERVICE_UID, "ls", f"/app/releases/{release}/model").stdout.split()
+        assert sorted(in_release) == ["metadata.json", "model.ubj"]
+    finally:
+        with build_lock():
+            for tag in tags_of(IMAGE_WITH_ROWS):
+                engine("rmi", tag, check=False)
