@@ -558,10 +558,10 @@ def test_a_restart_of_the_service_on_a_release_with_a_plant_runs_none_of_it(serv
         assert wait_until(lambda: "refused to start: release" in logged_since(service, offset), timeout=60)
         assert answer_status(service) == 503
         assert not marker.exists()
+        interpreter_started_on(release)
+        assert marker.exists(), "the plant would have run at the interpreter's start"
     finally:
         restart_cleanly(service, planted)
-    interpreter_started_on(release)
-    assert marker.exists()
 
 
 def test_the_check_at_a_worker_start_costs_a_few_milliseconds(service):
