@@ -14,6 +14,13 @@ const appName = "diabetes-api";
 // link and reloaded gunicorn imports that release, and never the working tree.
 const releasesDir = path.resolve(__dirname, process.env.RELEASES_DIR || path.join("build", "releases"));
 const currentRelease = path.join(releasesDir, "current");
+// Each app starts through the release's check (diabetes/serving.py): an
+// isolated interpreter (-I: no PYTHONPATH, so nothing of the release's package,
+// not even a sitecustomize planted there, is imported) checks the release
+// against its manifest, then runs the command after it in its place (same
+// pid), or refuses to start. The release's own copy of the check, run by path.
+const python = path.join(__dirname, ".venv", "bin", "python");
+const throughTheReleaseCheck = ["-I", path.join(currentRelease, "package", "diabetes", "serving.py"), "exec", currentRelease, python];
 const releaseVariables = {
   PYTHONPATH: path.join(currentRelease, "package"),
   DIABETES_MODEL_DIR: path.join(currentRelease, "model"),
@@ -58,7 +65,8 @@ module.exports = {
     {
       name: appName,
       script: path.join(currentRelease, "serve.py"),
-      interpreter: path.join(__dirname, ".venv", "bin", "python"),
+      interpreter: python,
+      interpreter_args: throughTheReleaseCheck,
       cwd: __dirname,
       filter_env: dropTheShellsEnvironment,
       env: { ...systemVariables, PYTHONUNBUFFERED: "1", ...serviceSettings, ...releaseVariables, ...edgeVariables },
@@ -83,8 +91,8 @@ module.exports = {
       // HAProxy, under a launcher that gives it the service's settings and
       // turns PM2's SIGINT into HAProxy's graceful stop.
       name: edgeName,
-      script: path.join(__dirname, ".venv", "bin", "python"),
-      args: ["-m", "diabetes.edge", "run", currentRelease],
+      script: python,
+      args: [...throughTheReleaseCheck, "-m", "diabetes.edge", "run", currentRelease],
       interpreter: "none",
       cwd: __dirname,
       filter_env: dropTheShellsEnvironment,
