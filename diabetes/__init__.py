@@ -1,9 +1,10 @@
 """The project's shared Python code, imported by the notebooks (and so by the
 scripts generated from them), the Makefile's tools and the tests:
 
-- features, model_store, prediction, models: the model's inputs, model
-  versions on disk, a loaded model that predicts, and the versions' life
-  (list, promote, roll back);
+- features, model_metadata, model_store, prediction, models: the model's
+  inputs, its contract with the service (metadata.json), model versions on
+  disk, a loaded model that predicts, and the versions' life (list, promote,
+  roll back);
 - contract, open_inference, openapi, api_examples: what the API accepts
   (and Triton's binary tensor data extension of V2), its OpenAPI document,
   the routes other code names and the article's example request;

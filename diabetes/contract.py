@@ -43,6 +43,7 @@ hold numbers only.
 """
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -56,6 +57,8 @@ from http import HTTPStatus
 
 import numpy as np
 import orjson
+
+from diabetes.model_metadata import ModelMetadata
 
 MODEL_NAME = "diabetes"
 V2_INPUT_NAME = "features"
@@ -228,8 +231,9 @@ class Contract:
     explains: bool = False  # the rows are to be explained too: max_rows is the explanations' limit (`explaining`)
 
     @classmethod
-    def from_metadata(cls, metadata: dict, max_rows: int) -> "Contract":
-        return cls(tuple(metadata["features"]), metadata["version"], metadata["threshold"], max_rows)
+    def from_metadata(cls, metadata: ModelMetadata, max_rows: int) -> "Contract":
+        features = tuple(dataclasses.asdict(feature) for feature in metadata.features)
+        return cls(features, metadata.version, metadata.threshold, max_rows)
 
     def explaining(self, max_rows: int) -> "Contract":
         """The contract of a request that asks for explanations: the same,

@@ -73,19 +73,13 @@ def describe(models_dir: Path) -> str:
     for version in versions(models_dir):
         try:
             metadata = load_metadata(models_dir / version)
-            metrics = metadata["metrics"]
-            cv_auc = (
-                f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}"
-                if "cv_roc_auc_std" in metrics
-                else "-"
-            )
-            interval = metrics.get("test_accuracy_interval")
-            accuracy = f"{metrics['test_accuracy']:.2%}" + (
-                f" [{interval[0]:.2%}, {interval[1]:.2%}]" if interval else ""
-            )
-            brier = f"{metrics['test_brier']:.4f}" if "test_brier" in metrics else "-"
-            figures = f"{cv_auc:<17}{metrics['test_roc_auc']:>8.4f}  {accuracy:<42}{brier:>6}{metadata['trees']:>7}"
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            metrics = metadata.metrics
+            cv_auc = f"{metrics.cv_roc_auc_mean:.4f} ± {metrics.cv_roc_auc_std:.4f}"
+            low, high = metrics.test_accuracy_interval
+            accuracy = f"{metrics.test_accuracy:.2%} [{low:.2%}, {high:.2%}]"
+            brier = f"{metrics.test_brier:.4f}"
+            figures = f"{cv_auc:<17}{metrics.test_roc_auc:>8.4f}  {accuracy:<42}{brier:>6}{metadata.trees:>7}"
+        except (OSError, ValueError) as error:
             figures = f"unreadable: {error}"
         marks = [name for name, linked in (("current", current), ("latest", latest)) if linked == version]
         lines.append(f"{'*' if version == current else ' '} {version:<28}{figures}  {' '.join(marks)}")

@@ -48,6 +48,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from diabetes import model_metadata
+from diabetes.model_metadata import ModelMetadata
 from diabetes.serving import (
     MANIFEST_FORMAT,
     RELEASE_MANIFEST,
@@ -138,16 +140,16 @@ def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model
     copy_serving_model(model, staging / MODEL_DIR)
     (staging / SETTINGS_FILE).write_text(json.dumps(resolved_settings(notebook), indent=2) + "\n")
     metadata = verified_model_copy(staging / MODEL_DIR)
-    if metadata["version"] != model.name:
-        raise ReleaseRefused(f"folder {model.name} holds model version {metadata['version']}")
+    if metadata.version != model.name:
+        raise ReleaseRefused(f"folder {model.name} holds model version {metadata.version}")
     commit, dirty = git_state(Path.cwd())
     (staging / ".source.json").write_text(
         json.dumps(
             {
                 "commit": commit,
                 "dirty": dirty,
-                "model_version": metadata["version"],
-                "model_sha256": metadata["model_sha256"],
+                "model_version": metadata.version,
+                "model_sha256": metadata.model_sha256,
                 "sources": {
                     "script": str(script),
                     "notebook": str(notebook),
@@ -168,8 +170,8 @@ def copy_serving_model(version_dir: Path, destination: Path):
     destination.mkdir()
     shutil.copy2(version_dir / MODEL_METADATA, destination / MODEL_METADATA)
     try:
-        model_file = Path(json.loads((version_dir / MODEL_METADATA).read_text())["model_file"]).name
-    except (ValueError, KeyError, TypeError) as error:
+        model_file = Path(model_metadata.read(version_dir).model_file).name
+    except ValueError as error:
         raise ReleaseRefused(f"cannot read {version_dir / MODEL_METADATA}: {error}") from error
     if model_file in ("", ".", "..", MODEL_METADATA):
         raise ReleaseRefused(f"{version_dir / MODEL_METADATA} names no model file")
@@ -182,8 +184,8 @@ def training_record(release_dir: Path) -> list[str]:
     they were left out carry), by name."""
     model_dir = release_dir / MODEL_DIR
     try:
-        model_file = Path(json.loads((model_dir / MODEL_METADATA).read_text())["model_file"]).name
-    except (OSError, ValueError, KeyError, TypeError):
+        model_file = Path(model_metadata.read(model_dir).model_file).name
+    except (OSError, ValueError):
         model_file = None
     return sorted(
         path.relative_to(release_dir).as_posix()
@@ -192,16 +194,17 @@ def training_record(release_dir: Path) -> list[str]:
     )
 
 
-def verified_model_copy(model_dir: Path) -> dict:
-    """The metadata of a copied model version whose file matches its sha256
-    (read without XGBoost, which is slow to import: the checks load it)."""
+def verified_model_copy(model_dir: Path) -> ModelMetadata:
+    """The metadata of a copied model version, which holds the model's
+    contract, and whose file matches its sha256 (read without XGBoost, which
+    is slow to import: the checks load it)."""
     try:
-        metadata = json.loads((model_dir / "metadata.json").read_text())
-        model_file = model_dir / Path(metadata["model_file"]).name
-        if sha256_file(model_file) != metadata["model_sha256"]:
+        metadata = model_metadata.read(model_dir)
+        model_file = model_dir / Path(metadata.model_file).name
+        if sha256_file(model_file) != metadata.model_sha256:
             raise ReleaseRefused(f"{model_file} does not match the sha256 in its metadata")
         return metadata
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError) as error:
         raise ReleaseRefused(f"cannot read the model in {model_dir}: {error}") from error
 
 
