@@ -88,7 +88,7 @@ def sha256_file(path: Path) -> str:
 
 # What a release keeps of its model version: the model file (metadata.json names
 # it) and its metadata, which is also the model card GET /metadata serves.
-MODEL_METADATA = "metadata.json"
+MODEL_METADATA = model_metadata.METADATA_FILE
 
 
 def git_state(project: Path) -> tuple[str | None, bool | None]:
