@@ -11,7 +11,7 @@ import typing
 import pytest
 from conftest import FAST_PARAMS, PROJECT, make
 
-from diabetes import model_metadata
+from diabetes import model_metadata, releases
 from diabetes.model_metadata import FORMAT, METADATA_FILE, MetadataRefused, ModelMetadata
 from diabetes.model_store import ModelRefused, publish_version
 from diabetes.models import describe, main
@@ -172,3 +172,11 @@ def test_every_field_of_the_contract_is_typed_and_documented_in_one_line():
             [line] = [line for line in lines if line.strip().startswith(f"{name}: ")]
             assert "  # " in line, f"{kind.__name__}.{name} is not described in its line"
             assert hint is not typing.Any, f"{kind.__name__}.{name} is not typed"
+
+
+def test_a_release_is_not_staged_from_a_version_whose_metadata_breaks_the_contract(version_copy, tmp_path):
+    copy, rewrite = version_copy
+    rewrite(lambda document: {**document, "threshold": "0.5"})
+    serve = PROJECT / "notebooks" / "serve.ipynb"
+    with pytest.raises(releases.ReleaseRefused, match=r"/threshold is a string \('0.5'\), not a number"):
+        releases.stage(tmp_path / "releases", script=serve, notebook=serve, package=PROJECT / "diabetes", model=copy)
