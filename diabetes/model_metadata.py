@@ -240,10 +240,11 @@ def described_features(features, ranges) -> list[dict]:
 def recorded_parameters(namespace: dict) -> dict:
     """The training notebook's parameters that `Parameters` records, taken
     from its variables (`globals()`)."""
-    missing = [name.name for name in dataclasses.fields(Parameters) if name.name not in namespace]
+    names = [item.name for item in dataclasses.fields(Parameters)]
+    missing = [name for name in names if name not in namespace]
     if missing:
         raise MetadataRefused(f"the training run has no parameter {', '.join(missing)} to record in /parameters")
-    return {name.name: namespace[name.name] for name in dataclasses.fields(Parameters)}
+    return {name: namespace[name] for name in names}
 
 
 # The libraries a training run records the versions of: {name: module}.
@@ -259,6 +260,7 @@ def library_versions() -> dict[str, str]:
 
 
 def now() -> str:
+    """The time of a publication, as `trained_at` records it."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -267,7 +269,7 @@ def read(model_dir) -> ModelMetadata:
     MetadataRefused (a ValueError) says what is wrong."""
     path = Path(model_dir) / METADATA_FILE
     try:
-        document = json.loads(Path(path).read_text())
+        document = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise MetadataRefused(f"{path} is not JSON: {error}") from error
     return ModelMetadata.parse(document)
