@@ -415,7 +415,7 @@ $(NODE_OK): package.json package-lock.json
 # copy): diabetes.credentials gives it every data URL redacted, and the URL
 # itself only in the environment of this run (diabetes/credentials.py).
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
-          diabetes/features.py diabetes/model_metadata.py diabetes/model_store.py diabetes/prediction.py diabetes/data.py \
+          diabetes/features.py diabetes/model_store.py diabetes/prediction.py diabetes/data.py \
           diabetes/credentials.py diabetes/training.py diabetes/cluster_training.py | $(VENV_OK)
 	@# The executed notebook shows training rows: its copies are the user's alone.
 	@install -d -m 700 $(RUNS_DIR)
