@@ -142,8 +142,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@sed -n 's/^## /make /p' $(MAKEFILE_LIST)
 
-## setup    install Python packages in .venv and the Node tools (pm2, newman) in node_modules
+## setup    install Python packages in .venv and the Node tools (pm2, newman) in node_modules; enable .githooks
 setup: $(VENV_OK) $(NODE_OK)
+	@# In a git checkout, the project's hooks: commit-msg refuses a subject of 72 characters or more.
+	@if [ "$$(git rev-parse --show-toplevel 2> /dev/null)" = "$(CURDIR)" ]; then git config core.hooksPath .githooks; fi
 
 ## train    run notebooks/train.ipynb with papermill, publishing the model if it passes its gate
 train: $(MODEL)

@@ -1,7 +1,7 @@
 """What the project says of itself, held to the tree: the package docstring's
-list of modules, the README's file list, and the Makefile's prerequisites of
-a model (taken from what training imports). None needs a model: each failure
-says what to add or remove."""
+list of modules, the README's file list, the Makefile's prerequisites of a
+model (taken from what training imports), and the commit hook that keeps
+subjects short. None needs a model: each failure says what to add or remove."""
 
 import ast
 import json
@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import PROJECT, make
 
 from diabetes.notebook_imports import modules_imported_by
@@ -20,6 +21,8 @@ PACKAGE = PROJECT / "diabetes"
 TRAINING_NOTEBOOK = PROJECT / "notebooks" / "train.ipynb"
 # "    name  what it does": one module's line in the package docstring.
 DOCSTRING_ENTRY = re.compile(r"^    (\w+) {2,}(\S.*)$")
+HOOKS = PROJECT / ".githooks"
+SUBJECT_LIMIT = 72
 
 
 def package_modules() -> set[str]:
@@ -162,3 +165,48 @@ def test_a_module_the_training_notebook_starts_to_import_becomes_a_prerequisite_
     os.utime(notebook, (HOUR_AGO, HOUR_AGO))
     assert make("-q", "train", project=copy, check=False).returncode == 0
     assert training_redone_after_a_change_to(copy, copy / "diabetes" / "openapi.py")
+
+
+def commit(repository, message: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.org", "commit", "--allow-empty", "-m", message],
+        cwd=repository,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.fixture()
+def repository_with_the_hooks(tmp_path):
+    subprocess.run(["git", "init", "--quiet", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "config", "core.hooksPath", str(HOOKS)], check=True)
+    return tmp_path
+
+
+def test_a_commit_subject_of_72_characters_or_more_is_refused_with_the_rule(repository_with_the_hooks):
+    refused = commit(repository_with_the_hooks, "x" * SUBJECT_LIMIT + "\n\nWhy it changed.")
+    assert refused.returncode != 0
+    assert f"the subject has {SUBJECT_LIMIT} characters; keep it under {SUBJECT_LIMIT}" in refused.stderr
+
+
+def test_a_commit_subject_under_72_characters_with_a_long_body_is_accepted(repository_with_the_hooks):
+    accepted = commit(repository_with_the_hooks, "x" * (SUBJECT_LIMIT - 1) + "\n\n" + "why " * 100)
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def hooks_path(repository) -> str:
+    configured = subprocess.run(
+        ["git", "-C", str(repository), "config", "core.hooksPath"], capture_output=True, text=True
+    )
+    return configured.stdout.strip()
+
+
+def test_make_setup_enables_the_projects_hooks_only_in_its_own_git_checkout(tmp_path):
+    copy = project_copy(tmp_path)
+    # Unpacked inside someone else's checkout: that one's hooks are not ours to set.
+    subprocess.run(["git", "init", "--quiet", str(tmp_path)], check=True)
+    make("setup", project=copy)
+    assert hooks_path(tmp_path) == ""
+    subprocess.run(["git", "init", "--quiet", str(copy)], check=True)
+    make("setup", project=copy)
+    assert hooks_path(copy) == ".githooks"
