@@ -91,7 +91,7 @@ class Plan:
     batch_seconds: int  # of each load of a batch size
     make_serve_repeats: int
     in_process_seconds: float  # most time spent timing each in-process path
-    app_requests: int  # per repeat of bench.app_overhead, for each app
+    app_requests: int = 3000  # per repeat of bench.app_overhead, for each app
     connection_counts: tuple = (16, 64)
     wrk_threads: int = WRK_THREADS
     # The parameter files of the timed `make train`; the default ones unless a
@@ -100,15 +100,7 @@ class Plan:
 
 
 # Three rounds for figures to compare; one short round for a smoke run of the whole path.
-NORMAL = Plan(
-    rounds=3,
-    seconds=5,
-    warmup_seconds=1,
-    batch_seconds=5,
-    make_serve_repeats=3,
-    in_process_seconds=2,
-    app_requests=3000,
-)
+NORMAL = Plan(rounds=3, seconds=5, warmup_seconds=1, batch_seconds=5, make_serve_repeats=3, in_process_seconds=2)
 QUICK = Plan(
     rounds=1,
     seconds=2,
