@@ -43,7 +43,6 @@ hold numbers only.
 """
 
 import csv
-import dataclasses
 import itertools
 import json
 import math
@@ -57,8 +56,6 @@ from http import HTTPStatus
 
 import numpy as np
 import orjson
-
-from diabetes.model_metadata import ModelMetadata
 
 MODEL_NAME = "diabetes"
 V2_INPUT_NAME = "features"
@@ -231,9 +228,9 @@ class Contract:
     explains: bool = False  # the rows are to be explained too: max_rows is the explanations' limit (`explaining`)
 
     @classmethod
-    def from_metadata(cls, metadata: ModelMetadata, max_rows: int) -> "Contract":
-        features = tuple(dataclasses.asdict(feature) for feature in metadata.features)
-        return cls(features, metadata.version, metadata.threshold, max_rows)
+    def from_metadata(cls, metadata, max_rows: int) -> "Contract":
+        """The contract of a model's diabetes.model_metadata.ModelMetadata."""
+        return cls(tuple(metadata.as_json()["features"]), metadata.version, metadata.threshold, max_rows)
 
     def explaining(self, max_rows: int) -> "Contract":
         """The contract of a request that asks for explanations: the same,

@@ -37,6 +37,7 @@ from diabetes.features import FEATURE_NAMES
 from diabetes.model_metadata import FORMAT, MetadataRefused, ModelMetadata
 
 MODEL_FILE = "model.ubj"
+METADATA_FILE = model_metadata.METADATA_FILE
 CURRENT_LINK = "current"
 LATEST_LINK = "latest"
 # Files of a version that hold patients' rows or predictions for them, kept

@@ -22,8 +22,7 @@ import requests
 from conftest import FAST_PARAMS, PROJECT, pm2, service_of_its_own
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.model_metadata import METADATA_FILE
-from diabetes.model_store import LATEST_LINK, MODEL_FILE, PRIVATE_FILES
+from diabetes.model_store import LATEST_LINK, METADATA_FILE, MODEL_FILE, PRIVATE_FILES
 from diabetes.settings import APP_NAME
 from tests.processes import clean_environment, free_port
 

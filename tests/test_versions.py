@@ -5,8 +5,7 @@ import shutil
 
 import pytest
 
-from diabetes.model_metadata import METADATA_FILE
-from diabetes.model_store import CURRENT_LINK, MODEL_FILE, point_link
+from diabetes.model_store import CURRENT_LINK, METADATA_FILE, MODEL_FILE, point_link
 from diabetes.models import describe, linked_version, main, versions
 
 
