@@ -4,9 +4,11 @@ scripts generated from them), the Makefile's tools and the tests:
 - features, model_store, prediction, models: the model's inputs, model
   versions on disk, a loaded model that predicts, and the versions' life
   (list, promote, roll back);
-- contract, open_inference, openapi, api_examples: what the API accepts
-  (and Triton's binary tensor data extension of V2), its OpenAPI document,
-  the routes other code names and the article's example request;
+- contract, number_checks, errors, open_inference, openapi, api_examples:
+  what the API accepts (the body readers, the checks of their numbers), its
+  error answers, the V2 protocol (and Triton's binary tensor data extension),
+  its OpenAPI document, the routes other code names and the article's example
+  request;
 - observability, docs, serving, gunicorn_config: metrics and logs, the docs
   page, and how gunicorn runs the endpoint script;
 - params, settings, probe: notebook parameters, their environment overrides,

@@ -21,17 +21,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from diabetes import request_body
-from diabetes.contract import (
-    FEW_VALUES,
-    Contract,
-    ErrorCode,
-    InvalidRequest,
-    Values,
-    _instances_text_holds_numbers_only,
-    parse_json,
-    pointer,
-)
-from diabetes.features import FEATURES
+from diabetes.contract import Contract, Values, parse_json
+from diabetes.errors import ErrorCode, InvalidRequest, pointer
+from diabetes.features import FEATURES, FEW_ROWS
+from diabetes.number_checks import instances_text_holds_numbers_only
 from diabetes.open_inference import split_body
 from diabetes.request_body import LimitedBody, read_body
 
@@ -654,8 +647,8 @@ NUMBER_TEXT = st.text(alphabet="0123456789+-.eE \t,_n\u0662\uff12x\n", max_size=
 )
 
 
-# A few rows are read in plain Python, more with NumPy (FEW_VALUES): both ways are drawn.
-DRAWN_ROWS = FEW_VALUES // 8 + 2
+# A few rows are read in plain Python, more with NumPy (FEW_ROWS): both ways are drawn.
+DRAWN_ROWS = FEW_ROWS + 2
 
 
 @settings(max_examples=300, deadline=None)
@@ -775,7 +768,7 @@ def test_instances_read_with_their_text_give_what_they_give_without_it(contract,
     if numbers_only is None:
         assert with_text["code"] == "invalid_json"
     else:
-        assert _instances_text_holds_numbers_only(text, len(parse_json(text)["instances"])) == numbers_only
+        assert instances_text_holds_numbers_only(text, len(parse_json(text)["instances"])) == numbers_only
 
 
 NUMBER = st.integers(min_value=-(10**30), max_value=10**30) | st.floats(allow_nan=False, allow_infinity=False)
@@ -797,7 +790,7 @@ def test_instances_of_numbers_and_anything_else_give_with_their_text_what_they_g
     text = instances_text(rows, style)
     assert_the_same(*read_with_and_without_text(contract, text))
     if not intruders:
-        assert _instances_text_holds_numbers_only(text, len(rows))
+        assert instances_text_holds_numbers_only(text, len(rows))
 
 
 @pytest.mark.parametrize("where", [0, LARGE * 8 - 1], ids=["first value", "last value"])
