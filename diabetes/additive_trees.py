@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import xgboost as xgb
 
+from diabetes.features import FEW_ROWS
+
 _NO_CHILD = -1
-# Up to this many rows, one row at a time in plain Python is faster than
-# NumPy's calls over whole columns (`make bench`'s in-process figures).
-FEW_ROWS = 24
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from prometheus_client import (
 
 from diabetes.cross_origin import CrossOrigin
 from diabetes.edge import BEHIND_EDGE_VARIABLE
+from diabetes.features import FEW_ROWS
 from diabetes.gathered_metrics import gather_metric_writes
 from diabetes.settings import SettingRefused
 
@@ -317,7 +318,7 @@ def _predictions_counter(label: int, probability_bin: int):
 
 def count_predictions(probabilities: np.ndarray, threshold: float, counts: collections.Counter):
     """Add the predictions to `counts`, by (label, probability bin)."""
-    if len(probabilities) <= 8:
+    if len(probabilities) <= FEW_ROWS:
         for probability in probabilities.tolist():
             counts[int(probability >= threshold), min(int(probability * 10), 9)] += 1
     else:
