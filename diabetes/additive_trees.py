@@ -62,6 +62,10 @@ class AdditiveTrees:
         binary:logistic gives them."""
         if len(matrix) <= FEW_ROWS:
             return self.predict_rows(matrix.tolist())
+        return self.predict_columns(matrix)
+
+    def predict_columns(self, matrix: np.ndarray) -> np.ndarray:
+        """`predict` with NumPy over whole columns, for any number of rows."""
         margin = np.full(len(matrix), self.constant_margin)
         for step in self.steps:
             column = matrix[:, step.feature]

@@ -647,13 +647,19 @@ NUMBER_TEXT = st.text(alphabet="0123456789+-.eE \t,_n\u0662\uff12x\n", max_size=
 )
 
 
-# A few rows are read in plain Python, more with NumPy (FEW_ROWS): both ways are drawn.
-DRAWN_ROWS = FEW_ROWS + 2
+def batches(value):
+    """Batches of rows of `value`s, of each size from one row to past FEW_ROWS
+    as likely: a few rows are read in plain Python, more with NumPy, and both
+    ways are drawn."""
+    rows = st.lists(value, min_size=len(NAMES), max_size=len(NAMES))
+    return st.integers(min_value=1, max_value=FEW_ROWS + 2).flatmap(
+        lambda count: st.lists(rows, min_size=count, max_size=count)
+    )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rows=st.lists(st.lists(JSON_VALUE, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    rows=batches(JSON_VALUE),
     nulls=st.booleans(),
 )
 @example(rows=[[math.nan, 1e39, 1, 1, 1, 1, 1, 1]], nulls=True)
@@ -664,7 +670,7 @@ def test_json_values_checked_at_once_give_what_they_give_one_by_one(contract, ro
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rows=st.lists(st.lists(NUMBER_TEXT, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    rows=batches(NUMBER_TEXT),
     blanks=st.booleans(),
 )
 def test_texts_checked_at_once_give_what_they_give_one_by_one(contract, rows, blanks):
@@ -775,9 +781,9 @@ NUMBER = st.integers(min_value=-(10**30), max_value=10**30) | st.floats(allow_na
 INTRUDER = st.sampled_from([None, True, False, "1", "", "[", "e", [], [1], {}, {"a": 1}, 3.4028236e38, 1e39])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
-    rows=st.lists(st.lists(NUMBER, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    rows=batches(NUMBER),
     intruders=st.lists(st.tuples(INTRUDER, st.integers(min_value=0)), max_size=2),
     style=st.sampled_from(["compact", "spaced", "indented"]),
 )
