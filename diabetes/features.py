@@ -35,10 +35,10 @@ LABEL_NAME = "class_var"
 # takes its cut-off from here, and tests/test_fast_paths.py holds each equal
 # to its reference path on both sides of it. Why 16, measured: the paths
 # cross over at different sizes (checking JSON numbers, the cheapest, at about
-# 10 rows; the others between 20 and 60; Treelite against XGBoost between 8
-# and 35, earlier the larger the model), and at 16 each stays within a small
-# share of a request's time of its faster way, where the largest crossover
-# would not, while the usual request (a row or a dozen) takes the fast way.
+# 10 rows; Treelite against XGBoost at 8 to 35, earlier the larger the model;
+# the others at 24 to 90). Up to 16 every other path is faster than its other
+# way, and those two lose little there, while the usual request (a row to a
+# dozen) takes the fast way everywhere.
 FEW_ROWS = 16
 
 _ZERO_MEANS_MISSING = np.array([feature.zero_means_missing for feature in FEATURES])
