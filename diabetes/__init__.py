@@ -22,10 +22,12 @@ Model versions and releases
     additive_trees    trees that each split on one feature, folded into step functions
 
 The API
-    contract          what every route accepts, from the model's metadata; the error catalogue
+    contract          what every route accepts, from the model's metadata: the body readers
+    errors            the error catalogue: codes, statuses, the JSON envelope
+    number_checks     the numbers of a body checked: per value, and at C speed for many
     request_body      a request's body, read within its size and time limits, decompressed
     responses         the JSON answers, handed to the WSGI server as they are
-    open_inference    Triton's binary tensor data extension of the Open Inference Protocol V2
+    open_inference    the Open Inference Protocol V2: names, parameters, Triton's binary data
     openapi           the OpenAPI 3 document, derived from the contract
     docs              the Swagger UI page, its assets served by the app itself
     api_examples      the routes other code names, and the article's example request

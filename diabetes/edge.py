@@ -49,7 +49,7 @@ from pathlib import Path
 
 import orjson
 
-from diabetes.contract import ErrorCode, InvalidRequest
+from diabetes.errors import ErrorCode, InvalidRequest
 from diabetes.settings import override_from_environment
 
 HAPROXY = os.environ.get("HAPROXY", "haproxy")

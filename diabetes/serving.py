@@ -122,7 +122,7 @@ def write_server_refusal(sock, status: int, reason: str, message: str):
     its HTML page (see gunicorn_config.post_fork)."""
     from gunicorn.util import write_nonblock
 
-    from diabetes.contract import ErrorCode, InvalidRequest
+    from diabetes.errors import ErrorCode, InvalidRequest
     from diabetes.observability import record_server_refusal
 
     if reason == "Bad Request" and status != 400:
