@@ -50,9 +50,9 @@ import pandas as pd
 import xgboost as xgb
 
 from diabetes.credentials import redacted, scrubbed
-from diabetes.data import COLUMNS, ROW_ID, TABLE, DataSourceError, _checked, connect_url_of, is_database_url
+from diabetes.data import COLUMNS, ROW_ID, TABLE, DataSourceError, checked_rows, connect_url_of, is_database_url
 from diabetes.features import FEATURE_NAMES, FEATURES, LABEL_NAME, to_model_input
-from diabetes.training import CrossValidation, _early_stopping_point
+from diabetes.training import CrossValidation, early_stopping_point
 
 # Rows brought back to the notebook: out-of-fold rows for calibration and the
 # threshold, test rows for the plots and for predictions.csv.
@@ -199,7 +199,7 @@ def read_training_partitions(data_url: str, data_query: str = "") -> Partitioned
         source, query = data_url, None
         frame = _read_files(data_url)
     rows = frame.map_partitions(
-        _checked,
+        checked_rows,
         source,
         meta=pd.DataFrame({name: pd.Series(dtype=np.int64 if name == LABEL_NAME else np.float64) for name in COLUMNS}),
     )
@@ -343,7 +343,7 @@ def cross_validate(
             curves.append(result["history"]["held_out"]["logloss"])
             held_outs.append((seed, held_out))
     curve = np.mean(curves, axis=0)
-    trees = _early_stopping_point(curve, early_stopping_rounds)
+    trees = early_stopping_point(curve, early_stopping_rounds)
     results, sampled = [], {}
     for booster, (seed, held_out) in zip(boosters, held_outs):
         evaluation = evaluate(cluster, booster, held_out, threshold, trees)

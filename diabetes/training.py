@@ -115,7 +115,7 @@ def cross_validate(
         )
         curves.append(history["held_out"]["logloss"])
     curve = np.mean(curves, axis=0)
-    trees = _early_stopping_point(curve, early_stopping_rounds)
+    trees = early_stopping_point(curve, early_stopping_rounds)
     out_of_fold, results = {}, []
     for booster, (seed, _fit, held_out) in zip(boosters, folds):
         probability = booster.predict(xgb.DMatrix(X[held_out]), iteration_range=(0, trees))
@@ -124,7 +124,7 @@ def cross_validate(
     return CrossValidation(trees, results, out_of_fold, curve)
 
 
-def _early_stopping_point(curve, patience: int) -> int:
+def early_stopping_point(curve, patience: int) -> int:
     """Trees at the best mean log loss, stopping once it has not improved for `patience` rounds."""
     best = 0
     for round_ in range(len(curve)):
