@@ -423,7 +423,11 @@ def evaluate(cluster: Cluster, booster: xgb.Booster, rows, threshold: float, tre
     import dask
 
     trees = trees or booster.num_boosted_rounds()
-    model = cluster.client.scatter(bytes(booster.save_raw(raw_format="ubj")), broadcast=True)
+    # A key of its own (hash=False): scattered by content, a model measured twice
+    # in a row (the uncalibrated one is the same model when calibration is
+    # off) got the key whose release the first call had just sent, and the
+    # second call lost its data ("lost dependencies").
+    model = cluster.client.scatter(bytes(booster.save_raw(raw_format="ubj")), broadcast=True, hash=False)
     parts = dask.compute(
         *[dask.delayed(_evaluate_partition)(part, model, trees, threshold) for part in rows.to_delayed()]
     )

@@ -22,7 +22,7 @@ import xgboost as xgb
 from conftest import FAST_PARAMS, PROJECT, make
 from sklearn.metrics import roc_auc_score
 
-from diabetes import cluster_training
+from diabetes import cluster_training, training
 from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 from diabetes.prediction import load_bundle
@@ -126,6 +126,20 @@ def test_the_histogram_auc_is_the_exact_auc_to_within_its_bound():
     negative = np.bincount(bins[label == 0], minlength=cluster_training.AUC_BINS)
     bound = 0.5 * np.sum(positive * negative) / (positive.sum() * negative.sum())
     assert abs(cluster_training.binned_roc_auc(positive, negative) - roc_auc_score(label, probability)) <= bound
+
+
+def test_one_model_measured_again_and_again_on_the_cluster_gives_the_same_figures(external_cluster):
+    # The notebook measures the model, then the uncalibrated one: the same model when calibration is off.
+    cluster = cluster_training.connect(external_cluster.address)
+    try:
+        data = cluster_training.read_training_partitions(str(PROJECT / "data/pima-indians-diabetes.data.csv"))
+        splits = cluster_training.split(data, 0.33, 0, 2, [0])
+        parameters = training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1)
+        booster = cluster_training.fit(cluster, parameters, splits, 20)
+        figures = [cluster_training.evaluate(cluster, booster, splits.test, 0.5).metrics for _ in range(10)]
+    finally:
+        cluster.close()
+    assert all(measured == figures[0] for measured in figures)
 
 
 def test_the_model_trained_on_the_cluster_is_served_by_make_serve(trained_on_cluster, tmp_path):
