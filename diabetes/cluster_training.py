@@ -2,9 +2,10 @@
 should not hold: XGBoost's own Dask integration (`xgboost.dask`) on a
 `distributed` cluster.
 
-`connect(dask_scheduler)` picks where: empty, in process (this module is not
-used); `local`, a LocalCluster of one single-threaded worker per core that the
-notebook starts and stops; `tcp://host:port`, an existing scheduler.
+The notebook reaches these steps through `diabetes.trainers.ClusterTrainer`
+when `dask_scheduler` is set. `connect(dask_scheduler)` picks where: `local`,
+a LocalCluster of one single-threaded worker per core that the notebook starts
+and stops; `tcp://host:port`, an existing scheduler (empty: None, in process).
 
 The rows are read as partitions (`read_training_partitions`: Parquet or CSV
 files by glob or folder, or a SQL table by `read_sql_table` on its `row_id`
@@ -315,11 +316,6 @@ def _split_partition(part, number, test_size, seed, n_folds, fold_seeds, sample_
 # ---- Training and measuring ----------------------------------------------------
 
 
-@dataclass
-class ClusterCrossValidation(CrossValidation):
-    labels: np.ndarray = field(default=None, repr=False)  # the labels of the out-of-fold sample's rows
-
-
 def cross_validate(
     cluster: Cluster,
     parameters: dict,
@@ -328,10 +324,10 @@ def cross_validate(
     max_trees: int,
     early_stopping_rounds: int,
     threshold: float = 0.5,
-) -> ClusterCrossValidation:
+) -> CrossValidation:
     """`training.cross_validate` on the cluster: each fold boosted to `max_trees`
     by xgboost.dask, the trees chosen by the mean held-out log loss, each fold
-    measured there; out-of-fold probabilities for the sampled rows only."""
+    measured there; out-of-fold probabilities (and labels) of the sampled rows only."""
     training = splits.training
     boosters, curves, held_outs = [], [], []
     for seed in splits.fold_seeds:
@@ -354,7 +350,7 @@ def cross_validate(
         sample = pd.concat(samples).sort_values(ROW)
         out_of_fold[seed] = sample["probability"].to_numpy()
         labels = sample[LABEL_NAME].to_numpy()
-    return ClusterCrossValidation(trees, results, out_of_fold, curve, labels)
+    return CrossValidation(trees, results, out_of_fold, curve, labels)
 
 
 def fit(cluster: Cluster, parameters: dict, splits: Splits, trees: int) -> xgb.Booster:

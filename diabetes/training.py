@@ -74,6 +74,7 @@ class CrossValidation:
     folds: list[dict]  # each fold's seed and metrics at that many trees
     out_of_fold: dict = field(repr=False)  # seed -> probability of every training row, from the fold that held it out
     curve: np.ndarray = field(repr=False)  # mean held-out log loss after each round
+    labels: np.ndarray = field(repr=False)  # the labels of the out-of-fold rows (the same rows for every seed)
 
     def mean(self, metric) -> float:
         return float(np.mean([fold[metric] for fold in self.folds]))
@@ -121,7 +122,7 @@ def cross_validate(
         probability = booster.predict(xgb.DMatrix(X[held_out]), iteration_range=(0, trees))
         out_of_fold.setdefault(seed, np.full(len(y), np.nan))[held_out] = probability
         results.append({"seed": seed, **classification_metrics(y[held_out], probability, threshold)})
-    return CrossValidation(trees, results, out_of_fold, curve)
+    return CrossValidation(trees, results, out_of_fold, curve, y)
 
 
 def early_stopping_point(curve, patience: int) -> int:
