@@ -8,6 +8,7 @@ Training a model
     features          the model's inputs: names, meaning and units, in the model's order
     training          choosing, fitting and measuring a model on the training rows only
     cluster_training  the training notebook's steps on a Dask cluster (xgboost.dask)
+    trainers          the training notebook's one Trainer: in this process or on a Dask cluster
     bigdata           a synthetic Pima-shaped data set of any size, as Parquet (make bigdata)
     sweep             the training notebook once per parameter set, compared (make sweep)
     params            refuses a parameter file that names a parameter the notebook lacks

@@ -74,6 +74,7 @@ class CrossValidation:
     folds: list[dict]  # each fold's seed and metrics at that many trees
     out_of_fold: dict = field(repr=False)  # seed -> probability of every training row, from the fold that held it out
     curve: np.ndarray = field(repr=False)  # mean held-out log loss after each round
+    labels: np.ndarray = field(repr=False)  # the labels of the out-of-fold rows (the same rows for every seed)
 
     def mean(self, metric) -> float:
         return float(np.mean([fold[metric] for fold in self.folds]))
@@ -115,16 +116,16 @@ def cross_validate(
         )
         curves.append(history["held_out"]["logloss"])
     curve = np.mean(curves, axis=0)
-    trees = _early_stopping_point(curve, early_stopping_rounds)
+    trees = early_stopping_point(curve, early_stopping_rounds)
     out_of_fold, results = {}, []
     for booster, (seed, _fit, held_out) in zip(boosters, folds):
         probability = booster.predict(xgb.DMatrix(X[held_out]), iteration_range=(0, trees))
         out_of_fold.setdefault(seed, np.full(len(y), np.nan))[held_out] = probability
         results.append({"seed": seed, **classification_metrics(y[held_out], probability, threshold)})
-    return CrossValidation(trees, results, out_of_fold, curve)
+    return CrossValidation(trees, results, out_of_fold, curve, y)
 
 
-def _early_stopping_point(curve, patience: int) -> int:
+def early_stopping_point(curve, patience: int) -> int:
     """Trees at the best mean log loss, stopping once it has not improved for `patience` rounds."""
     best = 0
     for round_ in range(len(curve)):
