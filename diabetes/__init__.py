@@ -1,9 +1,10 @@
 """The project's shared Python code, imported by the notebooks (and so by the
 scripts generated from them), the Makefile's tools and the tests:
 
-- features, model_store, prediction, models: the model's inputs, model
-  versions on disk, a loaded model that predicts, and the versions' life
-  (list, promote, roll back);
+- features, model_store, prediction, versions, release_layout: the model's
+  inputs, model versions on disk, a loaded model that predicts, the life of
+  model versions and releases (build, list, check, switch, roll back), and
+  where a release keeps each part;
 - contract, open_inference, openapi, api_examples: what the API accepts
   (and Triton's binary tensor data extension of V2), its OpenAPI document,
   the routes other code names and the article's example request;

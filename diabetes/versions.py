@@ -34,8 +34,8 @@ missing or changed, a link added, changed or leading out of it, refuses it
 release REFUSED and fails; `rollback` will not switch to it; the service will
 not start from it, nor start a worker on it (diabetes/gunicorn_config.py).
 A refused command says why, exits non-zero, and `current` stays as it was.
-Reloading the running service is the Makefile's part. Nothing here imports
-XGBoost (slow to import) unless a model is checked.
+Reloading the running service is the Makefile's part. XGBoost, slow to
+import, is imported only to check a model or to list the models.
 """
 
 import argparse
@@ -48,8 +48,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from diabetes.model_store import CURRENT_LINK, LATEST_LINK, METADATA_FILE, ModelRefused, load_metadata
-from diabetes.model_store import point_link as switch_link
+from diabetes.model_store import CURRENT_LINK, LATEST_LINK, METADATA_FILE, ModelRefused, load_metadata, point_link
 from diabetes.release_layout import (
     MANIFEST_FILE,
     MODEL_DIR,
@@ -81,7 +80,7 @@ class Refused(Exception):
     """A model version or a release cannot be built, switched to or served; the message says why."""
 
 
-# ---- Both: folders of versions and their `current` link ---------------------------
+# ---- Both: folders of versions and their `current` link ------------------------------
 
 
 def folders_in(folder: Path) -> list[str]:
@@ -132,7 +131,7 @@ def promote(models_dir: Path, version: str) -> str:
     """Serve a model version (or the one a link names), once it passes its checks."""
     version = linked(models_dir, version) or version
     check_model(models_dir / version, version)
-    switch_link(models_dir, CURRENT_LINK, version)
+    point_link(models_dir, CURRENT_LINK, version)
     return version
 
 
@@ -230,11 +229,11 @@ def check_release(releases_dir: Path, release: str | None = None, serving_only: 
 
 def serve(releases_dir: Path, release: str, models_dir: Path | None = None):
     """Make `release` current, and the models' `current` link its model version."""
-    switch_link(releases_dir, CURRENT_LINK, release)
+    point_link(releases_dir, CURRENT_LINK, release)
     if models_dir is not None:
         version = read_manifest(releases_dir, release)["model_version"]
         if (models_dir / version).is_dir():
-            switch_link(models_dir, CURRENT_LINK, version)
+            point_link(models_dir, CURRENT_LINK, version)
 
 
 def rollback_release(releases_dir: Path, models_dir: Path | None = None) -> str:
