@@ -107,9 +107,9 @@ def test_a_rollback_with_no_older_release_is_refused_and_says_what_is_still_serv
     assert linked(releases_dir) == "20200101T000000Z-00000000"
 
 
-def test_the_ecosystem_file_and_the_makefile_take_a_releases_paths_from_its_layout(tmp_path):
-    releases_dir = tmp_path / "releases"
-    release = parts(str(releases_dir / CURRENT_LINK))
+def configured_release_paths(project, releases_dir) -> list[str]:
+    """What the project's ecosystem file in `project` gives PM2: the service's
+    script, its check, the edge's check, the package path and the model."""
     configured = subprocess.run(
         [
             "node",
@@ -118,19 +118,23 @@ def test_the_ecosystem_file_and_the_makefile_take_a_releases_paths_from_its_layo
             "[service.script, service.interpreter_args[1], edge.args[1], service.env.PYTHONPATH,"
             " service.env.DIABETES_MODEL_DIR]))",
         ],
-        cwd=PROJECT,
+        cwd=project,
         env={**os.environ, "RELEASES_DIR": str(releases_dir)},
         capture_output=True,
         text=True,
         check=True,
     )
-    assert json.loads(configured.stdout) == [
-        release["script"],
-        release["check"],
-        release["check"],
-        release["package"],
-        release["model"],
-    ]
+    return json.loads(configured.stdout)
+
+
+def paths_as_declared(release_dir) -> list[str]:
+    release = parts(str(release_dir))
+    return [release["script"], release["check"], release["check"], release["package"], release["model"]]
+
+
+def test_the_ecosystem_file_and_the_makefile_take_a_releases_paths_from_its_layout(tmp_path):
+    releases_dir = tmp_path / "releases"
+    assert configured_release_paths(PROJECT, releases_dir) == paths_as_declared(releases_dir / CURRENT_LINK)
     asked = subprocess.run(
         [
             "make",
@@ -147,3 +151,18 @@ def test_the_ecosystem_file_and_the_makefile_take_a_releases_paths_from_its_layo
         check=True,
     )
     assert asked.stdout.strip() == parts("R")["model"]
+
+
+def test_without_a_working_tree_as_in_the_image_the_ecosystem_file_asks_the_releases_own_layout(tmp_path):
+    """The image holds the ecosystem file and releases, and no diabetes/ beside them."""
+    app = tmp_path / "app"
+    release_dir = app / "releases" / "20200101T000000Z-00000000"
+    (release_dir / parts("")["check"]).parent.mkdir(parents=True)
+    shutil.copy(PROJECT / "diabetes" / "release_layout.py", (release_dir / parts("")["check"]).parent)
+    (app / "releases" / CURRENT_LINK).symlink_to(release_dir.name)
+    shutil.copy(PROJECT / "ecosystem.config.js", app)
+    for shared in (".venv", "node_modules"):
+        (app / shared).symlink_to(PROJECT / shared)
+    assert not (app / "diabetes").exists()
+    current = app / "releases" / CURRENT_LINK
+    assert configured_release_paths(app, app / "releases") == paths_as_declared(current)
