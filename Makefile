@@ -94,6 +94,9 @@ NEWMAN    := node_modules/.bin/newman
 PAPERMILL := $(PYTHON) -m papermill -k python3 --no-progress-bar
 NBCONVERT := $(PYTHON) -m nbconvert
 MODEL     := $(MODELS_DIR)/latest/metadata.json
+# The package's modules a model is made from, as a rule that make includes
+# (see the Files below).
+MODEL_CODE := build/model.d
 # Model versions and releases: list, check, switch, roll back; build a release.
 VERSIONS  := $(PYTHON) -m diabetes.versions
 # A part of a release (script, notebook, package, model, settings, manifest,
@@ -143,8 +146,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 help:
 	@sed -n 's/^## /make /p' $(MAKEFILE_LIST)
 
-## setup    install Python packages in .venv and the Node tools (pm2, newman) in node_modules
+## setup    install Python packages in .venv and the Node tools (pm2, newman) in node_modules; enable .githooks
 setup: $(VENV_OK) $(NODE_OK)
+	@# In a git checkout, the project's hooks: commit-msg refuses a subject of 72 characters or more.
+	@if [ "$$(git rev-parse --show-toplevel 2> /dev/null)" = "$(CURDIR)" ]; then git config core.hooksPath .githooks; fi
 
 ## train    run notebooks/train.ipynb with papermill, publishing the model if it passes its gate
 train: $(MODEL)
@@ -418,9 +423,7 @@ $(NODE_OK): package.json package-lock.json
 # the parameters into the executed notebook (and so train.html and the model's
 # copy): diabetes.credentials gives it every data URL redacted, and the URL
 # itself only in the environment of this run (diabetes/credentials.py).
-$(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv \
-          diabetes/features.py diabetes/model_store.py diabetes/prediction.py diabetes/data.py \
-          diabetes/credentials.py diabetes/training.py diabetes/cluster_training.py | $(VENV_OK)
+$(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv | $(VENV_OK)
 	@# The executed notebook shows training rows: its copies are the user's alone.
 	@install -d -m 700 $(RUNS_DIR)
 	$(PYTHON) -m diabetes.params notebooks/train.ipynb $(TRAIN_PARAMS)
@@ -428,6 +431,16 @@ $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.
 	    notebooks/train.ipynb $(RUNS_DIR)/train.ipynb $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
 	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
 	install -m 600 $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
+
+# The model's other prerequisites: the package's modules that the training
+# notebook and the recipe's tools import, directly or through one another.
+# diabetes.notebook_imports reads them (with ast, importing nothing, with any
+# python3); make includes its answer, remade when the notebook or a module changes.
+$(MODEL_CODE): notebooks/train.ipynb $(wildcard diabetes/*.py)
+	@mkdir -p $(dir $@)
+	@modules=$$(python3 -m diabetes.notebook_imports $< diabetes/params.py diabetes/credentials.py) && \
+	    echo "\$$(MODEL): $$modules" > $@.$$$$ && mv $@.$$$$ $@
+include $(MODEL_CODE)
 
 $(DB): data/pima-indians-diabetes.data.csv diabetes/data.py | $(VENV_OK)
 	@mkdir -p $(dir $@)

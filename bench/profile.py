@@ -35,7 +35,7 @@ from tests.wrk import run_wrk, write_wrk_script
 CONNECTIONS = 16
 SAMPLES_PER_SECOND = 250
 # The components a sample is put down to (see component_of).
-CORS = "CORS: flask-cors, or diabetes/cross_origin.py"
+CORS = "CORS: flask-cors"
 OBSERVABILITY = "observability: metrics, logs, request id, Server-Timing"
 GUARDS = "guards: trusted host, API key"
 VIEW = "view: the route's own work (parse, validate, predict, serialize)"
@@ -98,7 +98,7 @@ def component_of(frames: list[str]) -> str:
             return SERVER
         if "/flask/" in path or "/werkzeug/" in path:
             in_flask = True
-        if "/flask_cors/" in path or path.endswith("diabetes/cross_origin.py"):
+        if "/flask_cors/" in path:
             return CORS
         if path.endswith("diabetes/observability.py"):
             if function.endswith("Watch.__call__") and in_flask:

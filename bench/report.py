@@ -410,7 +410,8 @@ def markdown(results: dict) -> str:
     if results["skipped"]:
         lines.append("Skipped: " + "; ".join(results["skipped"]) + ".")
     lines += _stack_lines(results)
-    lines += _batch_lines(results) + _in_process_lines(results) + _make_lines(results) + _target_lines(results)
+    lines += _batch_lines(results) + _in_process_lines(results) + _app_overhead_lines(results)
+    lines += _make_lines(results) + _target_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -672,6 +673,29 @@ def _in_process_lines(results: dict) -> list[str]:
         f"Largest difference between `bundle.predict_proba`, one row at a time, and XGBoost's "
         f"`inplace_predict` over all {in_process['rows_compared']} rows of the data set: "
         f"{in_process['max_difference_to_xgboost']:.1e}.",
+    ]
+    return lines
+
+
+def _app_overhead_lines(results: dict) -> list[str]:
+    overhead = results["app_overhead"]
+    lines = [
+        "",
+        "### The app in process, and what CORS costs",
+        "",
+        f"The article's request through each app as a WSGI call, no server: CPU µs per request, median (min–max) "
+        f"of {overhead['repeats']} repeats of {overhead['requests_per_repeat']:,} requests, the apps taking turns.",
+        "",
+        "| app | CPU µs per request |",
+        "| --- | ---: |",
+    ]
+    lines += [f"| {app['label']} | {_with_spread(app, 1)} |" for app in overhead["apps"].values()]
+    lines += [
+        "",
+        f"The service over the ceiling: {_with_spread(overhead['service_over_ceiling'], 1)} µs per request. "
+        f"CORS (flask-cors) costs {_with_spread(overhead['cors_without_origin'], 1)} µs per request without an "
+        f"Origin, {_with_spread(overhead['cors_with_origin'], 1)} µs with an allowed one (each the difference "
+        "within a repeat with the app without CORS).",
     ]
     return lines
 

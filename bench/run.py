@@ -15,7 +15,9 @@ loads and stops each server in turn, so that noise on the machine hits all of
 them; ratios compare servers within a round. While the service runs, it also
 takes batches on /predict, and (in the first round) a `make serve` with
 nothing changed is timed against it. Before the rounds, one row is predicted
-in process (bench.in_process) and `make train` is timed. Writes results.json
+in process (bench.in_process), the app's own CPU per request and what CORS
+adds to it are measured in process (bench.app_overhead), and `make train` is
+timed. Writes results.json
 and results.md to build/bench/, with the project's targets, and prints the tables.
 """
 
@@ -37,6 +39,7 @@ from pathlib import Path
 from bench.batches import TIMED_REQUESTS, load_batches, post, prepare_batches
 from bench.bodies import V2_JSON, V2_SINGLE_ROW, encode
 from bench.mlserver import BENCH_VENV, MlserverServer, mlserver_executable
+from bench.profile import convert_endpoint_notebook
 from bench.report import (
     batch_ratios,
     markdown,
@@ -88,6 +91,7 @@ class Plan:
     batch_seconds: int  # of each load of a batch size
     make_serve_repeats: int
     in_process_seconds: float  # most time spent timing each in-process path
+    app_requests: int = 3000  # per repeat of bench.app_overhead, for each app
     connection_counts: tuple = (16, 64)
     wrk_threads: int = WRK_THREADS
     # The parameter files of the timed `make train`; the default ones unless a
@@ -104,6 +108,7 @@ QUICK = Plan(
     batch_seconds=1,
     make_serve_repeats=1,
     in_process_seconds=0.5,
+    app_requests=100,
     train_params="params/train.yaml tests/params/fast.yaml",
 )
 
@@ -170,6 +175,21 @@ def measure_in_process(model_dir: Path, workdir: Path, budget_seconds: float) ->
     )
     if result.returncode != 0:
         raise RuntimeError(f"the in-process measurement failed:\n{result.stderr[-2000:]}")
+    return json.loads(output.read_text())
+
+
+def measure_app_overhead(model_dir: Path, workdir: Path, requests: int) -> dict:
+    """bench.app_overhead's figures (the app's CPU per request, with and
+    without CORS), on the endpoint script converted here, in a child process
+    for the same reason as the pickle above."""
+    script = convert_endpoint_notebook(workdir / "scripts")
+    output = workdir / "app-overhead.json"
+    command = [sys.executable, "-m", "bench.app_overhead", "--script", str(script), "--model-dir", str(model_dir)]
+    result = run_bounded(
+        [*command, "--requests", str(requests), "--output", str(output)], timeout=120 + requests / 20, cwd=PROJECT
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the app overhead measurement failed:\n{result.stderr[-2000:]}")
     return json.loads(output.read_text())
 
 
@@ -320,6 +340,8 @@ def benchmark(
     pickle_path = write_article_pickle(model_dir / "model.ubj", workdir / "article-model.pkl")
     log("one row in process: the bundle, XGBoost, the article's path")
     in_process = measure_in_process(model_dir, workdir, plan.in_process_seconds)
+    log("the app in process, with and without CORS")
+    app_overhead = measure_app_overhead(model_dir, workdir, plan.app_requests)
     log(f"make train (papermill, {plan.train_params}, a fresh models folder)")
     training = time_training(workdir, plan.train_params)
     log(f"  {training['seconds']:.1f} s")
@@ -401,6 +423,7 @@ def benchmark(
             "runs": batch_runs,
         },
         "in_process": in_process,
+        "app_overhead": app_overhead,
         "make": {"serve_unchanged_seconds": make_serve, "train": training},
         "skipped": skipped,
     }

@@ -42,7 +42,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-from diabetes.cross_origin import CrossOrigin
 from diabetes.edge import BEHIND_EDGE_VARIABLE
 from diabetes.gathered_metrics import gather_metric_writes
 from diabetes.settings import SettingRefused
@@ -414,21 +413,14 @@ class Watch:
     """Times, counts and logs every request of a Flask app, as WSGI middleware
     around it: it makes each request's `RequestRecord` (the request's context,
     see `this_request()`), and adds to every answer, errors included, its
-    X-Request-ID, X-Model-Version, Server-Timing and, for a browser's
-    cross-origin request, the CORS headers of `cross_origin`.
+    X-Request-ID, X-Model-Version and Server-Timing.
 
     Working on the WSGI status and header list rather than in Flask's
     before/after_request hooks spares werkzeug's header objects and Flask's
     hook machinery on every request."""
 
-    def __init__(
-        self,
-        app: Flask,
-        model_version: str,
-        prediction_log: PredictionLog | None = None,
-        cross_origin: CrossOrigin | None = None,
-    ):
-        self.model_version, self.prediction_log, self.cross_origin = model_version, prediction_log, cross_origin
+    def __init__(self, app: Flask, model_version: str, prediction_log: PredictionLog | None = None):
+        self.model_version, self.prediction_log = model_version, prediction_log
         # Opened with the app, on the standard output the app is given.
         access_log()
         keep_books_regularly()
@@ -453,8 +445,6 @@ class Watch:
             headers.append(("X-Request-ID", record.request_id))
             headers.append(("X-Model-Version", self.model_version))
             headers.append(("Server-Timing", record.server_timing()))
-            if self.cross_origin is not None:
-                headers.extend(self.cross_origin.headers(environ))
             return start_response(status, headers, exc_info)
 
         try:

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 
 SERVE_NOTEBOOK = "notebooks/serve.ipynb"
 
@@ -105,6 +106,33 @@ def host_name_of(host_header: str) -> str:
     if host_header.startswith("["):
         return host_header[1 : host_header.find("]")].lower() if "]" in host_header else host_header.lower()
     return host_header.rsplit(":", 1)[0].lower() if host_header.count(":") == 1 else host_header.lower()
+
+
+# Characters that make flask-cors read an origin as a regular expression
+# (its own heuristic, flask_cors.core._REGEX_HINT_CHARS).
+_REGEX_HINTS = frozenset("*\\]?$^[]()")
+
+
+def allowed_origins(cors_origins: str) -> str | re.Pattern | None:
+    r"""What the `cors_origins` setting allows, as flask-cors's `origins`: "*"
+    (any origin), one literal origin (compared case-insensitively), or a
+    regular expression that must match the whole Origin header; None for ""
+    (no page of another origin may read the answers: no CORS at all).
+
+    flask-cors matches a pattern from the start of the origin only
+    (`re.match`): given `https://app\.example\.com` it would let
+    `https://app.example.com.evil.net` read the answers. So a pattern is
+    handed over compiled, anchored at the very end too (`\Z`: a `$` also
+    matches before a final newline), and case-insensitive as flask-cors
+    compiles its own."""
+    if not cors_origins:
+        return None
+    if cors_origins == "*" or _REGEX_HINTS.isdisjoint(cors_origins):
+        return cors_origins
+    try:
+        return re.compile(rf"(?:{cors_origins})\Z", re.IGNORECASE)
+    except re.error as error:
+        raise SettingRefused(f"cors_origins {cors_origins!r} is not a regular expression: {error}") from None
 
 
 # Who may call which route: marks set on a view where its route is defined,

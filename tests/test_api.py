@@ -16,14 +16,11 @@ import yaml
 from calls import BAD_CALLS, BINARY_ROW, GOOD_CALLS, NO_BODY, Call
 from compressed import CODINGS, compressed, zip_bomb
 from conftest import PROJECT, Target, json_of
-from flask import Flask
-from flask_cors import CORS
 from openapi_spec_validator import validate as validate_openapi
 from reference import ReferenceModel, reference_model
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, V2_INFER
 from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH
-from diabetes.cross_origin import CrossOrigin
 from diabetes.features import FEATURE_NAMES
 from diabetes.settings import notebook_defaults
 from tests.processes import clean_environment
@@ -647,41 +644,122 @@ def test_a_fuzzer_driven_by_the_openapi_document_finds_no_server_error_and_no_br
     assert re.search(r"(\d+) generated", summary) and int(re.search(r"(\d+) generated", summary)[1]) >= 200
 
 
-@pytest.mark.parametrize("origins", [r"^https?://(localhost|127\.0\.0\.1)(:\d+)?$", "*", "https://app.example"])
-@pytest.mark.parametrize(
-    "method, headers",
-    [
-        ("POST", {}),
-        ("POST", {"Origin": "http://localhost:3000"}),
-        ("POST", {"Origin": "HTTP://LOCALHOST:3000"}),
-        ("POST", {"Origin": "https://app.example"}),
-        ("POST", {"Origin": "https://elsewhere.example"}),
-        ("GET", {"Origin": "http://127.0.0.1", "Access-Control-Request-Private-Network": "true"}),
-        (
-            "OPTIONS",
-            {
-                "Origin": "http://localhost:3000",
-                "Access-Control-Request-Method": "post",
-                "Access-Control-Request-Headers": "x-api-key, content-type,,Authorization",
-            },
+# The endpoint notebook's cors_origins (localhost and 127.0.0.1, any port).
+DEFAULT_ORIGINS = None
+EXPOSED = "Inference-Header-Content-Length, Server-Timing, X-Model-Version, X-Request-ID"
+METHODS = "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
+
+
+def allowed(origin, *more, vary=True):
+    """The CORS headers of an answer that a page of `origin` may read."""
+    return [("Access-Control-Allow-Origin", origin), ("Access-Control-Expose-Headers", EXPOSED), *more] + (
+        [("Vary", "Origin")] if vary else []
+    )
+
+
+def preflight(origin, method="POST", headers=None):
+    return {"Origin": origin, "Access-Control-Request-Method": method} | (
+        {"Access-Control-Request-Headers": headers} if headers else {}
+    )
+
+
+REFUSED = []
+CORS_CASES = {
+    "a local page, by default": (
+        DEFAULT_ORIGINS,
+        {"Origin": "http://localhost:3000"},
+        allowed("http://localhost:3000"),
+    ),
+    "a local page in capitals": (
+        DEFAULT_ORIGINS,
+        {"Origin": "HTTP://LOCALHOST:3000"},
+        allowed("HTTP://LOCALHOST:3000"),
+    ),
+    "a local address's page": (DEFAULT_ORIGINS, {"Origin": "http://127.0.0.1:8080"}, allowed("http://127.0.0.1:8080")),
+    "another site's page": (DEFAULT_ORIGINS, {"Origin": "https://elsewhere.example"}, REFUSED),
+    "a site named like localhost": (DEFAULT_ORIGINS, {"Origin": "http://localhost:3000.evil.net"}, REFUSED),
+    "no Origin (not a browser)": (DEFAULT_ORIGINS, {}, REFUSED),
+    "the pattern's site": (
+        r"https://app\.example\.com",
+        {"Origin": "https://app.example.com"},
+        allowed("https://app.example.com"),
+    ),
+    "a site that only starts like the pattern": (
+        r"https://app\.example\.com",
+        {"Origin": "https://app.example.com.evil.net"},
+        REFUSED,
+    ),
+    "the pattern's site on another port": (
+        r"https://app\.example\.com",
+        {"Origin": "https://app.example.com:8443"},
+        REFUSED,
+    ),
+    "a preflight": (
+        DEFAULT_ORIGINS,
+        preflight("http://localhost:3000", "post", "x-api-key, content-type,Authorization"),
+        allowed(
+            "http://localhost:3000",
+            ("Access-Control-Allow-Headers", "Authorization, content-type, x-api-key"),
+            ("Access-Control-Allow-Methods", METHODS),
         ),
-        ("OPTIONS", {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}),
-        ("OPTIONS", {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "TRACE"}),
-        ("OPTIONS", {"Origin": "http://localhost:3000"}),
-    ],
-)
-def test_cors_headers_are_flask_cors_own(origins, method, headers):
-    """The service's CORS (diabetes/cross_origin.py) answers what flask-cors,
-    which it replaces, answers with the same options, preflights included."""
-    expose = ["X-Model-Version", "X-Request-ID", "Server-Timing", "Inference-Header-Content-Length"]
-    reference = Flask("reference")
-    CORS(reference, origins=origins, expose_headers=expose)
-    reference.add_url_rule("/predict", "predict", lambda: "", methods=["GET", "POST"])
-    with reference.test_request_context("/predict", method=method, headers=headers) as context:
-        expected = [
-            (name, value)
-            for name, value in reference.process_response(reference.make_response("")).headers
-            if name.startswith("Access-Control-") or name == "Vary"
-        ]
-        ours = CrossOrigin(origins, expose).headers(context.request.environ)
-    assert ours == expected
+    ),
+    "a preflight for a method not allowed": (
+        DEFAULT_ORIGINS,
+        preflight("http://localhost:3000", "TRACE"),
+        allowed("http://localhost:3000"),
+    ),
+    "a preflight from another site": (DEFAULT_ORIGINS, preflight("https://elsewhere.example"), REFUSED),
+    "a preflight from a site that only starts like the pattern": (
+        r"https://app\.example\.com",
+        preflight("https://app.example.com.evil.net"),
+        REFUSED,
+    ),
+    "a page asking for the private network": (
+        DEFAULT_ORIGINS,
+        {"Origin": "http://127.0.0.1", "Access-Control-Request-Private-Network": "true"},
+        allowed("http://127.0.0.1", ("Access-Control-Allow-Private-Network", "false")),
+    ),
+    "any site's page, with *": ("*", {"Origin": "https://elsewhere.example"}, allowed("https://elsewhere.example")),
+    "no Origin, with *": ("*", {}, allowed("*", vary=False)),
+    "the one site's page": (
+        "https://app.example",
+        {"Origin": "HTTPS://APP.example"},
+        allowed("HTTPS://APP.example", vary=False),
+    ),
+    "no Origin, with one site": ("https://app.example", {}, allowed("https://app.example", vary=False)),
+    "a site that only starts like the one site": (
+        "https://app.example",
+        {"Origin": "https://app.example.net"},
+        REFUSED,
+    ),
+    "a local page, with no site allowed": ("", {"Origin": "http://localhost:3000"}, REFUSED),
+    "no Origin, with no site allowed": ("", {}, REFUSED),
+}
+
+
+@pytest.fixture(scope="module")
+def app_allowing(served_module, limits):
+    """The service's app around the served model, with `cors_origins` set to
+    each value the CORS cases need (each built once)."""
+    apps = {}
+
+    def app(origins):
+        if origins is DEFAULT_ORIGINS:
+            origins = limits["cors_origins"]
+        if origins not in apps:
+            apps[origins] = served_module.create_app(served_module.bundle, cors_origins=origins)
+        return apps[origins]
+
+    return app
+
+
+@pytest.mark.parametrize("origins, headers, expected", CORS_CASES.values(), ids=CORS_CASES.keys())
+def test_a_browser_page_may_read_the_answer_only_from_an_allowed_origin(app_allowing, origins, headers, expected):
+    """The service's own answers (flask-cors on the app), for allowed,
+    refused and preflight requests: each CORS header once, as expected."""
+    method = "OPTIONS" if "Access-Control-Request-Method" in headers else "POST"
+    answer = app_allowing(origins).test_client().open(ARTICLE_PATH, method=method, json=ARTICLE_BODY, headers=headers)
+    assert answer.status_code == 200
+    cors_headers = [(name, value) for name, value in answer.headers if name.startswith("Access-Control-")]
+    cors_headers += [("Vary", value) for value in answer.headers.getlist("Vary") if value == "Origin"]
+    assert sorted(cors_headers) == sorted(expected)

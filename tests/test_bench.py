@@ -3,11 +3,11 @@ under load at both connection counts, MLServer included (installed in the
 benchmark's venv first, as `make bench` does), the project's service without
 a single error, single rows and batches alike, on /predict and on the V2
 route; V2 binary tensors are either measured or reported as refused; one row
-is timed in process, `make serve` and `make train` are timed; the stack runs
-on its two-node swarm, on two nodes and on one (unless this machine cannot run
-it, which the report says); every target is reported, and the results are
-written. No speed and no target is asserted: the figures depend on the
-machine and on whatever else it runs."""
+is timed in process, and so is the app, with and without CORS; `make serve`
+and `make train` are timed; the stack runs on its two-node swarm, on two nodes
+and on one (unless this machine cannot run it, which the report says); every
+target is reported, and the results are written. No speed and no target is
+asserted: the figures depend on the machine and on whatever else it runs."""
 
 import json
 import shutil
@@ -159,6 +159,14 @@ def test_the_service_is_compared_with_mlserver_on_the_same_requests(quick_run):
     results = quick_run["results"]
     assert set(results["ratios"]["service_v2/mlserver"]) == set(CONNECTION_COUNTS)
     assert set(results["batches"]["ratios"]["service/mlserver v2_json"]) == {"100", "1000", "10000"}
+
+
+def test_the_apps_cpu_per_request_is_measured_in_process_with_and_without_cors(quick_run):
+    overhead = quick_run["results"]["app_overhead"]
+    assert set(overhead["apps"]) == {"ceiling", "service", "service_with_origin", "service_without_cors"}
+    assert all(app["median"] > 0 and len(app["repeats"]) == overhead["repeats"] for app in overhead["apps"].values())
+    for difference in ("service_over_ceiling", "cors_without_origin", "cors_with_origin"):
+        assert overhead[difference]["min"] <= overhead[difference]["median"] <= overhead[difference]["max"], difference
 
 
 def test_one_row_is_timed_in_process_and_compared_with_xgboost(quick_run):

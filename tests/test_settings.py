@@ -1,6 +1,7 @@
 """The service's settings, read without a model or a service: the endpoint
 notebook's parameters, their overrides from the environment, the API key file,
-the Host header's names, and the one app name that every file agrees on."""
+the Host header's names, the browser origins handed to flask-cors, and the one
+app name that every file agrees on."""
 
 import json
 import os
@@ -8,11 +9,14 @@ import subprocess
 
 import pytest
 from conftest import PROJECT
+from flask import Flask
+from flask_cors import CORS
 
 from diabetes.settings import (
     APP_NAME,
     LOCAL_HOST_NAMES,
     SettingRefused,
+    allowed_origins,
     host_name_of,
     notebook_defaults,
     override_from_environment,
@@ -152,6 +156,50 @@ def test_trusted_hosts_are_listed_lower_case_without_brackets_or_allow_any():
 )
 def test_the_host_headers_name_is_read_without_its_port(header, name):
     assert host_name_of(header) == name
+
+
+def origin_allowed_by_flask_cors(origins, origin: str) -> bool:
+    """Whether flask-cors, given `origins`, lets a page of `origin` read an answer."""
+    app = Flask("cors")
+    CORS(app, origins=origins)
+    app.add_url_rule("/", "answer", lambda: "")
+    return app.test_client().get("/", headers={"Origin": origin}).headers.get("Access-Control-Allow-Origin") == origin
+
+
+def test_flask_cors_alone_lets_in_an_origin_that_only_starts_like_the_pattern():
+    """Why allowed_origins anchors the pattern: flask-cors matches from the start only."""
+    assert origin_allowed_by_flask_cors(r"https://app\.example\.com", "https://app.example.com.evil.net")
+
+
+@pytest.mark.parametrize(
+    "origin, allowed",
+    [
+        ("https://app.example.com", True),
+        ("HTTPS://App.Example.COM", True),
+        ("https://app.example.com.evil.net", False),
+        ("https://app.example.com:8443", False),
+        ("https://evil.net/https://app.example.com", False),
+    ],
+)
+def test_a_pattern_handed_to_flask_cors_must_match_the_whole_origin(origin, allowed):
+    assert origin_allowed_by_flask_cors(allowed_origins(r"https://app\.example\.com"), origin) is allowed
+
+
+def test_a_pattern_already_anchored_keeps_its_meaning():
+    pattern = allowed_origins(r"^https?://(localhost|127\.0\.0\.1)(:\d+)?$")
+    assert pattern.match("http://localhost:3000") and pattern.match("HTTP://127.0.0.1")
+    assert not pattern.match("http://localhost:3000.evil.net") and not pattern.match("http://localhost:3000\n")
+
+
+def test_any_origin_one_literal_origin_or_none_are_handed_over_as_they_are():
+    assert allowed_origins("*") == "*"
+    assert allowed_origins("https://app.example") == "https://app.example"
+    assert allowed_origins("") is None
+
+
+def test_an_origin_pattern_that_is_not_a_regular_expression_is_refused_by_name():
+    with pytest.raises(SettingRefused, match=r"cors_origins 'https://\(app' is not a regular expression"):
+        allowed_origins("https://(app")
 
 
 def test_the_makefile_and_the_ecosystem_files_name_the_app_as_the_python_code_does():
