@@ -17,8 +17,8 @@ Training a model
 
 Model versions and releases
     model_store       model versions on disk, the latest and current links, checked loads
-    models            lists, promotes and rolls back model versions (make models)
-    releases          releases: staged, checked, sealed, listed, rolled back (make releases)
+    versions          model versions and releases: built, checked, listed, switched, rolled back
+    release_layout    where a release keeps its script, package, model, settings and manifest
     prediction        a loaded model that predicts: XGBoost, folded trees or Treelite
     additive_trees    trees that each split on one feature, folded into step functions
 
