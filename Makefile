@@ -97,7 +97,11 @@ MODEL     := $(MODELS_DIR)/latest/metadata.json
 # The package's modules a model is made from, as a rule that make includes
 # (see the Files below).
 MODEL_CODE := build/model.d
-RELEASE   := $(PYTHON) -m diabetes.releases
+# Model versions and releases: list, check, switch, roll back; build a release.
+VERSIONS  := $(PYTHON) -m diabetes.versions
+# A part of a release (script, notebook, package, model, settings, manifest,
+# check) where diabetes/release_layout.py says it lives: $(call release_part,RELEASE_DIR,PART)
+release_part = $(shell $(PYTHON) -I diabetes/release_layout.py $(1) $(2))
 # The release being built and checked, before it is sealed under its id.
 STAGED    := $(RELEASES_DIR)/.staging
 # When the latest model, script and package were last released.
@@ -123,7 +127,7 @@ swarm_host = $(if $(DOCKER_HOST),$(DOCKER_HOST) SWARM_HOST=1,$$(deploy/swarm/nod
 # The release the image carries, and what its manifest says of it.
 IMAGE_RELEASE = $(realpath $(RELEASES_DIR)/current)
 release_field = $(shell $(PYTHON) -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
-                  $(IMAGE_RELEASE)/manifest.json $(1))
+                  $(call release_part,$(IMAGE_RELEASE),manifest) $(1))
 # The Debian mirror that apt uses here: make base-image installs from it.
 DEBIAN_MIRROR = $(or $(shell apt-get indextargets --format '$$(REPO_URI)' 'Identifier: Packages' \
                   'Codename: bookworm' 'Component: main' 2> /dev/null | head -n 1),http://deb.debian.org/debian/)
@@ -172,7 +176,7 @@ scripts: $(SCRIPTS_DIR)/train.py $(SCRIPTS_DIR)/serve.py
 serve: $(DEPLOYED) | haproxy
 	@for app in $(APP) $(APP)-edge log-rotation; do \
 	    $(PM2) describe $$app > /dev/null 2>&1 || $(PM2) start ecosystem.config.js --only $$app > /dev/null; done
-	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(RELEASES_DIR)/current/model
+	@$(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(call release_part,$(RELEASES_DIR)/current,model)
 
 ## stop     stop the API and the project's PM2 daemon
 stop:
@@ -183,17 +187,17 @@ stop:
 
 ## models   list the model versions with their metrics (* marks the one served)
 models: $(VENV_OK)
-	@$(PYTHON) -m diabetes.models list $(MODELS_DIR)
+	@$(VERSIONS) models list $(MODELS_DIR)
 
 ## releases list the releases: id, model version, code commit, when built, checks passed (* marks the one served)
 releases: $(VENV_OK)
-	@$(RELEASE) list $(RELEASES_DIR)
+	@$(VERSIONS) releases list $(RELEASES_DIR)
 
 ## rollback serve the release before the current one, code and model together (checked first; reloads without downtime)
 rollback: $(VENV_OK) $(NODE_OK)
-	$(RELEASE) rollback $(RELEASES_DIR) --models-dir $(MODELS_DIR)
+	$(VERSIONS) releases rollback $(RELEASES_DIR) --models-dir $(MODELS_DIR)
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; \
-	    $(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(RELEASES_DIR)/current/model; fi
+	    $(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(call release_part,$(RELEASES_DIR)/current,model); fi
 
 ## status   show the API's process under PM2
 status: $(NODE_OK)
@@ -250,7 +254,7 @@ reliability: setup wrk
 image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged | container-engine
 	@# The release as sealed, once it matches its manifest; not one that carries its model version's
 	@# training record (a release sealed before releases left it out).
-	$(RELEASE) check $(RELEASES_DIR) --release $(notdir $(IMAGE_RELEASE)) --serving-only
+	$(VERSIONS) releases check $(RELEASES_DIR) --release $(notdir $(IMAGE_RELEASE)) --serving-only
 	@# The previous context's copy is read-only.
 	chmod -R u+w $(IMAGE_CONTEXT)/app $(IMAGE_CONTEXT)/training 2> /dev/null || true
 	rm -rf $(IMAGE_CONTEXT)/app $(IMAGE_CONTEXT)/training
@@ -263,7 +267,7 @@ image: $(DEPLOYED) $(IMAGE_DIR)/wheels.staged $(IMAGE_DIR)/node_modules.staged |
 	@# runs as another user (10001, or whichever an orchestrator picks): files 0444, folders 0555, which
 	@# it reads and cannot change. Its content, which its manifest checks, is the same.
 	chmod -R a=rX $(IMAGE_CONTEXT)/app/releases/$(notdir $(IMAGE_RELEASE))
-	$(RELEASE) check $(IMAGE_CONTEXT)/app/releases --serving-only
+	$(VERSIONS) releases check $(IMAGE_CONTEXT)/app/releases --serving-only
 	if [ -n "$(IMAGE_WITH_TRAINING_ROWS)" ]; then \
 	    cp -R $(MODELS_DIR)/$(call release_field,model_version) $(IMAGE_CONTEXT)/training/ \
 	    && chmod -R u=rX,go= $(IMAGE_CONTEXT)/training/$(call release_field,model_version); fi
@@ -448,7 +452,7 @@ $(SCRIPTS_DIR)/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j
 	    --template-file notebooks/templates/generated_script.py.j2 \
 	    --TagRemovePreprocessor.remove_cell_tags='["notebook-only"]' $<
 
-# A new script, package or model goes live as a release (diabetes/releases.py):
+# A new script, package or model goes live as a release (diabetes/versions.py):
 # staged (the script, the notebook it came from, a copy of diabetes/ and of
 # the latest model, the resolved settings), checked (the endpoint notebook runs
 # under papermill against the release's own package and model: loads it,
@@ -460,12 +464,13 @@ $(SCRIPTS_DIR)/%.py: notebooks/%.ipynb notebooks/templates/generated_script.py.j
 # requests they hold.
 $(DEPLOYED): $(SCRIPTS_DIR)/serve.py $(MODEL) $(wildcard diabetes/*.py) diabetes/haproxy.cfg | $(VENV_OK) $(NODE_OK)
 	@mkdir -p $(RUNS_DIR)
-	$(RELEASE) stage $(RELEASES_DIR) --script $(SCRIPTS_DIR)/serve.py --notebook notebooks/serve.ipynb \
+	$(VERSIONS) releases stage $(RELEASES_DIR) --script $(SCRIPTS_DIR)/serve.py --notebook notebooks/serve.ipynb \
 	    --package diabetes --model $(MODELS_DIR)/latest > /dev/null
-	PYTHONPATH=$(abspath $(STAGED))/package DIABETES_MODEL_DIR=$(abspath $(STAGED))/model \
-	    $(PAPERMILL) --cwd $(STAGED) $(STAGED)/serve.ipynb $(RUNS_DIR)/serve.ipynb
-	PYTHONPATH=$(abspath $(STAGED))/package $(PYTHON) -P -m diabetes.releases seal $(RELEASES_DIR) \
-	    --passed "endpoint notebook under papermill" --models-dir $(MODELS_DIR)
+	PYTHONPATH=$(call release_part,$(abspath $(STAGED)),package) \
+	DIABETES_MODEL_DIR=$(call release_part,$(abspath $(STAGED)),model) \
+	    $(PAPERMILL) --cwd $(STAGED) $(call release_part,$(STAGED),notebook) $(RUNS_DIR)/serve.ipynb
+	PYTHONPATH=$(call release_part,$(abspath $(STAGED)),package) $(PYTHON) -P -m diabetes.versions releases seal \
+	    $(RELEASES_DIR) --passed "endpoint notebook under papermill" --models-dir $(MODELS_DIR)
 	@# (Any pm2 command starts a daemon: none is asked unless one runs.)
 	@if [ -e $(PM2_HOME)/pm2.pid ] && $(PM2) describe $(APP) > /dev/null 2>&1; then \
 	    $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi

@@ -2,28 +2,37 @@
 // release holds it, with the project's own Python; the script turns itself
 // into a gunicorn master with several workers. Start it with `make serve`,
 // which builds and checks the release and keeps PM2's state in build/pm2.
+const { execFileSync } = require("child_process");
+const fs = require("fs");
 const path = require("path");
 
 // The service's name: PM2's app and its log files. The Makefile (APP) and
 // diabetes/settings.py (APP_NAME) say the same; a test checks that they agree.
 const appName = "diabetes-api";
 
-// The release being served (diabetes/releases.py): its script, its copy of
+// The release being served (diabetes/versions.py): its script, its copy of
 // the project's package and its model, all named through the `current` link,
 // so that a worker started after `make serve` or `make rollback` switched the
 // link and reloaded gunicorn imports that release, and never the working tree.
 const releasesDir = path.resolve(__dirname, process.env.RELEASES_DIR || path.join("build", "releases"));
 const currentRelease = path.join(releasesDir, "current");
+const python = path.join(__dirname, ".venv", "bin", "python");
+// Where a release keeps each part, asked of diabetes/release_layout.py (which
+// declares it) rather than spelled here: the project's own, or in the image,
+// which holds no working tree, the release's copy.
+const layoutFile = [path.join(__dirname, "diabetes"), path.join(currentRelease, "package", "diabetes")]
+  .map((folder) => path.join(folder, "release_layout.py"))
+  .find((file) => fs.existsSync(file));
+const release = JSON.parse(execFileSync(python, ["-I", layoutFile, currentRelease], { encoding: "utf8" }));
 // Each app starts through the release's check (diabetes/serving.py): an
 // isolated interpreter (-I: no PYTHONPATH, so nothing of the release's package,
 // not even a sitecustomize planted there, is imported) checks the release
 // against its manifest, then runs the command after it in its place (same
 // pid), or refuses to start. The release's own copy of the check, run by path.
-const python = path.join(__dirname, ".venv", "bin", "python");
-const throughTheReleaseCheck = ["-I", path.join(currentRelease, "package", "diabetes", "serving.py"), "exec", currentRelease, python];
+const throughTheReleaseCheck = ["-I", release.check, "exec", currentRelease, python];
 const releaseVariables = {
-  PYTHONPATH: path.join(currentRelease, "package"),
-  DIABETES_MODEL_DIR: path.join(currentRelease, "model"),
+  PYTHONPATH: release.package,
+  DIABETES_MODEL_DIR: release.model,
 };
 
 // Clients meet the edge (HAProxy, diabetes/edge.py) on the service's host and
@@ -64,7 +73,7 @@ module.exports = {
   apps: [
     {
       name: appName,
-      script: path.join(currentRelease, "serve.py"),
+      script: release.script,
       interpreter: python,
       interpreter_args: throughTheReleaseCheck,
       cwd: __dirname,

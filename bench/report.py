@@ -648,7 +648,7 @@ def _batch_lines(results: dict) -> list[str]:
 
 
 _IN_PROCESS_PATHS = {
-    "bundle": "this project: `bundle.predict_proba` (folded trees when additive, else Treelite up to 32 rows)",
+    "bundle": "this project: `bundle.predict_proba` (folded trees when additive, else Treelite up to `FEW_ROWS` rows)",
     "xgboost": "XGBoost: `booster.inplace_predict(to_model_input(row))`",
     "article": "the article: split the string, one-row DataFrame, `XGBClassifier.predict_proba`",
 }

@@ -20,6 +20,7 @@ from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.edge import BEHIND_EDGE_VARIABLE, HAPROXY
 from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
+from diabetes.release_layout import SCRIPT_FILE
 from diabetes.settings import APP_NAME, ENVIRONMENT_PREFIX
 from tests.processes import (
     LOCALHOST,
@@ -419,7 +420,7 @@ class ServiceUnderPM2(Server):
         # Beside the models, as the Makefile's RELEASES_DIR is by default.
         self.releases_dir = models_dir.parent / "releases" if models_dir else project / "build" / "releases"
         # The script PM2 runs: the current release's.
-        self.service_script = self.releases_dir / "current" / "serve.py"
+        self.service_script = self.releases_dir / CURRENT_LINK / SCRIPT_FILE
 
     def make_variables(self) -> list[str]:
         variables = [f"PM2_HOME={self.pm2_home}", f"LOG_DIR={self.workdir / 'logs'}"]

@@ -3,7 +3,6 @@
 // carries (RELEASES_DIR, Containerfile) as `make serve` does on a host; their
 // logs on the container's stdout and stderr only (the engine keeps and rotates
 // them, so no log files, and no log-rotation app).
-const path = require("path");
 const project = require("../ecosystem.config.js");
 
 // A model version mounted at run time replaces the release's own model.
@@ -12,12 +11,12 @@ const withMountedModel = (env) => ({
   ...(process.env.DIABETES_MODEL_DIR && { DIABETES_MODEL_DIR: process.env.DIABETES_MODEL_DIR }),
 });
 
-const runsTheService = (app) => path.basename(app.script) === "serve.py";
-const runsTheEdge = (app) => app.args && app.args.includes("diabetes.edge");
+// The engine keeps and rotates the logs: every app of the project's but its log rotation.
+const rotatesLogs = (app) => app.name === "log-rotation";
 
 module.exports = {
   apps: project.apps
-    .filter((app) => runsTheService(app) || runsTheEdge(app))
+    .filter((app) => !rotatesLogs(app))
     .map((app) => ({
       ...app,
       env: withMountedModel(app.env),

@@ -8,6 +8,7 @@ Training a model
     features          the model's inputs: names, meaning and units, in the model's order
     training          choosing, fitting and measuring a model on the training rows only
     cluster_training  the training notebook's steps on a Dask cluster (xgboost.dask)
+    trainers          the training notebook's one Trainer: in this process or on a Dask cluster
     bigdata           a synthetic Pima-shaped data set of any size, as Parquet (make bigdata)
     sweep             the training notebook once per parameter set, compared (make sweep)
     params            refuses a parameter file that names a parameter the notebook lacks
@@ -17,16 +18,18 @@ Training a model
 Model versions and releases
     model_metadata    metadata.json's contract: every key typed, checked at publish and load
     model_store       model versions on disk, the latest and current links, checked loads
-    models            lists, promotes and rolls back model versions (make models)
-    releases          releases: staged, checked, sealed, listed, rolled back (make releases)
+    versions          model versions and releases: built, checked, listed, switched, rolled back
+    release_layout    where a release keeps its script, package, model, settings and manifest
     prediction        a loaded model that predicts: XGBoost, folded trees or Treelite
     additive_trees    trees that each split on one feature, folded into step functions
 
 The API
-    contract          what every route accepts, from the model's metadata; the error catalogue
+    contract          what every route accepts, from the model's metadata: the body readers
+    errors            the error catalogue: codes, statuses, the JSON envelope
+    number_checks     the numbers of a body checked: per value, and at C speed for many
     request_body      a request's body, read within its size and time limits, decompressed
     responses         the JSON answers, handed to the WSGI server as they are
-    open_inference    Triton's binary tensor data extension of the Open Inference Protocol V2
+    open_inference    the Open Inference Protocol V2: names, parameters, Triton's binary data
     openapi           the OpenAPI 3 document, derived from the contract
     docs              the Swagger UI page, its assets served by the app itself
     api_examples      the routes other code names, and the article's example request

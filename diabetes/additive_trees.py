@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import xgboost as xgb
 
+from diabetes.features import FEW_ROWS
+
 _NO_CHILD = -1
-# Up to this many rows, one row at a time in plain Python is faster than
-# NumPy's calls over whole columns (`make bench`'s in-process figures).
-FEW_ROWS = 24
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,10 @@ class AdditiveTrees:
         binary:logistic gives them."""
         if len(matrix) <= FEW_ROWS:
             return self.predict_rows(matrix.tolist())
+        return self.predict_columns(matrix)
+
+    def predict_columns(self, matrix: np.ndarray) -> np.ndarray:
+        """`predict` with NumPy over whole columns, for any number of rows."""
         margin = np.full(len(matrix), self.constant_margin)
         for step in self.steps:
             column = matrix[:, step.feature]

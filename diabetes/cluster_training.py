@@ -2,9 +2,10 @@
 should not hold: XGBoost's own Dask integration (`xgboost.dask`) on a
 `distributed` cluster.
 
-`connect(dask_scheduler)` picks where: empty, in process (this module is not
-used); `local`, a LocalCluster of one single-threaded worker per core that the
-notebook starts and stops; `tcp://host:port`, an existing scheduler.
+The notebook reaches these steps through `diabetes.trainers.ClusterTrainer`
+when `dask_scheduler` is set. `connect(dask_scheduler)` picks where: `local`,
+a LocalCluster of one single-threaded worker per core that the notebook starts
+and stops; `tcp://host:port`, an existing scheduler (empty: None, in process).
 
 The rows are read as partitions (`read_training_partitions`: Parquet or CSV
 files by glob or folder, or a SQL table by `read_sql_table` on its `row_id`
@@ -50,9 +51,9 @@ import pandas as pd
 import xgboost as xgb
 
 from diabetes.credentials import redacted, scrubbed
-from diabetes.data import COLUMNS, ROW_ID, TABLE, DataSourceError, _checked, connect_url_of, is_database_url
+from diabetes.data import COLUMNS, ROW_ID, TABLE, DataSourceError, checked_rows, connect_url_of, is_database_url
 from diabetes.features import FEATURE_NAMES, FEATURES, LABEL_NAME, to_model_input
-from diabetes.training import CrossValidation, _early_stopping_point
+from diabetes.training import CrossValidation, early_stopping_point
 
 # Rows brought back to the notebook: out-of-fold rows for calibration and the
 # threshold, test rows for the plots and for predictions.csv.
@@ -199,7 +200,7 @@ def read_training_partitions(data_url: str, data_query: str = "") -> Partitioned
         source, query = data_url, None
         frame = _read_files(data_url)
     rows = frame.map_partitions(
-        _checked,
+        checked_rows,
         source,
         meta=pd.DataFrame({name: pd.Series(dtype=np.int64 if name == LABEL_NAME else np.float64) for name in COLUMNS}),
     )
@@ -315,11 +316,6 @@ def _split_partition(part, number, test_size, seed, n_folds, fold_seeds, sample_
 # ---- Training and measuring ----------------------------------------------------
 
 
-@dataclass
-class ClusterCrossValidation(CrossValidation):
-    labels: np.ndarray = field(default=None, repr=False)  # the labels of the out-of-fold sample's rows
-
-
 def cross_validate(
     cluster: Cluster,
     parameters: dict,
@@ -328,10 +324,10 @@ def cross_validate(
     max_trees: int,
     early_stopping_rounds: int,
     threshold: float = 0.5,
-) -> ClusterCrossValidation:
+) -> CrossValidation:
     """`training.cross_validate` on the cluster: each fold boosted to `max_trees`
     by xgboost.dask, the trees chosen by the mean held-out log loss, each fold
-    measured there; out-of-fold probabilities for the sampled rows only."""
+    measured there; out-of-fold probabilities (and labels) of the sampled rows only."""
     training = splits.training
     boosters, curves, held_outs = [], [], []
     for seed in splits.fold_seeds:
@@ -343,7 +339,7 @@ def cross_validate(
             curves.append(result["history"]["held_out"]["logloss"])
             held_outs.append((seed, held_out))
     curve = np.mean(curves, axis=0)
-    trees = _early_stopping_point(curve, early_stopping_rounds)
+    trees = early_stopping_point(curve, early_stopping_rounds)
     results, sampled = [], {}
     for booster, (seed, held_out) in zip(boosters, held_outs):
         evaluation = evaluate(cluster, booster, held_out, threshold, trees)
@@ -354,7 +350,7 @@ def cross_validate(
         sample = pd.concat(samples).sort_values(ROW)
         out_of_fold[seed] = sample["probability"].to_numpy()
         labels = sample[LABEL_NAME].to_numpy()
-    return ClusterCrossValidation(trees, results, out_of_fold, curve, labels)
+    return CrossValidation(trees, results, out_of_fold, curve, labels)
 
 
 def fit(cluster: Cluster, parameters: dict, splits: Splits, trees: int) -> xgb.Booster:
@@ -423,7 +419,11 @@ def evaluate(cluster: Cluster, booster: xgb.Booster, rows, threshold: float, tre
     import dask
 
     trees = trees or booster.num_boosted_rounds()
-    model = cluster.client.scatter(bytes(booster.save_raw(raw_format="ubj")), broadcast=True)
+    # A key of its own (hash=False): scattered by content, a model measured twice
+    # in a row (the uncalibrated one is the same model when calibration is
+    # off) got the key whose release the first call had just sent, and the
+    # second call lost its data ("lost dependencies").
+    model = cluster.client.scatter(bytes(booster.save_raw(raw_format="ubj")), broadcast=True, hash=False)
     parts = dask.compute(
         *[dask.delayed(_evaluate_partition)(part, model, trees, threshold) for part in rows.to_delayed()]
     )

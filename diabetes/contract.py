@@ -1,14 +1,17 @@
 """The prediction contract: what every route accepts, declared once from the
-model's metadata (feature names, order, meaning, units, training ranges).
+model's metadata (feature names, order, meaning, units, training ranges), and
+the readers of every body form into the rows the model reads.
 
 Validation, the OpenAPI document and the Postman collection all derive from
 it. Every body goes one way: a reader of its form (the article's
 `{"data": ...}`, a record, a list of records, `{"instances": [...]}`, CSV
 lines, a V2 tensor in JSON or in binary) checks its structure and lays its
 values out in rows of the model's features (`Values`); `Contract.matrix` then
-checks all the values at once and makes the float32 matrix the model reads,
-with NaN for a missing value. Any problem is an `InvalidRequest` that says
-what was wrong, what was expected, and where.
+checks all the values at once (diabetes.number_checks) and makes the float32
+matrix the model reads, with NaN for a missing value. Any problem is an
+`InvalidRequest` (diabetes.errors) that says what was wrong, what was
+expected, and where. The V2 protocol's names and parameters are
+diabetes.open_inference's.
 
 Where, `field`: a JSON Pointer (RFC 6901) to the offending part of the body
 as it was sent.
@@ -45,146 +48,36 @@ hold numbers only.
 import csv
 import itertools
 import json
-import math
 import operator
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from functools import cached_property
-from http import HTTPStatus
 
 import numpy as np
 import orjson
 
-MODEL_NAME = "diabetes"
-V2_INPUT_NAME = "features"
-V2_INPUT_DATATYPES = ("FP32", "FP64")
-V2_OUTPUTS = {"probability": "FP32", "label": "INT64"}
-# Triton's binary tensor data extension (diabetes/open_inference.py)
-V2_INFERENCE_HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
-V2_BINARY_DATA_SIZE = "binary_data_size"  # $request_input and $response_output parameter
-V2_BINARY_DATA = "binary_data"  # $request_output parameter
-V2_BINARY_DATA_OUTPUT = "binary_data_output"  # $inference_request parameter
-V2_BYTE_ORDER = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-# A number written as text: ASCII digits only (Python's float() also takes
-# "٢٢", "２２" and "1_000"), with an optional sign, decimals and exponent.
-_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
-_ASCII_BLANKS = " \t"
-# Texts made of these characters only are numbers to float() exactly when they
-# are to _NUMBER_TEXT (with blanks around), and read as the same number.
-_NUMBER_CHARACTERS = re.compile(r"[0-9+\-.eE \t,]*", re.ASCII)
-_TEXT_SEPARATOR = ","
-_JSON_NUMBER_TYPES = frozenset({int, float})
-_JSON_NUMBER_OR_NULL_TYPES = frozenset({int, float, type(None)})
-# The characters that `{"instances": [[numbers], ...]}` is written with, but
-# for its opening brace and its key (those of JSON numbers and lists, the colon,
-# the closing brace, JSON's blanks); and what is left of the brace and key
-# once they are taken away (see `_instances_text_holds_numbers_only`).
-_NUMBER_ROWS_TEXT = b"0123456789+-.eE[],:} \t\n\r"
-_NUMBER_ROWS_TEXT_LEAVES = b'{"instances"'.translate(None, _NUMBER_ROWS_TEXT)
-# Up to this many values (a few rows), `Contract.matrix` reads them in plain
-# Python rather than with NumPy.
-FEW_VALUES = 64
-
-
-class ErrorCode(StrEnum):
-    """The `code` of every error answer, each in the README's table. Clients
-    match on these strings: add codes, never rename one."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_CSV = "invalid_csv"
-    MISSING_FIELD = "missing_field"
-    INVALID_TYPE = "invalid_type"
-    INVALID_BODY = "invalid_body"
-    MISSING_FEATURE = "missing_feature"
-    UNKNOWN_FEATURE = "unknown_feature"
-    WRONG_VALUE_COUNT = "wrong_value_count"
-    INVALID_VALUE = "invalid_value"
-    EMPTY_BATCH = "empty_batch"
-    INVALID_TENSOR = "invalid_tensor"
-    INVALID_PARAMETER = "invalid_parameter"
-    UNTRUSTED_HOST = "untrusted_host"
-    BAD_REQUEST = "bad_request"
-    UNAUTHORIZED = "unauthorized"
-    NOT_FOUND = "not_found"
-    MODEL_NOT_FOUND = "model_not_found"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    REQUEST_TIMEOUT = "request_timeout"
-    REQUEST_ENTITY_TOO_LARGE = "request_entity_too_large"
-    TOO_MANY_ROWS = "too_many_rows"
-    URI_TOO_LONG = "uri_too_long"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    EXPECTATION_FAILED = "expectation_failed"
-    REQUEST_HEADER_FIELDS_TOO_LARGE = "request_header_fields_too_large"
-    INTERNAL_ERROR = "internal_error"
-    NOT_IMPLEMENTED = "not_implemented"
-    # Answered by the edge (diabetes/edge.py), never by the app.
-    BAD_GATEWAY = "bad_gateway"
-    SERVICE_UNAVAILABLE = "service_unavailable"
-    GATEWAY_TIMEOUT = "gateway_timeout"
-
-    @property
-    def status(self) -> int:
-        """The HTTP status this code is answered with."""
-        return _STATUS_OF_CODE.get(self, HTTPStatus.BAD_REQUEST)
-
-    @classmethod
-    def of_status(cls, status: int) -> "ErrorCode":
-        """The code of an HTTP error raised by Flask (404, 405, ...) or
-        refused by gunicorn (400, 414, 431, ...), from its status."""
-        fallback = cls.BAD_REQUEST if status < HTTPStatus.INTERNAL_SERVER_ERROR else cls.INTERNAL_ERROR
-        return _CODE_OF_STATUS.get(status, fallback)
-
-
-# Codes answered with a status other than 400.
-_STATUS_OF_CODE = {
-    ErrorCode.UNAUTHORIZED: HTTPStatus.UNAUTHORIZED,
-    ErrorCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-    ErrorCode.MODEL_NOT_FOUND: HTTPStatus.NOT_FOUND,
-    ErrorCode.METHOD_NOT_ALLOWED: HTTPStatus.METHOD_NOT_ALLOWED,
-    ErrorCode.REQUEST_TIMEOUT: HTTPStatus.REQUEST_TIMEOUT,
-    ErrorCode.REQUEST_ENTITY_TOO_LARGE: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-    ErrorCode.TOO_MANY_ROWS: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-    ErrorCode.URI_TOO_LONG: HTTPStatus.REQUEST_URI_TOO_LONG,
-    ErrorCode.UNSUPPORTED_MEDIA_TYPE: HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-    ErrorCode.EXPECTATION_FAILED: HTTPStatus.EXPECTATION_FAILED,
-    ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE: HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
-    ErrorCode.INTERNAL_ERROR: HTTPStatus.INTERNAL_SERVER_ERROR,
-    ErrorCode.NOT_IMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
-    ErrorCode.BAD_GATEWAY: HTTPStatus.BAD_GATEWAY,
-    ErrorCode.SERVICE_UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
-    ErrorCode.GATEWAY_TIMEOUT: HTTPStatus.GATEWAY_TIMEOUT,
-}
-# The code of each status that Flask or gunicorn may answer by itself.
-_CODE_OF_STATUS = {
-    HTTPStatus.BAD_REQUEST: ErrorCode.BAD_REQUEST,
-    HTTPStatus.NOT_FOUND: ErrorCode.NOT_FOUND,
-    **{
-        status: code
-        for code, status in _STATUS_OF_CODE.items()
-        if code not in (ErrorCode.MODEL_NOT_FOUND, ErrorCode.TOO_MANY_ROWS)
-    },
-}
-
-
-class InvalidRequest(Exception):
-    """A request the service cannot answer; becomes a JSON error response.
-    `status` defaults to the code's."""
-
-    def __init__(self, message: str, code: ErrorCode, status: int | None = None, field=None, row=None):
-        super().__init__(message)
-        self.message, self.code, self.field, self.row = message, ErrorCode(code), field, row
-        self.status = int(self.code.status if status is None else status)
-
-    def envelope(self) -> dict:
-        return {"error": self.message, "code": self.code, "status": self.status, "field": self.field, "row": self.row}
-
-
-def pointer(*tokens) -> str:
-    """The JSON Pointer (RFC 6901) of a path of member names and indexes."""
-    return "".join("/" + str(token).replace("~", "~0").replace("/", "~1") for token in tokens)
+from diabetes.errors import ErrorCode, InvalidRequest, pointer
+from diabetes.features import FEW_ROWS
+from diabetes.number_checks import (
+    ASCII_BLANKS,
+    few_numbers,
+    instances_text_holds_numbers_only,
+    number_of,
+    numbers_at_c_speed,
+    parse_number_text,
+)
+from diabetes.open_inference import (
+    V2_BINARY_DATA_OUTPUT,
+    V2_BINARY_DATA_SIZE,
+    V2_BYTE_ORDER,
+    V2_INFERENCE_HEADER_CONTENT_LENGTH,
+    V2_INPUT_DATATYPES,
+    V2_INPUT_NAME,
+    boolean_parameter,
+    check_no_tensor_bytes_left,
+    parameters_of,
+    requested_outputs,
+)
 
 
 def parse_json(body: bytes):
@@ -193,13 +86,6 @@ def parse_json(body: bytes):
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"the body is not valid JSON: {error}", ErrorCode.INVALID_JSON) from None
-
-
-def parse_number_text(text: str) -> float | None:
-    """The number an ASCII decimal text says (surrounding spaces allowed), or
-    None for anything else."""
-    text = text.strip(_ASCII_BLANKS)
-    return float(text) if _NUMBER_TEXT.fullmatch(text) else None
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass is slower to make, once per request
@@ -251,7 +137,10 @@ class Contract:
         converted and checked at once by numpy. When that finds anything wrong
         (or cannot tell), `matrix_value_by_value` goes through them to name the
         first value that is."""
-        numbers = _few_numbers(values) if len(values.flat) <= FEW_VALUES else _numbers_at_c_speed(values)
+        if values.row_count <= FEW_ROWS:
+            numbers = few_numbers(values.flat, values.texts)
+        else:
+            numbers = numbers_at_c_speed(values.flat, values.texts, values.missing is not None, values.numbers_only)
         if numbers is None:
             return self.matrix_value_by_value(values)
         return self._in_model_order(numbers, values)
@@ -262,7 +151,7 @@ class Contract:
         flat = values.flat.tolist() if isinstance(values.flat, np.ndarray) else values.flat
         numbers = np.empty(len(flat), dtype=np.float64)
         for index, value in enumerate(flat):
-            number = _number_of(value, values)
+            number = number_of(value, values.texts, values.missing is not None)
             if number is None:
                 raise self._invalid_value(values, index, value)
             numbers[index] = number
@@ -344,7 +233,7 @@ class Contract:
                 raise InvalidRequest('"instances" must be a list of rows', ErrorCode.INVALID_BODY, field="/instances")
             self._check_row_count(len(instances))
             if set(map(type, instances)) == {list}:
-                numbers_only = _instances_text_holds_numbers_only(text, len(instances))
+                numbers_only = instances_text_holds_numbers_only(text, len(instances))
                 return self.matrix(self._values_of_lists(instances, "instances", numbers_only))
             return self.matrix(self._values_of_records(instances, lambda index: ("instances", index)))
         if isinstance(body, dict):
@@ -495,14 +384,14 @@ class Contract:
     def _is_header(self, line) -> bool:
         """A first line that names a feature, or holds text but no number at
         all (a line of empty fields is an empty row, not a header)."""
-        fields = [value.strip(_ASCII_BLANKS) for value in line]
+        fields = [value.strip(ASCII_BLANKS) for value in line]
         if any(field in self.names for field in fields):
             return True
         return any(fields) and all(parse_number_text(f) is None for f in fields)
 
     def _csv_header_columns(self, header) -> tuple | None:
         """The feature of each column, None when they are in the model's order."""
-        header = [name.strip(_ASCII_BLANKS) for name in header]
+        header = [name.strip(ASCII_BLANKS) for name in header]
         if sorted(header) != sorted(self.names):
             missing = [name for name in self.names if name not in header]
             unknown = [name[:40] for name in header if name not in self.names]
@@ -518,7 +407,7 @@ class Contract:
     # ---- Open Inference Protocol V2 --------------------------------------------
     def rows_from_v2(self, body, tensor_bytes: memoryview | None = None) -> tuple[np.ndarray, list]:
         """The rows of a V2 inference request ($inference_request), and the
-        outputs it asks for (`V2Output`s). `tensor_bytes`: the bytes after the
+        outputs it asks for (`open_inference.V2Output`s). `tensor_bytes`: the bytes after the
         JSON request when it came with Triton's binary tensor data extension
         (`diabetes.open_inference`), None when the whole body was JSON."""
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
@@ -528,9 +417,9 @@ class Contract:
                 ErrorCode.INVALID_BODY,
                 field="/inputs",
             )
-        binary_output = _v2_boolean(_v2_parameters(body, ()), V2_BINARY_DATA_OUTPUT, ()) or False
+        binary_output = boolean_parameter(parameters_of(body, ()), V2_BINARY_DATA_OUTPUT, ()) or False
         tensor = self._v2_input_tensor(body["inputs"])
-        input_parameters = _v2_parameters(tensor, ("inputs", 0))
+        input_parameters = parameters_of(tensor, ("inputs", 0))
         if V2_BINARY_DATA_SIZE in input_parameters:
             if "data" in tensor:
                 raise InvalidRequest(
@@ -541,9 +430,9 @@ class Contract:
                 )
             values = self._v2_binary_values(tensor, input_parameters[V2_BINARY_DATA_SIZE], tensor_bytes)
         else:
-            _check_no_tensor_bytes_left(tensor_bytes, used=0)
+            check_no_tensor_bytes_left(tensor_bytes, used=0)
             values = self._v2_json_values(tensor)
-        return self.matrix(values), self._v2_outputs(body.get("outputs"), binary_output)
+        return self.matrix(values), requested_outputs(body.get("outputs"), binary_output)
 
     def _v2_input_tensor(self, inputs) -> dict:
         """The one input tensor, its name, datatype and shape checked, and its rows counted."""
@@ -648,205 +537,15 @@ class Contract:
                 ErrorCode.INVALID_BODY,
                 field=field,
             )
-        _check_no_tensor_bytes_left(tensor_bytes, used=size)
+        check_no_tensor_bytes_left(tensor_bytes, used=size)
         numbers = np.frombuffer(tensor_bytes[:size], dtype=V2_BYTE_ORDER[datatype])
         return Values(
             numbers, row_count, lambda row, column: pointer(*_DATA, row * width + column), note=_V2_NUMBERS_ONLY
         )
 
-    def _v2_outputs(self, requested, binary_output=False) -> list:
-        """The outputs named in the request, each as binary data or not; all
-        of them when it names none."""
-        if requested is None or requested == []:
-            return [V2Output(name, binary_output) for name in V2_OUTPUTS]
-        if not isinstance(requested, list):
-            raise InvalidRequest(
-                f"outputs must be a list of outputs ({', '.join(V2_OUTPUTS)})",
-                ErrorCode.INVALID_TENSOR,
-                field="/outputs",
-            )
-        outputs = []
-        for index, output in enumerate(requested):
-            name = output.get("name") if isinstance(output, dict) else None
-            where = pointer("outputs", index, "name") if isinstance(output, dict) else pointer("outputs", index)
-            if type(name) is not str or name not in V2_OUTPUTS:
-                raise InvalidRequest(
-                    f"unknown output {str(name)[:40]}; this model has {', '.join(V2_OUTPUTS)}",
-                    ErrorCode.INVALID_TENSOR,
-                    field=where,
-                )
-            if name in (asked.name for asked in outputs):
-                raise InvalidRequest(
-                    f"output {name} is asked for twice; ask for each once", ErrorCode.INVALID_TENSOR, field=where
-                )
-            parameters = _v2_parameters(output, ("outputs", index))
-            if "classification" in parameters:
-                raise InvalidRequest(
-                    "the classification extension is not supported: ask for the label output",
-                    ErrorCode.INVALID_PARAMETER,
-                    field=pointer("outputs", index, "parameters", "classification"),
-                )
-            binary = _v2_boolean(parameters, V2_BINARY_DATA, ("outputs", index))
-            outputs.append(V2Output(name, binary_output if binary is None else binary))
-        return outputs
-
-
-@dataclass(frozen=True)
-class V2Output:
-    """An output a V2 request asks for ($request_output), and whether it goes
-    back as binary data after the JSON answer."""
-
-    name: str
-    binary: bool
-
 
 _DATA = ("inputs", 0, "data")
 _V2_NUMBERS_ONLY = "; a V2 tensor holds numbers only (/predict takes null for a value not measured)"
-
-
-def _v2_parameters(message, path) -> dict:
-    parameters = message.get("parameters", {})
-    if not isinstance(parameters, dict):
-        where = pointer(*path, "parameters")
-        raise InvalidRequest(f"{where} must be an object", ErrorCode.INVALID_PARAMETER, field=where)
-    return parameters
-
-
-def _v2_boolean(parameters, name, path):
-    """A boolean parameter of the binary tensor data extension, None when absent."""
-    value = parameters.get(name)
-    if value is not None and type(value) is not bool:
-        where = pointer(*path, "parameters", name)
-        raise InvalidRequest(
-            f"{where} is {str(value)[:20]}, expected true or false", ErrorCode.INVALID_PARAMETER, field=where
-        )
-    return value
-
-
-def _check_no_tensor_bytes_left(tensor_bytes, used):
-    if tensor_bytes is not None and len(tensor_bytes) > used:
-        raise InvalidRequest(
-            f"the body has {len(tensor_bytes) - used} bytes after its JSON request and tensor data "
-            f"that no input declares ({V2_INFERENCE_HEADER_CONTENT_LENGTH} or "
-            f"{V2_BINARY_DATA_SIZE} is wrong)",
-            ErrorCode.INVALID_BODY,
-            field=V2_INFERENCE_HEADER_CONTENT_LENGTH,
-        )
-
-
-# ---- reading the values -----------------------------------------------------------
-def _instances_text_holds_numbers_only(text, row_count) -> bool:
-    """Does `text`, which orjson parsed into `{"instances": [row_count lists]}`,
-    show that every value of those lists is a number? Without the characters
-    that numbers and lists are written with, what is left of it must be what
-    is left of its opening brace and key: anything else in it (a string's
-    quotes, a letter of true, false or null, an object's brace, an escape in
-    the key) would be left too. And no list is within a row: one `[` opens
-    the instances, one each row."""
-    return (
-        type(text) is bytes
-        and text.translate(None, _NUMBER_ROWS_TEXT) == _NUMBER_ROWS_TEXT_LEAVES
-        and text.count(b"[") == row_count + 1
-    )
-
-
-def _few_numbers(values: Values) -> list | None:
-    """What `_numbers_at_c_speed` gives for a few values (a row or two), read in
-    plain Python, where NumPy's cost per call would outweigh its speed per
-    value; None when one of them is wrong, missing or might be:
-    `Contract.matrix_value_by_value` then decides."""
-    flat = values.flat
-    if isinstance(flat, np.ndarray):
-        return _numbers_at_c_speed(values)
-    try:
-        if values.texts:
-            if not _only_number_characters(flat):
-                return None
-            numbers = list(map(float, flat))
-        elif set(map(type, flat)) <= _JSON_NUMBER_TYPES:
-            numbers = list(map(float, flat))
-        else:
-            return None
-    except (ValueError, OverflowError):  # a blank text or no number's order ("1e"); an integer beyond float64
-        return None
-    # NaN and infinity fail this comparison too.
-    if not all(-_FLOAT32_MAX <= number <= _FLOAT32_MAX for number in numbers):
-        return None
-    return numbers
-
-
-def _numbers_at_c_speed(values: Values) -> np.ndarray | None:
-    """All the values as float64 (NaN for a missing one), converted and
-    checked by numpy over the whole batch; None when one of them is wrong or
-    might be: `Contract.matrix_value_by_value` then decides."""
-    flat = values.flat
-    missing_count = 0
-    if isinstance(flat, np.ndarray):
-        numbers = flat
-    elif values.texts:
-        numbers, missing_count = _numbers_of_texts(flat, blanks_allowed=values.missing is not None) or (None, 0)
-    else:
-        types = _JSON_NUMBER_TYPES if values.numbers_only else set(map(type, flat))
-        if not types <= (_JSON_NUMBER_TYPES if values.missing is None else _JSON_NUMBER_OR_NULL_TYPES):
-            return None
-        try:
-            numbers = np.fromiter(flat, dtype=np.float64, count=len(flat))
-        except OverflowError:  # an integer beyond float64
-            return None
-        missing_count = flat.count(None) if type(None) in types else 0
-    if numbers is None:
-        return None
-    present = numbers
-    if not np.isfinite(numbers).all():
-        # Every NaN must be a missing value's: a number that says NaN, or infinity, is refused.
-        missing = np.isnan(numbers)
-        if np.count_nonzero(missing) != missing_count or np.isinf(numbers).any():
-            return None
-        present = numbers[~missing]
-    if present.size and (present.max() > _FLOAT32_MAX or present.min() < -_FLOAT32_MAX):
-        return None
-    return numbers
-
-
-def _only_number_characters(texts) -> bool:
-    """Whether every text is made of `_NUMBER_CHARACTERS` only, checked at once."""
-    joined = _TEXT_SEPARATOR.join(texts)
-    # A text holding the separator would hide among the others.
-    return joined.count(_TEXT_SEPARATOR) == len(texts) - 1 and _NUMBER_CHARACTERS.fullmatch(joined) is not None
-
-
-def _numbers_of_texts(texts, blanks_allowed) -> tuple[np.ndarray, int] | None:
-    """The numbers the texts say and how many were blank (NaN), or None when
-    one text might not be an ASCII decimal."""
-    if not _only_number_characters(texts):
-        return None
-    try:
-        return np.array(texts, dtype=np.float64), 0
-    except ValueError:  # a blank text, or these characters in no number's order ("1e", "+")
-        if not blanks_allowed:
-            return None
-    # "nan" has letters no text here holds: each one stands for a blank text.
-    texts = [text.strip(_ASCII_BLANKS) or "nan" for text in texts]
-    try:
-        return np.array(texts, dtype=np.float64), texts.count("nan")
-    except ValueError:
-        return None
-
-
-def _number_of(value, values: Values) -> float | None:
-    """The number one value says (NaN for a missing one), None when it is not
-    a number this form accepts."""
-    if values.texts:
-        blank = value.strip(_ASCII_BLANKS) == ""
-        number = None if blank else parse_number_text(value)
-    else:
-        blank = value is None
-        number = float(value) if type(value) in _JSON_NUMBER_TYPES and abs(value) <= _FLOAT32_MAX else None
-    if blank:
-        return math.nan if values.missing else None
-    if number is None or not math.isfinite(number) or abs(number) > _FLOAT32_MAX:
-        return None
-    return number
 
 
 def _shown(value) -> str:

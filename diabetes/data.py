@@ -94,7 +94,7 @@ def read_training_data(data_url: str, data_query: str = "") -> TrainingData:
     else:
         query, source = None, data_url
         frame = _read_csv(data_url)
-    rows = _checked(frame, source)
+    rows = checked_rows(frame, source)
     return TrainingData(rows, source, query, canonical_form(rows))
 
 
@@ -166,7 +166,10 @@ def _first_line(error, url) -> str:
     return text.splitlines()[0] if text else error.__class__.__name__
 
 
-def _checked(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def checked_rows(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The frame's COLUMNS, the features as float64 and the label as 0/1 int64;
+    DataSourceError names the source and what is wrong. Training in process
+    checks the whole frame, on a cluster each partition where it is read."""
     missing = [name for name in COLUMNS if name not in frame.columns]
     if missing:
         raise DataSourceError(

@@ -49,7 +49,8 @@ from pathlib import Path
 
 import orjson
 
-from diabetes.contract import ErrorCode, InvalidRequest
+from diabetes.errors import ErrorCode, InvalidRequest
+from diabetes.release_layout import SETTINGS_FILE
 from diabetes.settings import override_from_environment
 
 HAPROXY = os.environ.get("HAPROXY", "haproxy")
@@ -165,7 +166,7 @@ def write_run_files(run_dir: Path):
 
 def release_settings(release_dir: Path) -> dict:
     """The settings the release was built with, and the environment's overrides now."""
-    with open(release_dir / "settings.json", encoding="utf-8") as file:
+    with open(release_dir / SETTINGS_FILE, encoding="utf-8") as file:
         return override_from_environment(json.load(file))
 
 

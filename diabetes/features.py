@@ -28,6 +28,18 @@ FEATURES = (
 )
 FEATURE_NAMES = tuple(feature.name for feature in FEATURES)
 LABEL_NAME = "class_var"
+# A batch of at most this many rows goes the fast path for a few rows, one row
+# or one value at a time in plain Python (or Treelite), where NumPy's (or
+# XGBoost's) cost per call outweighs its speed per value: checking the values,
+# predicting, counting the predictions, writing the answer. Every such path
+# takes its cut-off from here, and tests/test_fast_paths.py holds each equal
+# to its reference path on both sides of it. Why 16, measured: the paths
+# cross over at different sizes (checking JSON numbers, the cheapest, at about
+# 10 rows; Treelite against XGBoost at 8 to 35, earlier the larger the model;
+# the others at 24 to 90). Up to 16 every other path is faster than its other
+# way, and those two lose little there, while the usual request (a row to a
+# dozen) takes the fast way everywhere.
+FEW_ROWS = 16
 
 _ZERO_MEANS_MISSING = np.array([feature.zero_means_missing for feature in FEATURES])
 _ZERO_MEANS_MISSING_COLUMNS = tuple(np.flatnonzero(_ZERO_MEANS_MISSING).tolist())

@@ -43,6 +43,7 @@ from prometheus_client import (
 )
 
 from diabetes.edge import BEHIND_EDGE_VARIABLE
+from diabetes.features import FEW_ROWS
 from diabetes.gathered_metrics import gather_metric_writes
 from diabetes.settings import SettingRefused
 
@@ -315,13 +316,17 @@ def _predictions_counter(label: int, probability_bin: int):
 
 
 def count_predictions(probabilities: np.ndarray, threshold: float, counts: collections.Counter):
-    """Add the predictions to `counts`, by (label, probability bin)."""
-    if len(probabilities) <= 8:
+    """Add the predictions to `counts`, by (label, probability bin). The label
+    is the answer's: NumPy compares float32 probabilities with the threshold
+    rounded to float32. The bin is the probability's own, found in float64:
+    in float32, 0.7's nearest (0.69999999) times 10 rounds to 7."""
+    if len(probabilities) <= FEW_ROWS:
+        threshold = float(np.float32(threshold))
         for probability in probabilities.tolist():
             counts[int(probability >= threshold), min(int(probability * 10), 9)] += 1
     else:
         labels = probabilities >= threshold
-        bins = np.minimum((probabilities * 10).astype(int), 9)
+        bins = np.minimum((probabilities.astype(np.float64) * 10).astype(int), 9)
         for label in (0, 1):
             counts_of_label = np.bincount(bins[labels == label], minlength=10)
             for probability_bin in np.flatnonzero(counts_of_label):

@@ -1,5 +1,9 @@
-"""Triton's binary tensor data extension of the Open Inference Protocol V2,
-which Triton and KServe implement and `tritonclient.http` uses by default.
+"""The Open Inference Protocol V2 as this service speaks it: its names (the
+model's, its input's and outputs'), the parameters a request may set, the
+outputs it asks for, and Triton's binary tensor data extension, which Triton
+and KServe implement and `tritonclient.http` uses by default.
+
+Its REST description: diabetes/specs/oip-v2-rest.yaml (KServe's).
 
 A request may carry a tensor as raw bytes after its JSON instead of a `data`
 list. The header `Inference-Header-Content-Length` says how many bytes of the
@@ -23,18 +27,23 @@ Spec: https://github.com/triton-inference-server/server/blob/main/docs/protocol/
 """
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
-from diabetes.contract import (
-    V2_BINARY_DATA_SIZE,
-    V2_BYTE_ORDER,
-    V2_INFERENCE_HEADER_CONTENT_LENGTH,
-    ErrorCode,
-    InvalidRequest,
-)
+from diabetes.errors import ErrorCode, InvalidRequest, pointer
 
+MODEL_NAME = "diabetes"
+V2_INPUT_NAME = "features"
+V2_INPUT_DATATYPES = ("FP32", "FP64")
+V2_OUTPUTS = {"probability": "FP32", "label": "INT64"}
+# Triton's binary tensor data extension
+V2_INFERENCE_HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
+V2_BINARY_DATA_SIZE = "binary_data_size"  # $request_input and $response_output parameter
+V2_BINARY_DATA = "binary_data"  # $request_output parameter
+V2_BINARY_DATA_OUTPUT = "binary_data_output"  # $inference_request parameter
+V2_BYTE_ORDER = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "INT64": np.dtype("<i8")}
 BINARY_TENSOR_DATA = "binary_tensor_data"  # the extension's name in the server metadata
 BINARY_CONTENT_TYPE = "application/octet-stream"
 _DECIMAL = re.compile(r"[0-9]+", re.ASCII)
@@ -96,3 +105,82 @@ def inference_answer(members: dict, outputs) -> tuple[bytes, int | None]:
     if not tensor_bytes:
         return header, None
     return b"".join([header, *tensor_bytes]), len(header)
+
+
+@dataclass(frozen=True)
+class V2Output:
+    """An output a V2 request asks for ($request_output), and whether it goes
+    back as binary data after the JSON answer."""
+
+    name: str
+    binary: bool
+
+
+def requested_outputs(requested, binary_output=False) -> list[V2Output]:
+    """The outputs named in the request (its `outputs`), each as binary data
+    or not; all of them when it names none. `binary_output`: the request's
+    own `binary_data_output`, for the outputs that say nothing."""
+    if requested is None or requested == []:
+        return [V2Output(name, binary_output) for name in V2_OUTPUTS]
+    if not isinstance(requested, list):
+        raise InvalidRequest(
+            f"outputs must be a list of outputs ({', '.join(V2_OUTPUTS)})",
+            ErrorCode.INVALID_TENSOR,
+            field="/outputs",
+        )
+    outputs = []
+    for index, output in enumerate(requested):
+        name = output.get("name") if isinstance(output, dict) else None
+        where = pointer("outputs", index, "name") if isinstance(output, dict) else pointer("outputs", index)
+        if type(name) is not str or name not in V2_OUTPUTS:
+            raise InvalidRequest(
+                f"unknown output {str(name)[:40]}; this model has {', '.join(V2_OUTPUTS)}",
+                ErrorCode.INVALID_TENSOR,
+                field=where,
+            )
+        if name in (asked.name for asked in outputs):
+            raise InvalidRequest(
+                f"output {name} is asked for twice; ask for each once", ErrorCode.INVALID_TENSOR, field=where
+            )
+        parameters = parameters_of(output, ("outputs", index))
+        if "classification" in parameters:
+            raise InvalidRequest(
+                "the classification extension is not supported: ask for the label output",
+                ErrorCode.INVALID_PARAMETER,
+                field=pointer("outputs", index, "parameters", "classification"),
+            )
+        binary = boolean_parameter(parameters, V2_BINARY_DATA, ("outputs", index))
+        outputs.append(V2Output(name, binary_output if binary is None else binary))
+    return outputs
+
+
+def parameters_of(message, path) -> dict:
+    """The `parameters` of a request, an input or an output (at `path`)."""
+    parameters = message.get("parameters", {})
+    if not isinstance(parameters, dict):
+        where = pointer(*path, "parameters")
+        raise InvalidRequest(f"{where} must be an object", ErrorCode.INVALID_PARAMETER, field=where)
+    return parameters
+
+
+def boolean_parameter(parameters, name, path):
+    """A boolean parameter of the binary tensor data extension, None when absent."""
+    value = parameters.get(name)
+    if value is not None and type(value) is not bool:
+        where = pointer(*path, "parameters", name)
+        raise InvalidRequest(
+            f"{where} is {str(value)[:20]}, expected true or false", ErrorCode.INVALID_PARAMETER, field=where
+        )
+    return value
+
+
+def check_no_tensor_bytes_left(tensor_bytes, used):
+    """Every byte after the JSON request belongs to an input that declares it."""
+    if tensor_bytes is not None and len(tensor_bytes) > used:
+        raise InvalidRequest(
+            f"the body has {len(tensor_bytes) - used} bytes after its JSON request and tensor data "
+            f"that no input declares ({V2_INFERENCE_HEADER_CONTENT_LENGTH} or "
+            f"{V2_BINARY_DATA_SIZE} is wrong)",
+            ErrorCode.INVALID_BODY,
+            field=V2_INFERENCE_HEADER_CONTENT_LENGTH,
+        )

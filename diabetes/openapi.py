@@ -12,14 +12,14 @@ from importlib import resources
 import yaml
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, EXAMPLE_RECORD
-from diabetes.contract import (
+from diabetes.contract import Contract
+from diabetes.errors import ErrorCode
+from diabetes.open_inference import (
     MODEL_NAME,
     V2_INFERENCE_HEADER_CONTENT_LENGTH,
     V2_INPUT_DATATYPES,
     V2_INPUT_NAME,
     V2_OUTPUTS,
-    Contract,
-    ErrorCode,
 )
 
 OPEN_INFERENCE_SPEC = "specs/oip-v2-rest.yaml"

@@ -31,15 +31,13 @@ import time
 from collections import deque
 
 from diabetes import model_metadata
+from diabetes.release_layout import MANIFEST_FILE, MODEL_DIR
 
 CHANNEL_FD_VARIABLE = "NODE_CHANNEL_FD"
 CHANNEL_SERIALIZATION_VARIABLE = "NODE_CHANNEL_SERIALIZATION_MODE"
 # The release being served, when whoever starts the service names one; else
-# the manifest.json of a release folder that holds the served script.
+# the manifest of a release folder that holds the served script.
 RELEASE_VARIABLE = "DIABETES_RELEASE"
-RELEASE_MANIFEST = "manifest.json"
-# A release folder keeps its own copy of the model beside the script.
-RELEASE_MODEL_DIR = "model"
 MODEL_DIR_VARIABLE = "DIABETES_MODEL_DIR"
 NOT_KNOWN = "unknown"
 NO_RELEASE = "none"
@@ -196,13 +194,13 @@ def model_version(model_dir: str | None) -> str:
 
 def release_id(script_dir: str | None) -> str:
     """The release being served. The hook for releases: `DIABETES_RELEASE`
-    when set, else the `release` of a manifest.json beside the served script."""
+    when set, else the `release` of the manifest beside the served script."""
     if os.environ.get(RELEASE_VARIABLE):
         return os.environ[RELEASE_VARIABLE]
     if not script_dir:
         return NO_RELEASE
     try:
-        with open(os.path.join(script_dir, RELEASE_MANIFEST), "rb") as file:
+        with open(os.path.join(script_dir, MANIFEST_FILE), "rb") as file:
             return str(json.load(file)["release"])
     except FileNotFoundError:
         return NO_RELEASE
@@ -213,8 +211,8 @@ def release_id(script_dir: str | None) -> str:
 def served_model_dir(script_dir: str | None) -> str | None:
     """The model the workers load: a release's own copy beside its script,
     else the folder the service's setting names."""
-    if script_dir and os.path.isdir(os.path.join(script_dir, RELEASE_MODEL_DIR)):
-        return os.path.join(script_dir, RELEASE_MODEL_DIR)
+    if script_dir and os.path.isdir(os.path.join(script_dir, MODEL_DIR)):
+        return os.path.join(script_dir, MODEL_DIR)
     return os.environ.get(MODEL_DIR_VARIABLE)
 
 

@@ -13,15 +13,11 @@ import xgboost as xgb
 from treelite.core import _LIB, _check_call
 from treelite.gtil.gtil import GTILConfig
 
-from diabetes.additive_trees import FEW_ROWS, AdditiveTrees, fold_trees
-from diabetes.features import FEATURE_NAMES, to_model_input, to_model_input_rows
+from diabetes.additive_trees import AdditiveTrees, fold_trees
+from diabetes.features import FEATURE_NAMES, FEW_ROWS, to_model_input, to_model_input_rows
 from diabetes.model_metadata import ModelMetadata
 from diabetes.model_store import ModelRefused, read_checked_model
 
-# Up to this many rows, Treelite's tree walker answers faster than XGBoost,
-# whose fixed cost per call dominates small batches; above it, XGBoost's
-# vectorised predictor wins (`make bench` measures where they cross).
-SMALL_BATCH_ROWS = 32
 _FLOAT32_POINTER = ctypes.POINTER(ctypes.c_float)
 
 
@@ -88,7 +84,7 @@ class ModelBundle:
                 return self.additive_trees.predict_rows(to_model_input_rows(rows))
             return self.additive_trees.predict(to_model_input(rows))
         matrix = to_model_input(rows)
-        if len(matrix) <= SMALL_BATCH_ROWS:
+        if len(matrix) <= FEW_ROWS:
             return self.small_batch_predictor.predict(matrix)
         return self.booster.inplace_predict(matrix)
 

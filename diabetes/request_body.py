@@ -22,7 +22,7 @@ import sys
 import time
 import zlib
 
-from diabetes.contract import ErrorCode, InvalidRequest
+from diabetes.errors import ErrorCode, InvalidRequest
 
 # The most a body may take to arrive, all of it. A module constant rather
 # than a setting: no deployment has needed another value, and a test that

@@ -4,6 +4,8 @@ import numpy as np
 import orjson
 from flask import Response
 
+from diabetes.features import FEW_ROWS
+
 
 class JsonResponse(Response):
     """A JSON answer whose body is already serialized (bytes). werkzeug's
@@ -39,8 +41,6 @@ _BETWEEN_PREDICTIONS = b',"label":0},{"probability":'
 _LABEL_IN_BETWEEN = _BETWEEN_PREDICTIONS.index(b"0")
 _AFTER_LAST_PROBABILITY = (b',"label":0}]}', b',"label":1}]}')
 _COMMA, _ONE = ord(","), ord("1")
-# Up to this many rows, making the dicts costs less than NumPy's calls.
-_FEW_PREDICTIONS = 64
 
 
 def predictions_answer(members: dict, probabilities: np.ndarray, labels: np.ndarray, explanations=None) -> bytes:
@@ -52,7 +52,7 @@ def predictions_answer(members: dict, probabilities: np.ndarray, labels: np.ndar
     dicts, but no dict is made: a batch of many rows would spend most of its
     answer's time making them (and collecting them). orjson still writes
     every number."""
-    if explanations is not None or len(probabilities) <= _FEW_PREDICTIONS:
+    if explanations is not None or len(probabilities) <= FEW_ROWS:
         pairs = zip(probabilities.tolist(), labels.tolist())
         predictions = [{"probability": p, "label": label} for p, label in pairs]
         for prediction, explanation in zip(predictions, explanations or ()):

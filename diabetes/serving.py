@@ -11,6 +11,7 @@ release, no `sitecustomize` on a PYTHONPATH that names it, runs before it.
 
 import builtins
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -20,10 +21,19 @@ from http import HTTPStatus
 
 import orjson
 
-# A release's copy of the project's package, beside its script (diabetes/releases.py).
-RELEASE_PACKAGE_DIR = "package"
-# What a release was sealed with, beside its script: every entry and its hash.
-RELEASE_MANIFEST = "manifest.json"
+
+def _load_beside(file_name: str, module_name: str):
+    """A module of this file's own folder, loaded by its path: run under `-I`,
+    this file finds no package on the path, and must not take the working
+    tree's for the release's."""
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(os.path.dirname(__file__), file_name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Where a release keeps its script, package, model and manifest (diabetes/release_layout.py).
+layout = _load_beside("release_layout.py", "_diabetes_release_layout")
 # The manifest's format. 2: regular files by sha256 ("files"), symbolic links
 # by target ("links"), folders implied by what they hold. 1 (releases sealed
 # before links were recorded): "files" only, and such a release held no link
@@ -52,7 +62,7 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
     process keeps its pid, so PM2 keeps supervising it.
 
     Run from a release (build/releases/current/serve.py, see
-    diabetes/releases.py), the release's own package and the script's folder
+    diabetes/versions.py), the release's own package and the script's folder
     go first on the workers' path, named through the `current` link: a worker
     that starts after a reload imports the release `current` names, never the
     working tree. gunicorn puts its working directory (the project, where
@@ -70,7 +80,7 @@ def exec_gunicorn(script_path: str, app_name: str, host: str, port: int, workers
         except ReleaseDamaged as error:
             sys.exit(f"refused to start: {error}")
     module = os.path.splitext(script_file)[0]
-    release_package = os.path.join(script_dir, RELEASE_PACKAGE_DIR)
+    release_package = os.path.join(script_dir, layout.PACKAGE_DIR)
     # gunicorn puts each of these first on the path in turn: the last one ends up first.
     python_path = [script_dir, *([release_package] if os.path.isdir(release_package) else [])]
     inherited_path = [
@@ -122,7 +132,7 @@ def write_server_refusal(sock, status: int, reason: str, message: str):
     its HTML page (see gunicorn_config.post_fork)."""
     from gunicorn.util import write_nonblock
 
-    from diabetes.contract import ErrorCode, InvalidRequest
+    from diabetes.errors import ErrorCode, InvalidRequest
     from diabetes.observability import record_server_refusal
 
     if reason == "Bad Request" and status != 400:
@@ -155,8 +165,8 @@ def is_release(folder: str) -> bool:
     """Whether a script's folder is a release (or what is left of one): its
     package copy or its manifest beside the script, or a release's id as name."""
     return (
-        os.path.isdir(os.path.join(folder, RELEASE_PACKAGE_DIR))
-        or os.path.lexists(os.path.join(folder, RELEASE_MANIFEST))
+        os.path.isdir(os.path.join(folder, layout.PACKAGE_DIR))
+        or os.path.lexists(os.path.join(folder, layout.MANIFEST_FILE))
         or RELEASE_ID.fullmatch(os.path.basename(os.path.realpath(folder))) is not None
     )
 
@@ -190,7 +200,7 @@ def release_entries(folder: str) -> tuple[dict[str, str], dict[str, str], set[st
                     pending.append(name)
                 elif not entry.is_file(follow_symlinks=False):
                     others.append(name)
-                elif name != RELEASE_MANIFEST:
+                elif name != layout.MANIFEST_FILE:
                     files[name] = sha256_of_file(entry.path)
 
     def by_parts(table):
@@ -216,10 +226,10 @@ def leaves(folder: str, name: str) -> bool:
 def read_release_manifest(folder: str) -> dict:
     """A release's manifest, read from a regular file only (a link in its
     place is refused: it could name a manifest made elsewhere)."""
-    descriptor = os.open(os.path.join(folder, RELEASE_MANIFEST), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    descriptor = os.open(os.path.join(folder, layout.MANIFEST_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(descriptor, "rb") as file:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise OSError(f"{RELEASE_MANIFEST} is not a regular file")
+            raise OSError(f"{layout.MANIFEST_FILE} is not a regular file")
         return json.load(file)
 
 
@@ -235,7 +245,7 @@ def release_problems(folder: str) -> list[str]:
         manifest = read_release_manifest(folder)
         version = manifest.get("format", 1)
         if version not in (1, MANIFEST_FORMAT):
-            return [f"{RELEASE_MANIFEST} is in format {version!r}, which this check does not read"]
+            return [f"{layout.MANIFEST_FILE} is in format {version!r}, which this check does not read"]
         recorded_files = dict(manifest["files"])
         recorded_links = dict(manifest["links"]) if version >= 2 else {}
         files, links, folders, others = release_entries(folder)
@@ -276,11 +286,11 @@ def release_problems(folder: str) -> list[str]:
     problems += [f"{name}: neither a file, a folder nor a link" for name in others]
     if manifest.get("release") != os.path.basename(folder):
         problems.append(
-            f"{RELEASE_MANIFEST}: says release {manifest.get('release')!r}, in folder {os.path.basename(folder)}"
+            f"{layout.MANIFEST_FILE}: says release {manifest.get('release')!r}, in folder {os.path.basename(folder)}"
         )
     content = content_sha256(recorded_files, recorded_links)
     if content != manifest.get("content_sha256") or not os.path.basename(folder).endswith(content[:8]):
-        problems.append(f"{RELEASE_MANIFEST}: its table of files is not the content its id was made from")
+        problems.append(f"{layout.MANIFEST_FILE}: its table of files is not the content its id was made from")
     return problems
 
 

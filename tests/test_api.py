@@ -21,8 +21,8 @@ from openapi_spec_validator import validate as validate_openapi
 from reference import ReferenceModel, reference_model
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, V2_INFER
-from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH
 from diabetes.features import FEATURE_NAMES
+from diabetes.open_inference import V2_INFERENCE_HEADER_CONTENT_LENGTH
 from diabetes.settings import notebook_defaults
 from tests.processes import clean_environment
 

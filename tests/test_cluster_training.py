@@ -22,7 +22,7 @@ import xgboost as xgb
 from conftest import FAST_PARAMS, PROJECT, make
 from sklearn.metrics import roc_auc_score
 
-from diabetes import cluster_training
+from diabetes import cluster_training, trainers, training
 from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 from diabetes.prediction import load_bundle
@@ -204,3 +204,64 @@ def test_a_source_the_cluster_cannot_read_is_a_clear_error(tmp_path, data_url, d
     make("db", f"DB={tmp_path / 'diabetes.sqlite'}")
     with pytest.raises(DataSourceError, match=re.escape(expected)):
         cluster_training.read_training_partitions(data_url.format(tmp=tmp_path), data_query)
+
+
+def test_one_model_measured_again_and_again_on_the_cluster_gives_the_same_figures(external_cluster):
+    # The notebook measures the model, then the uncalibrated one: the same model when calibration is off.
+    cluster = cluster_training.connect(external_cluster.address)
+    try:
+        data = cluster_training.read_training_partitions(str(PROJECT / "data/pima-indians-diabetes.data.csv"))
+        splits = cluster_training.split(data, 0.33, 0, 2, [0])
+        parameters = training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1)
+        booster = cluster_training.fit(cluster, parameters, splits, 20)
+        figures = [cluster_training.evaluate(cluster, booster, splits.test, 0.5).metrics for _ in range(10)]
+    finally:
+        cluster.close()
+    assert all(measured == figures[0] for measured in figures)
+
+
+def test_both_trainers_take_the_data_set_through_the_same_steps_to_the_same_figures(external_cluster):
+    csv = str(PROJECT / "data/pima-indians-diabetes.data.csv")
+    parameters = training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1)
+    runs = {}
+    for where in ("in process", "on the cluster"):
+        trainer = trainers.trainer_for("" if where == "in process" else external_cluster.address)
+        try:
+            run = {"trainer": trainer, "data": trainer.read(csv, ""), "zeros": trainer.zeros_that_mean_missing()}
+            run["training_rows"], run["test_rows"] = trainer.split(0.33, 0, 2, fold_seeds=[0, 1])
+            run["cv"] = trainer.cross_validate(parameters, 60, 10, 0.5)
+            run["booster"] = trainer.fit(parameters, run["cv"].trees)
+            run["held_out"] = trainer.test(run["booster"], run["booster"], 0.5, seed=0)
+            run["ranges"], run["record"] = trainer.feature_ranges(), trainer.run_record()
+            run["versions"] = trainer.library_versions()
+        finally:
+            trainer.close()
+        runs[where] = run
+    in_process, on_cluster = runs["in process"], runs["on the cluster"]
+    assert isinstance(in_process["trainer"], trainers.InProcessTrainer)
+    assert isinstance(on_cluster["trainer"], trainers.ClusterTrainer)
+    assert in_process["zeros"].equals(on_cluster["zeros"]), "the same rows hold the same zeros"
+    for run in runs.values():
+        held_out, cv = run["held_out"], run["cv"]
+        assert run["data"].provenance()["rows"] == run["training_rows"] + run["test_rows"] == 768
+        assert abs(run["test_rows"] - 0.33 * 768) <= 2
+        assert len(cv.folds) == 4 and run["booster"].num_boosted_rounds() == cv.trees
+        # 768 rows are all in the cluster's sample: out-of-fold rows are every training row either way.
+        assert all(
+            len(probability) == len(cv.labels) == run["training_rows"] for probability in cv.out_of_fold.values()
+        )
+        assert list(held_out.metrics) == list(in_process["held_out"].metrics), "the metadata's names, in its order"
+        assert held_out.metrics["test_brier_uncalibrated"] == held_out.metrics["test_brier"], "the same model"
+        assert held_out.metrics["test_roc_auc"] > 0.75 and len(held_out.labels) == len(held_out.probability)
+        low, high = held_out.metrics["test_accuracy_interval"]
+        assert low <= held_out.metrics["test_accuracy"] <= high
+        predictions = held_out.predictions
+        assert list(predictions.columns) == [*FEATURE_NAMES, LABEL_NAME, "probability"]
+        expected = run["booster"].inplace_predict(to_model_input(predictions[list(FEATURE_NAMES)].to_numpy()))
+        assert np.abs(predictions["probability"] - expected).max() < 1e-6
+        assert list(run["ranges"].index) == list(FEATURE_NAMES) and (run["ranges"]["min"] <= run["ranges"]["max"]).all()
+    assert len(in_process["held_out"].predictions) == 768, "every row of the data set"
+    assert len(on_cluster["held_out"].predictions) == on_cluster["test_rows"], "the sample of test rows: all of them"
+    assert in_process["record"] == {} and in_process["versions"] == {}
+    assert on_cluster["record"]["cluster"]["rows"] == 768 and on_cluster["record"]["cluster"]["workers"] == 2
+    assert set(on_cluster["versions"]) == {"dask", "distributed"}

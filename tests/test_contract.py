@@ -21,17 +21,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from diabetes import request_body
-from diabetes.contract import (
-    FEW_VALUES,
-    Contract,
-    ErrorCode,
-    InvalidRequest,
-    Values,
-    _instances_text_holds_numbers_only,
-    parse_json,
-    pointer,
-)
-from diabetes.features import FEATURES
+from diabetes.contract import Contract, Values, parse_json
+from diabetes.errors import ErrorCode, InvalidRequest, pointer
+from diabetes.features import FEATURES, FEW_ROWS
+from diabetes.number_checks import instances_text_holds_numbers_only
 from diabetes.open_inference import split_body
 from diabetes.request_body import LimitedBody, read_body
 
@@ -654,13 +647,19 @@ NUMBER_TEXT = st.text(alphabet="0123456789+-.eE \t,_n\u0662\uff12x\n", max_size=
 )
 
 
-# A few rows are read in plain Python, more with NumPy (FEW_VALUES): both ways are drawn.
-DRAWN_ROWS = FEW_VALUES // 8 + 2
+def batches(value):
+    """Batches of rows of `value`s, of each size from one row to past FEW_ROWS
+    as likely: a few rows are read in plain Python, more with NumPy, and both
+    ways are drawn."""
+    rows = st.lists(value, min_size=len(NAMES), max_size=len(NAMES))
+    return st.integers(min_value=1, max_value=FEW_ROWS + 2).flatmap(
+        lambda count: st.lists(rows, min_size=count, max_size=count)
+    )
 
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rows=st.lists(st.lists(JSON_VALUE, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    rows=batches(JSON_VALUE),
     nulls=st.booleans(),
 )
 @example(rows=[[math.nan, 1e39, 1, 1, 1, 1, 1, 1]], nulls=True)
@@ -671,7 +670,7 @@ def test_json_values_checked_at_once_give_what_they_give_one_by_one(contract, ro
 
 @settings(max_examples=300, deadline=None)
 @given(
-    rows=st.lists(st.lists(NUMBER_TEXT, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    rows=batches(NUMBER_TEXT),
     blanks=st.booleans(),
 )
 def test_texts_checked_at_once_give_what_they_give_one_by_one(contract, rows, blanks):
@@ -775,16 +774,16 @@ def test_instances_read_with_their_text_give_what_they_give_without_it(contract,
     if numbers_only is None:
         assert with_text["code"] == "invalid_json"
     else:
-        assert _instances_text_holds_numbers_only(text, len(parse_json(text)["instances"])) == numbers_only
+        assert instances_text_holds_numbers_only(text, len(parse_json(text)["instances"])) == numbers_only
 
 
 NUMBER = st.integers(min_value=-(10**30), max_value=10**30) | st.floats(allow_nan=False, allow_infinity=False)
 INTRUDER = st.sampled_from([None, True, False, "1", "", "[", "e", [], [1], {}, {"a": 1}, 3.4028236e38, 1e39])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
-    rows=st.lists(st.lists(NUMBER, min_size=8, max_size=8), min_size=1, max_size=DRAWN_ROWS),
+    rows=batches(NUMBER),
     intruders=st.lists(st.tuples(INTRUDER, st.integers(min_value=0)), max_size=2),
     style=st.sampled_from(["compact", "spaced", "indented"]),
 )
@@ -797,7 +796,7 @@ def test_instances_of_numbers_and_anything_else_give_with_their_text_what_they_g
     text = instances_text(rows, style)
     assert_the_same(*read_with_and_without_text(contract, text))
     if not intruders:
-        assert _instances_text_holds_numbers_only(text, len(rows))
+        assert instances_text_holds_numbers_only(text, len(rows))
 
 
 @pytest.mark.parametrize("where", [0, LARGE * 8 - 1], ids=["first value", "last value"])

@@ -133,7 +133,7 @@ def test_a_bad_query_fails_in_the_data_cell_and_publishes_nothing(sqlite_db, tmp
         for cell in executed["cells"]
         if any(output.get("output_type") == "error" for output in cell.get("outputs", []))
     ]
-    assert "read_training_data(data_url, data_query)" in "".join(failed["source"])
+    assert "trainer.read(data_url, data_query)" in "".join(failed["source"])
 
 
 def postgres_bin(program: str) -> str:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diabetes.features import FEATURE_NAMES, to_model_input
+from diabetes.features import FEATURE_NAMES, FEW_ROWS, to_model_input
 from diabetes.model_store import MODEL_FILE, ModelRefused
-from diabetes.prediction import SMALL_BATCH_ROWS, load_bundle
+from diabetes.prediction import load_bundle
 
 
 @pytest.fixture(scope="module", params=["folded", "not folded"])
@@ -33,7 +33,7 @@ def test_one_row_at_a_time_gives_xgboosts_probability_for_every_row(bundle_and_r
     assert np.abs(one_by_one - reference).max() < 1e-6
 
 
-@pytest.mark.parametrize("size", [SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1, 768])
+@pytest.mark.parametrize("size", [FEW_ROWS, FEW_ROWS + 1, 768])
 def test_batches_on_either_side_of_the_switch_give_xgboosts_probabilities(bundle_and_rows, size):
     bundle, rows = bundle_and_rows
     reference = bundle.booster.inplace_predict(to_model_input(rows[:size]))

@@ -11,11 +11,11 @@ import typing
 import pytest
 from conftest import FAST_PARAMS, PROJECT, make
 
-from diabetes import model_metadata, releases
+from diabetes import model_metadata, versions
 from diabetes.model_metadata import FORMAT, METADATA_FILE, MetadataRefused, ModelMetadata
 from diabetes.model_store import ModelRefused, publish_version
-from diabetes.models import describe, main
 from diabetes.prediction import load_bundle
+from diabetes.versions import describe_models, main
 
 # What the copy of the project leaves out: the copy links the project's own.
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(".git", ".venv", "node_modules", "build", "scripts")
@@ -95,6 +95,14 @@ def test_publishing_a_record_with_a_value_of_the_wrong_type_writes_nothing(train
     assert not (tmp_path / "models").exists()
 
 
+def test_a_metadata_file_of_format_2_as_training_wrote_it_is_read_as_it_is():
+    """tests/metadata/format-2.json is the output of a fast training run: a
+    later format must still read it (or refuse it on purpose, here)."""
+    document = json.loads((PROJECT / "tests" / "metadata" / "format-2.json").read_text())
+    metadata = ModelMetadata.parse(document)
+    assert metadata.format == 2 and metadata.as_json() == document
+
+
 def test_training_writes_the_current_format_and_reads_back_what_it_wrote(trained, published):
     metadata = load_bundle(trained["models_dir"] / "latest").metadata
     assert published["format"] == metadata.format == FORMAT
@@ -129,7 +137,7 @@ def test_a_version_written_before_the_contract_that_holds_all_of_it_is_served(ve
     bundle = load_bundle(copy)
     assert bundle.metadata.format == 1 and bundle.version == copy.name
     assert bundle.sample_check_passes()
-    assert main(["promote", str(copy.parent), copy.name]) == 0
+    assert main(["models", "promote", str(copy.parent), copy.name]) == 0
     assert copy.name in capsys.readouterr().out
 
 
@@ -156,9 +164,9 @@ def test_a_version_older_than_the_contract_is_refused_saying_what_it_lacks(versi
     message = str(refused.value)
     assert "/comparison is missing" in message and "/calibration is missing" in message
     assert "/model_card is missing" in message and "train the model again" in message
-    assert main(["promote", str(copy.parent), copy.name]) == 1
+    assert main(["models", "promote", str(copy.parent), copy.name]) == 1
     assert "/model_card is missing" in capsys.readouterr().err
-    [line] = [line for line in describe(copy.parent).splitlines() if copy.name in line]
+    [line] = [line for line in describe_models(copy.parent).splitlines() if copy.name in line]
     assert "unreadable" in line and "/comparison is missing" in line
 
 
@@ -178,5 +186,5 @@ def test_a_release_is_not_staged_from_a_version_whose_metadata_breaks_the_contra
     copy, rewrite = version_copy
     rewrite(lambda document: {**document, "threshold": "0.5"})
     serve = PROJECT / "notebooks" / "serve.ipynb"
-    with pytest.raises(releases.ReleaseRefused, match=r"/threshold is a string \('0.5'\), not a number"):
-        releases.stage(tmp_path / "releases", script=serve, notebook=serve, package=PROJECT / "diabetes", model=copy)
+    with pytest.raises(versions.Refused, match=r"/threshold is a string \('0.5'\), not a number"):
+        versions.stage(tmp_path / "releases", script=serve, notebook=serve, package=PROJECT / "diabetes", model=copy)

@@ -20,8 +20,8 @@ from reference import reference_model
 from tritonclient.utils import InferenceServerException
 
 from diabetes.api_examples import V2_INFER
-from diabetes.contract import V2_INFERENCE_HEADER_CONTENT_LENGTH as HEADER
 from diabetes.features import FEATURE_NAMES
+from diabetes.open_inference import V2_INFERENCE_HEADER_CONTENT_LENGTH as HEADER
 
 DATA_SET = PROJECT / "data" / "pima-indians-diabetes.data.csv"
 

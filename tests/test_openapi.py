@@ -14,8 +14,10 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_openapi
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, EXAMPLE_RECORD
-from diabetes.contract import MODEL_NAME, V2_INPUT_DATATYPES, V2_OUTPUTS, Contract, ErrorCode
+from diabetes.contract import Contract
+from diabetes.errors import ErrorCode
 from diabetes.features import FEATURES
+from diabetes.open_inference import MODEL_NAME, V2_INPUT_DATATYPES, V2_OUTPUTS
 from diabetes.openapi import openapi_document
 
 PROTOCOL = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())

@@ -30,7 +30,7 @@ import pytest
 import requests
 from conftest import PROJECT, make, pm2, pm2_app, service_of_its_own
 
-from diabetes import releases, serving
+from diabetes import serving, versions
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
 from tests.processes import process_tree, wait_until
@@ -114,26 +114,26 @@ def sealed(trained, scripts, tmp_path_factory) -> dict:
     releases_dir = tmp_path_factory.mktemp("sealed") / "releases"
 
     def stage_and_seal() -> str:
-        releases.stage(
+        versions.stage(
             releases_dir,
             scripts / "serve.py",
             PROJECT / "notebooks" / "serve.ipynb",
             PROJECT / "diabetes",
             trained["models_dir"] / "latest",
         )
-        return releases.seal(releases_dir, ["none"])
+        return versions.seal(releases_dir, ["none"])
 
     umask = os.umask(0)
     try:
         older = stage_and_seal()
-        for path in releases.entries_of(releases_dir / older):
+        for path in versions.entries_of(releases_dir / older):
             path.chmod(0o555 if path.is_dir() else 0o444)
         time.sleep(1.1)  # another id
         newer = stage_and_seal()
     finally:
         os.umask(umask)
     yield {"releases_dir": releases_dir, "older": older, "newer": newer}
-    releases.make_writable(releases_dir)
+    versions.make_writable(releases_dir)
 
 
 @pytest.fixture()
@@ -141,7 +141,7 @@ def damaged(sealed, tmp_path) -> Path:
     """A writable copy of the newer release, to damage."""
     copy = tmp_path / "releases" / sealed["newer"]
     shutil.copytree(sealed["releases_dir"] / sealed["newer"], copy, symlinks=True)
-    releases.make_writable(copy)
+    versions.make_writable(copy)
     return copy
 
 
@@ -168,7 +168,7 @@ def test_a_release_carries_what_serving_needs_of_its_model_and_no_training_rows(
     assert {path.name for path in (folder / "model").iterdir()} == {"metadata.json", "model.ubj"}
     # What the model version keeps besides: its rows, predictions and executed notebook.
     assert {"data.csv", "predictions.csv"} <= {path.name for path in version.iterdir()}
-    assert releases.training_record(folder) == []
+    assert versions.training_record(folder) == []
     assert (folder / "model" / "metadata.json").read_bytes() == (version / "metadata.json").read_bytes()
 
 
@@ -254,8 +254,8 @@ def test_every_damage_to_a_release_is_found_and_refused(damaged, tmp_path, monke
     damage(damaged)
     problems = serving.release_problems(str(damaged))
     assert any(said in problem for problem in problems), problems
-    with pytest.raises(releases.ReleaseRefused, match="does not match its manifest"):
-        releases.check(damaged.parent, damaged.name)
+    with pytest.raises(versions.Refused, match="does not match its manifest"):
+        versions.check_release(damaged.parent, damaged.name)
     # The script refuses to become gunicorn's master.
     with pytest.raises(SystemExit, match="refused to start: release .* does not match its manifest"):
         serving.exec_gunicorn(str(damaged / "serve.py"), "app", "127.0.0.1", 0, 1)
@@ -266,7 +266,7 @@ def test_a_release_sealed_before_links_were_recorded_is_checked_as_holding_none(
     del manifest["format"], manifest["links"]
     (damaged / "manifest.json").write_text(json.dumps(manifest, indent=2))
     assert serving.release_problems(str(damaged)) == []
-    listing, refused = releases.describe(damaged.parent)
+    listing, refused = versions.describe_releases(damaged.parent)
     assert refused == [] and "sealed before manifests listed links" in listing
 
     own, _ = attacker_folder(tmp_path)
@@ -274,7 +274,7 @@ def test_a_release_sealed_before_links_were_recorded_is_checked_as_holding_none(
     [problem] = serving.release_problems(str(damaged))
     assert "a link its manifest does not list (sealed before links were recorded" in problem
     assert "leading out of the release" in problem
-    listing, refused = releases.describe(damaged.parent)
+    listing, refused = versions.describe_releases(damaged.parent)
     assert refused == [damaged.name] and "REFUSED, does not match its manifest: package/sitecustomize" in listing
 
 
@@ -339,9 +339,9 @@ def service(trained, tmp_path_factory):
         service["log"] = workspace / "logs" / ERROR_LOG
         new_model_version(service["models_dir"])
         make_in(service, "serve")
-        assert len(releases.releases(service["releases_dir"])) == 2
+        assert len(versions.releases(service["releases_dir"])) == 2
         yield service
-    releases.make_writable(service["releases_dir"])
+    versions.make_writable(service["releases_dir"])
 
 
 def answer(service) -> tuple:
@@ -350,12 +350,12 @@ def answer(service) -> tuple:
 
 
 def current_dir(service) -> Path:
-    return service["releases_dir"] / releases.current_release(service["releases_dir"])
+    return service["releases_dir"] / versions.current_release(service["releases_dir"])
 
 
 def previous_dir(service) -> Path:
-    listed = releases.releases(service["releases_dir"])
-    return service["releases_dir"] / listed[listed.index(releases.current_release(service["releases_dir"])) - 1]
+    listed = versions.releases(service["releases_dir"])
+    return service["releases_dir"] / listed[listed.index(versions.current_release(service["releases_dir"])) - 1]
 
 
 def logged_since(service, offset: int) -> str:
@@ -393,7 +393,7 @@ def test_make_releases_marks_a_release_with_a_plant_refused_and_fails(service, t
 @pytest.mark.parametrize("kind", ["link", "file"])
 def test_make_rollback_refuses_a_previous_release_with_a_plant_and_current_stays(service, tmp_path, kind):
     own, marker = attacker_folder(tmp_path)
-    served, before = releases.current_release(service["releases_dir"]), answer(service)
+    served, before = versions.current_release(service["releases_dir"]), answer(service)
     older = previous_dir(service)
     planted = plant(older, AT_INTERPRETER_START[kind], kind, own)
     try:
@@ -403,7 +403,7 @@ def test_make_rollback_refuses_a_previous_release_with_a_plant_and_current_stays
             f"refused: release {older.name} does not match its manifest: {AT_INTERPRETER_START[kind]}" in result.stderr
         )
         assert f"still serving release {served}" in result.stderr
-        assert releases.current_release(service["releases_dir"]) == served
+        assert versions.current_release(service["releases_dir"]) == served
         assert (service["models_dir"] / "current").resolve().name == before[2]
         assert answer(service) == before
         assert not marker.exists()
@@ -557,6 +557,6 @@ def test_the_check_at_a_worker_start_costs_a_few_milliseconds(service):
     timings = [
         float(line.split("checked in ")[1].split(" ms")[0]) for line in text.splitlines() if "checked in" in line
     ]
-    files = len(releases.read_manifest(service["releases_dir"], current_dir(service).name)["files"])
+    files = len(versions.read_manifest(service["releases_dir"], current_dir(service).name)["files"])
     print(f"\nrelease check at worker start: {len(timings)} starts, {files} files, ms: {sorted(timings)}")
     assert timings and sorted(timings)[len(timings) // 2] < 50

@@ -18,7 +18,7 @@ import pytest
 import requests
 from conftest import PROJECT, make, pm2_app
 
-from diabetes import releases
+from diabetes import versions
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from tests.processes import clean_environment, free_port, process_tree
 from tests.wrk import run_wrk, write_wrk_script
@@ -90,7 +90,7 @@ def copy(trained, tmp_path_factory):
         yield service
     finally:
         make_in(service, "stop", check=False)
-        releases.make_writable(service["releases_dir"])
+        versions.make_writable(service["releases_dir"])
 
 
 @pytest.fixture()
@@ -210,11 +210,11 @@ def test_an_edited_notebook_and_package_change_no_answer_when_every_worker_resta
     assert app["pid"] == master and app["pm2_env"]["restart_time"] == restarts
 
     # The edits are refused by make serve, which checks them, and the service keeps its release.
-    served = releases.current_release(service["releases_dir"])
+    served = versions.current_release(service["releases_dir"])
     refused = make_in(service, "serve", check=False)
     assert refused.returncode != 0
     assert "an edit that make serve never checked" in refused.stdout + refused.stderr
-    assert releases.current_release(service["releases_dir"]) == served
+    assert versions.current_release(service["releases_dir"]) == served
     with requests.Session() as session:
         assert answer(session, service) == before
 
@@ -223,7 +223,7 @@ def test_an_edited_notebook_and_package_change_no_answer_when_every_worker_resta
     make_in(service, "serve")
     with requests.Session() as session:
         assert answer(session, service)[3] == marker
-    assert releases.current_release(service["releases_dir"]) != served
+    assert versions.current_release(service["releases_dir"]) != served
 
 
 def new_model_version(service) -> str:
@@ -244,13 +244,13 @@ def new_model_version(service) -> str:
 def test_make_rollback_restores_the_previous_releases_code_and_model_together_under_load(service):
     with requests.Session() as session:
         previous = answer(session, service)
-    previous_release = releases.current_release(service["releases_dir"])
+    previous_release = versions.current_release(service["releases_dir"])
     marker = uuid.uuid4().hex
     serving = service["project"] / "diabetes" / "serving.py"
     serving.write_text(serving.read_text() + package_edit(marker))
     version = new_model_version(service)
     make_in(service, "serve")
-    new_release = releases.current_release(service["releases_dir"])
+    new_release = versions.current_release(service["releases_dir"])
     with requests.Session() as session:
         released = answer(session, service)
     assert released[2] == version and released[3] == marker and new_release != previous_release
@@ -267,7 +267,7 @@ def test_make_rollback_restores_the_previous_releases_code_and_model_together_un
     wrk.join(timeout=load_seconds + 60)
 
     assert f"serving release {previous_release}" in result.stdout
-    assert releases.current_release(service["releases_dir"]) == previous_release
+    assert versions.current_release(service["releases_dir"]) == previous_release
     assert (service["models_dir"] / "current").resolve().name == previous[2]
     with requests.Session() as session:
         assert answer(session, service) == previous
@@ -281,25 +281,25 @@ def test_make_rollback_restores_the_previous_releases_code_and_model_together_un
 
 def test_a_release_changed_after_it_was_sealed_is_refused_by_a_rollback(service, tmp_path):
     """In a folder of two releases: a later one served, and the one before it changed in place."""
-    served = releases.current_release(service["releases_dir"])
+    served = versions.current_release(service["releases_dir"])
     releases_dir = tmp_path / "releases"
     releases_dir.mkdir()
     shutil.copytree(service["releases_dir"] / served, releases_dir / served)
     later = "29990101T000000Z-1a7e4000"
     shutil.copytree(releases_dir / served, releases_dir / later)
-    releases.serve(releases_dir, later)
-    releases.make_writable(releases_dir / served)
+    versions.serve(releases_dir, later)
+    versions.make_writable(releases_dir / served)
     script = releases_dir / served / "serve.py"
     script.write_text(script.read_text() + "\n# changed in place\n")
-    assert releases.main(["rollback", str(releases_dir)]) == 1
-    assert releases.current_release(releases_dir) == later
-    assert releases.problems(releases_dir, served) == ["serve.py: changed (its sha256 differs from the manifest's)"]
+    assert versions.main(["releases", "rollback", str(releases_dir)]) == 1
+    assert versions.current_release(releases_dir) == later
+    assert versions.problems(releases_dir, served) == ["serve.py: changed (its sha256 differs from the manifest's)"]
 
 
 def test_a_release_manifest_names_every_file_its_commit_model_and_checks(service):
-    release = releases.current_release(service["releases_dir"])
+    release = versions.current_release(service["releases_dir"])
     folder = service["releases_dir"] / release
-    manifest = releases.read_manifest(service["releases_dir"], release)
+    manifest = versions.read_manifest(service["releases_dir"], release)
     on_disk = {
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
@@ -319,4 +319,4 @@ def test_a_release_manifest_names_every_file_its_commit_model_and_checks(service
     modes = {path: path.stat().st_mode for path in [folder, *folder.rglob("*")]}
     assert not [path for path, mode in modes.items() if mode & 0o222], "a release is read-only"
     assert not [path for path, mode in modes.items() if mode & 0o077], "a release is its owner's alone"
-    assert releases.problems(service["releases_dir"], release) == []
+    assert versions.problems(service["releases_dir"], release) == []

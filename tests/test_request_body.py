@@ -23,7 +23,7 @@ from compressed import CODINGS, ZIP_BOMB_EXPANDS_TO, compressed, small_zip_bomb,
 from conftest import PROJECT
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
-from diabetes.contract import InvalidRequest
+from diabetes.errors import InvalidRequest
 from diabetes.request_body import body_text_lines, read_body
 from tests.processes import clean_environment, free_port, kill_process_group, process_tree
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
+from diabetes.features import FEW_ROWS
 from diabetes.responses import JsonResponse, predictions_answer
 
 
@@ -65,7 +66,7 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 MEMBERS = st.fixed_dictionaries({"model_version": st.text(), "threshold": FINITE})
 
 
-# Up to 64 rows the answer is written from dicts, above from the probabilities' text: both ways are drawn.
+# Up to FEW_ROWS rows the answer is written from dicts, above from the probabilities' text: both ways are drawn.
 @settings(deadline=None)
 @given(members=MEMBERS, probabilities=st.lists(PROBABILITY, max_size=160), threshold=st.floats(0, 1))
 def test_predictions_are_written_as_the_bytes_orjson_writes_for_a_dict_per_row(members, probabilities, threshold):
@@ -79,7 +80,7 @@ def test_predictions_are_written_as_the_bytes_orjson_writes_for_a_dict_per_row(m
     }
 
 
-@pytest.mark.parametrize("rows", [1, 64, 65, 66, 10_000])
+@pytest.mark.parametrize("rows", [1, FEW_ROWS, FEW_ROWS + 1, FEW_ROWS + 2, 10_000])
 def test_a_batch_of_any_size_is_written_as_the_dicts_are(rows):
     probabilities = np.random.default_rng(rows).random(rows, dtype=np.float32)
     labels = (probabilities >= 0.5).astype(int)

@@ -10,9 +10,9 @@ from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes import training
 from diabetes.data import read_training_data
-from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
+from diabetes.features import FEATURE_NAMES, FEW_ROWS, LABEL_NAME, to_model_input
 from diabetes.model_store import publish_version
-from diabetes.prediction import SMALL_BATCH_ROWS, load_bundle
+from diabetes.prediction import load_bundle
 
 
 def test_training_publishes_a_loadable_model_with_its_metadata(trained):
@@ -93,7 +93,7 @@ def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(train
     raw = rows[list(FEATURE_NAMES)].to_numpy()
     expected = calibrated.inplace_predict(X)
     assert np.abs(bundle.predict_proba(raw) - expected).max() < 1e-6
-    assert np.abs(bundle.predict_proba(raw[:SMALL_BATCH_ROWS]) - expected[:SMALL_BATCH_ROWS]).max() < 1e-6
+    assert np.abs(bundle.predict_proba(raw[:FEW_ROWS]) - expected[:FEW_ROWS]).max() < 1e-6
     contributions = bundle.contributions(raw[:50])
     assert np.abs(contributions.sum(axis=1) - calibrated.inplace_predict(X[:50], predict_type="margin")).max() < 1e-4
 
