@@ -1,6 +1,17 @@
 """Fixtures shared by the tests: the project's own make targets, run as a user
 runs them, with every output (models, runs, logs, PM2's state) in a temporary
-folder so that the tests never touch the user's service or models."""
+folder so that the tests never touch the user's service or models.
+
+`tests` is a package, and every test file, helper and bench/ imports its
+helpers from it by their full name: `from tests.conftest import make`,
+`from tests.processes import free_port` (never `from conftest import ...`).
+
+The tiers: a test says what it needs beyond the project's venv with the
+markers of NEEDS (declared in pyproject.toml: `@pytest.mark.model`, or
+`pytestmark` for a module). A test that needs none of them is in the fast
+tier (marked `fast` here), which `make check` runs. The fixtures and helpers
+that train, serve or start something call `require(...)` first, so that a
+test missing its markers fails instead of slowing the fast tier down."""
 
 import importlib.util
 import json
@@ -14,16 +25,78 @@ from pathlib import Path
 
 import pytest
 import requests
-from calls import Call
 
 from diabetes.settings import APP_NAME
+from tests.calls import Call
 from tests.processes import clean_environment, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
+# What a test may need beyond the venv, one marker each (pyproject.toml says
+# what each covers); the fast tier is the tests that need none.
+NEEDS = ("model", "pm2", "server", "database", "dask", "container")
+FAST = "fast"
+
+# The test being set up or run: whom a fixture of a wider scope is made for.
+# (Not while one is torn down: a session's fixtures end after its last test.)
+_running_test: pytest.Item | None = None
+
+
+def needs_of(item: pytest.Item) -> set[str]:
+    return {need for need in NEEDS if item.get_closest_marker(need)}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Marks the fast tier before `-m` selects from it."""
+    for item in items:
+        if not needs_of(item):
+            item.add_marker(FAST)
+        elif any(mark.name == FAST for mark in item.own_markers):
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but needs {', '.join(sorted(needs_of(item)))}")
+
+
+@contextmanager
+def running(item: pytest.Item):
+    global _running_test
+    _running_test = item
+    try:
+        yield
+    finally:
+        _running_test = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with running(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with running(item):
+        return (yield)
+
+
+def require(*needs: str):
+    """Fails the running test unless it is marked with each of `needs`, or
+    with any marker of NEEDS when none is named: the fixture or helper that
+    calls this trains a model, runs PM2, starts a server..., which no test of
+    the fast tier may do."""
+    if _running_test is None:
+        return  # a teardown, or no test at all (bench/ uses the helpers too)
+    marked = needs_of(_running_test)
+    if needs:
+        missing = [f"@pytest.mark.{need}" for need in needs if need not in marked]
+    else:
+        missing = [] if marked else [f"a marker of {', '.join(NEEDS)}"]
+    if missing:
+        pytest.fail(f"{_running_test.nodeid} must be marked with {' and '.join(missing)}: it needs it", pytrace=False)
 
 
 def make(*arguments, env=None, check=True, timeout=300, project=PROJECT) -> subprocess.CompletedProcess:
+    """A make target, as a user runs it: never in the fast tier."""
+    require()
     result = subprocess.run(
         ["make", "--no-print-directory", "-C", str(project), *arguments],
         env=env or clean_environment(),
@@ -49,6 +122,7 @@ def trained(workspace) -> dict:
     """`make train` with the fast parameter set: the make variables that place
     its outputs (the generated scripts too, and the releases beside the
     models), and the folder of the models it published."""
+    require("model")
     variables = {
         "MODELS_DIR": str(workspace / "models"),
         "RUNS_DIR": str(workspace / "runs"),
@@ -63,6 +137,7 @@ def trained(workspace) -> dict:
 def scripts(workspace):
     """`make scripts` into the tests' own folder: the project's scripts/ may be
     what a running service was built from."""
+    require("model")
     make("scripts", f"SCRIPTS_DIR={workspace / 'scripts'}")
     return workspace / "scripts"
 
@@ -125,6 +200,7 @@ def in_process(served_module, limits) -> Target:
 def service(workspace, trained):
     """`make serve` in a PM2 home of the tests' own, on a free port. On the
     way out, `make stop` must leave no PM2 daemon and no server behind."""
+    require("model", "pm2")
     port = free_port()
     variables = [
         *[f"{name}={value}" for name, value in trained["variables"].items()],
@@ -162,6 +238,7 @@ def service_of_its_own(trained, workspace: Path, **settings):
     service: a copy of the fast run's models, its own PM2 home, logs, scripts
     and port, `settings` in the environment of `make serve`; `make stop` on
     the way out."""
+    require("model", "pm2")
     models_dir = workspace / "models"
     shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
     port = free_port()
@@ -221,7 +298,13 @@ def over_http(service, limits) -> Target:
     session.close()
 
 
-@pytest.fixture(scope="session", params=["in_process", "over_http"])
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("in_process", marks=pytest.mark.model),
+        pytest.param("over_http", marks=[pytest.mark.model, pytest.mark.pm2]),
+    ],
+)
 def target(request) -> Target:
     return request.getfixturevalue(request.param)
 

@@ -11,15 +11,18 @@ import time
 
 import pytest
 import requests
-from conftest import PROJECT
 
+from tests.conftest import PROJECT, require
 from tests.processes import clean_environment, free_port
+
+pytestmark = pytest.mark.server
 
 STARTUP_SECONDS = 300  # includes installing JupyterLab on first use
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
+    require("server")
     port = free_port()
     log = tmp_path_factory.mktemp("lab") / "lab.log"
     with open(log, "w") as output:

@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT
 
+from tests.conftest import PROJECT, require
 from tests.processes import clean_environment
+
+pytestmark = pytest.mark.container
 
 NODES = PROJECT / "deploy" / "swarm" / "nodes"
 STATE = PROJECT / "build" / "swarm-test"
@@ -129,6 +131,7 @@ def busybox_rootfs() -> bytes:
 
 @pytest.fixture(scope="module")
 def swarm():
+    require("container")
     missing = missing_tools()
     if missing:
         pytest.fail("deploy/swarm/nodes needs: " + "; ".join(missing))
