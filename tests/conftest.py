@@ -9,9 +9,10 @@ helpers from it by their full name: `from tests.conftest import make`,
 The tiers: a test says what it needs beyond the project's venv with the
 markers of NEEDS (declared in pyproject.toml: `@pytest.mark.model`, or
 `pytestmark` for a module). A test that needs none of them is in the fast
-tier (marked `fast` here), which `make check` runs. The fixtures and helpers
-that train, serve or start something call `require(...)` first, so that a
-test missing its markers fails instead of slowing the fast tier down."""
+tier (marked `fast` here), which `make check` runs. A fixture that trains,
+serves or starts something says so with `@needs(...)`, a helper with
+`require(...)`: a test that is not marked with what they need fails, so the
+fast tier cannot grow slow unseen."""
 
 import importlib.util
 import json
@@ -66,9 +67,21 @@ def running(item: pytest.Item):
         _running_test = None
 
 
+def declared_needs(item: pytest.Item, fixture_name: str) -> tuple[str, ...]:
+    """What the fixture of that name that the test gets (its module's, else
+    this file's) declares with @needs."""
+    fixture = getattr(item.module, fixture_name, None) or globals().get(fixture_name)
+    return getattr(fixture, "needs", ())
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
     with running(item):
+        # Before any fixture runs: a refusal must not be cached as the failure
+        # of a session's fixture, which later tests request too.
+        wanted = {need for fixture_name in item.fixturenames for need in declared_needs(item, fixture_name)}
+        if wanted:
+            require(*sorted(wanted, key=NEEDS.index))
         return (yield)
 
 
@@ -78,20 +91,30 @@ def pytest_runtest_call(item):
         return (yield)
 
 
-def require(*needs: str):
-    """Fails the running test unless it is marked with each of `needs`, or
-    with any marker of NEEDS when none is named: the fixture or helper that
-    calls this trains a model, runs PM2, starts a server..., which no test of
-    the fast tier may do."""
+def require(*wanted: str):
+    """Fails the running test unless it is marked with each of `wanted`, or
+    with one of NEEDS when none is named: the helper that calls this trains
+    a model, runs PM2, starts a server..., which no test of the fast tier may."""
     if _running_test is None:
         return  # a teardown, or no test at all (bench/ uses the helpers too)
     marked = needs_of(_running_test)
-    if needs:
-        missing = [f"@pytest.mark.{need}" for need in needs if need not in marked]
+    if wanted:
+        missing = " and ".join(f"@pytest.mark.{need}" for need in wanted if need not in marked)
     else:
-        missing = [] if marked else [f"a marker of {', '.join(NEEDS)}"]
+        missing = "" if marked else "one of " + ", ".join(f"@pytest.mark.{need}" for need in NEEDS)
     if missing:
-        pytest.fail(f"{_running_test.nodeid} must be marked with {' and '.join(missing)}: it needs it", pytrace=False)
+        pytest.fail(f"{_running_test.nodeid} needs what it is not marked with: mark it {missing}", pytrace=False)
+
+
+def needs(*wanted: str):
+    """Declares what a fixture needs, under its @pytest.fixture: a test that
+    requests it (itself or through other fixtures) must be marked with each."""
+
+    def declare(fixture_function):
+        fixture_function.needs = wanted
+        return fixture_function
+
+    return declare
 
 
 def make(*arguments, env=None, check=True, timeout=300, project=PROJECT) -> subprocess.CompletedProcess:
@@ -118,11 +141,11 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@needs("model")
 def trained(workspace) -> dict:
     """`make train` with the fast parameter set: the make variables that place
     its outputs (the generated scripts too, and the releases beside the
     models), and the folder of the models it published."""
-    require("model")
     variables = {
         "MODELS_DIR": str(workspace / "models"),
         "RUNS_DIR": str(workspace / "runs"),
@@ -134,10 +157,10 @@ def trained(workspace) -> dict:
 
 
 @pytest.fixture(scope="session")
+@needs("model")
 def scripts(workspace):
     """`make scripts` into the tests' own folder: the project's scripts/ may be
     what a running service was built from."""
-    require("model")
     make("scripts", f"SCRIPTS_DIR={workspace / 'scripts'}")
     return workspace / "scripts"
 
@@ -197,10 +220,10 @@ def in_process(served_module, limits) -> Target:
 
 
 @pytest.fixture(scope="session")
+@needs("pm2")
 def service(workspace, trained):
     """`make serve` in a PM2 home of the tests' own, on a free port. On the
     way out, `make stop` must leave no PM2 daemon and no server behind."""
-    require("model", "pm2")
     port = free_port()
     variables = [
         *[f"{name}={value}" for name, value in trained["variables"].items()],

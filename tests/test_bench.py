@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PROJECT, make, require
+from tests.conftest import PROJECT, make, needs
 
 pytestmark = [pytest.mark.model, pytest.mark.pm2, pytest.mark.server]
 
@@ -56,8 +56,8 @@ QUICK_RUN_SECONDS = 900
 
 
 @pytest.fixture(scope="module")
+@needs("server")
 def quick_run(tmp_path_factory, trained) -> dict:
-    require("server")
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed: apt-get install -y wrk")
     make(str(BENCH_VENV.relative_to(PROJECT) / ".installed"), timeout=900)

@@ -25,7 +25,7 @@ from diabetes import cluster_training, trainers, training
 from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 from diabetes.prediction import load_bundle
-from tests.conftest import FAST_PARAMS, PROJECT, make, require
+from tests.conftest import FAST_PARAMS, PROJECT, make, needs
 from tests.dask_cluster import ExternalDaskCluster
 from tests.processes import clean_environment, free_port, kill_process_group
 
@@ -42,8 +42,8 @@ def bigdata(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@needs("dask")
 def external_cluster(tmp_path_factory):
-    require("dask")
     with ExternalDaskCluster(workers=2, log_dir=tmp_path_factory.mktemp("dask-logs")) as cluster:
         yield cluster
     assert all(process.poll() is not None for process in [cluster.scheduler, *cluster.worker_processes])

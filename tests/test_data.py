@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from diabetes.data import DataSourceError, read_training_data, redacted, write_table
-from tests.conftest import FAST_PARAMS, PROJECT, make, require
+from tests.conftest import FAST_PARAMS, PROJECT, make, needs
 from tests.processes import clean_environment, free_port
 
 CSV = PROJECT / "data" / "pima-indians-diabetes.data.csv"
@@ -23,6 +23,7 @@ PASSWORD = "not-in-any-file"
 
 
 @pytest.fixture(scope="module")
+@needs("model")
 def sqlite_db(tmp_path_factory) -> Path:
     """`make db`, into a folder of the tests."""
     db = tmp_path_factory.mktemp("db") / "diabetes.sqlite"
@@ -156,10 +157,10 @@ def as_postgres(*command, timeout=60):
 
 
 @pytest.fixture(scope="module")
+@needs("database")
 def postgres():
     """A PostgreSQL server of the tests' own: a temporary data folder, a free
     port on 127.0.0.1, a password; stopped and deleted at the end."""
-    require("database")
     folder = Path(tempfile.mkdtemp(prefix="diabetes-pg-"))
     shutil.chown(folder, "postgres", "postgres")
     data, port = folder / "data", free_port()

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import PROJECT, require
+from tests.conftest import PROJECT, needs
 from tests.processes import clean_environment, free_port
 
 pytestmark = pytest.mark.server
@@ -21,8 +21,8 @@ STARTUP_SECONDS = 300  # includes installing JupyterLab on first use
 
 
 @pytest.fixture(scope="module")
+@needs("server")
 def lab(tmp_path_factory):
-    require("server")
     port = free_port()
     log = tmp_path_factory.mktemp("lab") / "lab.log"
     with open(log, "w") as output:

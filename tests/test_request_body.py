@@ -24,7 +24,7 @@ from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.errors import InvalidRequest
 from diabetes.request_body import body_text_lines, read_body
 from tests.compressed import CODINGS, ZIP_BOMB_EXPANDS_TO, compressed, small_zip_bomb, zip_bomb
-from tests.conftest import PROJECT, require
+from tests.conftest import PROJECT, needs
 from tests.processes import clean_environment, free_port, kill_process_group, process_tree
 
 LIMIT = 4 * 1024 * 1024
@@ -76,7 +76,7 @@ def test_a_body_without_a_coding_is_read_as_it_is(coding):
 
 @pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip", "deflate, gzip", "gzip;q=1", "*"])
 def test_a_body_in_another_coding_or_several_is_refused_with_415_before_it_is_read(coding):
-    environ = environ_of(gzip.compress(BODY), coding)
+    environ = environ_of(compressed(BODY, "gzip"), coding)
     error = refused(environ)
     assert (error.status, error.code, error.field) == (415, "unsupported_media_type", None)
     assert f"Content-Encoding {coding} is not supported" in error.message and "gzip, deflate" in error.message
@@ -85,9 +85,9 @@ def test_a_body_in_another_coding_or_several_is_refused_with_415_before_it_is_re
 
 NOT_WHAT_ITS_CODING_SAYS = {
     "not gzip at all": ("gzip", BODY, "incorrect header check"),
-    "gzip cut short": ("gzip", gzip.compress(BODY)[:-100], "it ends before its compressed data does"),
-    "gzip cut in its first chunk": ("gzip", gzip.compress(BODY)[:5000], "it ends before its compressed data does"),
-    "garbage after gzip": ("gzip", gzip.compress(BODY) + b"trailing", "incorrect header check"),
+    "gzip cut short": ("gzip", compressed(BODY, "gzip")[:-100], "it ends before its compressed data does"),
+    "gzip cut in its first chunk": ("gzip", compressed(BODY, "gzip")[:5000], "it ends before its compressed data does"),
+    "garbage after gzip": ("gzip", compressed(BODY, "gzip") + b"trailing", "incorrect header check"),
     "bytes after deflate": (
         "deflate",
         zlib.compress(BODY) + b"trailing",
@@ -174,10 +174,10 @@ from serve import app  # noqa: E402, F401
 
 
 @pytest.fixture(scope="module")
+@needs("server")
 def server(scripts, trained, tmp_path_factory):
     """gunicorn with the service's config (the gevent worker, its hooks), one
     worker serving the generated script's app; stopped on the way out."""
-    require("server")
     folder = tmp_path_factory.mktemp("short-body-deadline")
     (folder / "short_body_deadline.py").write_text(APP_MODULE)
     port = free_port()

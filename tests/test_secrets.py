@@ -17,7 +17,7 @@ from diabetes.credentials import REDACTED, REDACTED_URLS, CredentialError, conne
 from diabetes.data import DataSourceError, read_training_data, write_table
 from diabetes.observability import access_log, keep_books
 from tests import test_data
-from tests.conftest import FAST_PARAMS, make
+from tests.conftest import FAST_PARAMS, make, needs
 from tests.processes import clean_environment
 
 CSV = test_data.CSV
@@ -81,6 +81,7 @@ def train_from(tmp_path: Path, data_url: str, env=None, check=True):
 
 
 @pytest.fixture(scope="module")
+@needs("model")
 def sqlite_db(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("db") / "diabetes.sqlite"
     make("db", f"DB={db}")

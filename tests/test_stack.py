@@ -25,7 +25,7 @@ import requests
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
-from tests.conftest import FAST_PARAMS, PROJECT, make, require
+from tests.conftest import FAST_PARAMS, PROJECT, make, needs
 from tests.containers import build_lock, engine_environment
 from tests.processes import free_port
 from tests.wrk import run_wrk, write_wrk_script
@@ -75,9 +75,9 @@ def docker(stack, *arguments, check=True, timeout=120) -> str:
 
 
 @pytest.fixture(scope="module")
+@needs("container")
 def swarm():
     """The manager and one worker node; everything of theirs gone on the way out."""
-    require("container")
     swarm_dir = Path(tempfile.mkdtemp(prefix="swarm-", dir="/tmp"))
     try:
         started = time.monotonic()

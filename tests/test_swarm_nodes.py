@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, require
+from tests.conftest import PROJECT, needs
 from tests.processes import clean_environment
 
 pytestmark = pytest.mark.container
@@ -130,8 +130,8 @@ def busybox_rootfs() -> bytes:
 
 
 @pytest.fixture(scope="module")
+@needs("container")
 def swarm():
-    require("container")
     missing = missing_tools()
     if missing:
         pytest.fail("deploy/swarm/nodes needs: " + "; ".join(missing))
