@@ -38,6 +38,15 @@ FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
 NEEDS = ("model", "pm2", "server", "database", "dask", "container")
 FAST = "fast"
 
+# The make targets that train, serve or start something, by what they need.
+# `make -q`, which only says whether a target is up to date, runs none.
+MAKE_TARGETS_NEEDS = {
+    "model": {"train", "scripts", "db", "sweep", "bigdata", "bench-train"},
+    "pm2": {"serve", "rollback", "status", "logs", "monit", "postman"},
+    "server": {"lab", "bench", "reliability"},
+    "container": {"image", "run-image", "base-image", "stack", "stack-status", "stack-down"},
+}
+
 # The test being set up or run: whom a fixture of a wider scope is made for.
 # (Not while one is torn down: a session's fixtures end after its last test.)
 _running_test: pytest.Item | None = None
@@ -92,18 +101,14 @@ def pytest_runtest_call(item):
 
 
 def require(*wanted: str):
-    """Fails the running test unless it is marked with each of `wanted`, or
-    with one of NEEDS when none is named: the helper that calls this trains
-    a model, runs PM2, starts a server..., which no test of the fast tier may."""
+    """Fails the running test unless it is marked with each of `wanted`: the
+    helper that calls this trains a model, runs PM2, starts a server...,
+    which no test of the fast tier may."""
     if _running_test is None:
         return  # a teardown, or no test at all (bench/ uses the helpers too)
-    marked = needs_of(_running_test)
-    if wanted:
-        missing = " and ".join(f"@pytest.mark.{need}" for need in wanted if need not in marked)
-    else:
-        missing = "" if marked else "one of " + ", ".join(f"@pytest.mark.{need}" for need in NEEDS)
+    missing = [f"@pytest.mark.{need}" for need in wanted if need not in needs_of(_running_test)]
     if missing:
-        pytest.fail(f"{_running_test.nodeid} needs what it is not marked with: mark it {missing}", pytrace=False)
+        pytest.fail(f"{_running_test.nodeid} must be marked {' and '.join(missing)}: it needs it", pytrace=False)
 
 
 def needs(*wanted: str):
@@ -118,8 +123,9 @@ def needs(*wanted: str):
 
 
 def make(*arguments, env=None, check=True, timeout=300, project=PROJECT) -> subprocess.CompletedProcess:
-    """A make target, as a user runs it: never in the fast tier."""
-    require()
+    """A make target, as a user runs it."""
+    if "-q" not in arguments:
+        require(*(need for need, targets in MAKE_TARGETS_NEEDS.items() if targets & set(arguments)))
     result = subprocess.run(
         ["make", "--no-print-directory", "-C", str(project), *arguments],
         env=env or clean_environment(),

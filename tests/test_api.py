@@ -766,6 +766,7 @@ def app_allowing(served_module, limits):
     return app
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("origins, headers, expected", CORS_CASES.values(), ids=CORS_CASES.keys())
 def test_a_browser_page_may_read_the_answer_only_from_an_allowed_origin(app_allowing, origins, headers, expected):
     """The service's own answers (flask-cors on the app), for allowed,
