@@ -220,6 +220,8 @@ def test_a_source_the_cluster_cannot_read_is_a_clear_error(tmp_path, data_url, d
         cluster_training.read_training_partitions(data_url.format(tmp=tmp_path), data_query)
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_one_model_measured_again_and_again_on_the_cluster_gives_the_same_figures(external_cluster):
     # The notebook measures the model, then the uncalibrated one: the same model when calibration is off.
     cluster = cluster_training.connect(external_cluster.address)
@@ -234,6 +236,8 @@ def test_one_model_measured_again_and_again_on_the_cluster_gives_the_same_figure
     assert all(measured == figures[0] for measured in figures)
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_both_trainers_take_the_data_set_through_the_same_steps_to_the_same_figures(external_cluster):
     csv = str(PROJECT / "data/pima-indians-diabetes.data.csv")
     parameters = training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1)
