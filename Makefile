@@ -140,7 +140,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train haproxy
+.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection check test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train haproxy
 
 ## help     list the verbs (the default)
 help:
@@ -220,7 +220,11 @@ postman: serve
 
 ## collection  regenerate the Postman collection from the tests' calls (tests/postman_collection.py)
 collection: $(VENV_OK)
-	$(PYTHON) tests/postman_collection.py
+	$(PYTHON) -m tests.postman_collection
+
+## check    lint, then the fast tier of the tests: those that need no model, PM2, server or container (under a minute)
+check: lint
+	$(PYTHON) -m pytest -m fast
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
 test: setup wrk postgresql haproxy docker busybox-static lint

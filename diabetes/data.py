@@ -223,13 +223,10 @@ def main(argv) -> int:
     try:
         data = read_training_data(args.csv_path)
     except DataSourceError as error:
-        print(error, file=sys.stderr)
-        return 1
+        parser.exit(1, f"{error}\n")
     write_table(data.rows, args.url, args.table)
-    print(
-        f"{len(data.rows)} rows from {args.csv_path} in table {args.table} of {redacted(args.url)} "
-        f"(sha256 of the rows {data.sha256})"
-    )
+    print(f"{len(data.rows)} rows from {args.csv_path} in table {args.table} of {redacted(args.url)}", end=" ")
+    print(f"(sha256 of the rows {data.sha256})")
     return 0
 
 

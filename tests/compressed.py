@@ -7,9 +7,11 @@ import zlib
 from functools import cache
 
 
+@cache
 def compressed(body: bytes, coding: str) -> bytes:
     """`body` in a content coding: gzip (or x-gzip), deflate as RFC 9110 means
-    it (zlib's format), or "raw deflate", which some clients send as deflate."""
+    it (zlib's format), or "raw deflate", which some clients send as deflate.
+    Kept: the tests compress the same bodies again and again."""
     if coding.lower() in ("gzip", "x-gzip"):
         return gzip.compress(body)
     if coding.lower() == "deflate":

@@ -1,6 +1,18 @@
 """Fixtures shared by the tests: the project's own make targets, run as a user
 runs them, with every output (models, runs, logs, PM2's state) in a temporary
-folder so that the tests never touch the user's service or models."""
+folder so that the tests never touch the user's service or models.
+
+`tests` is a package, and every test file, helper and bench/ imports its
+helpers from it by their full name: `from tests.conftest import make`,
+`from tests.processes import free_port` (never `from conftest import ...`).
+
+The tiers: a test says what it needs beyond the project's venv with the
+markers of NEEDS (declared in pyproject.toml: `@pytest.mark.model`, or
+`pytestmark` for a module). A test that needs none of them is in the fast
+tier (marked `fast` here), which `make check` runs. A fixture that trains,
+serves or starts something says so with `@needs(...)`, a helper with
+`require(...)`: a test that is not marked with what they need fails, so the
+fast tier cannot grow slow unseen."""
 
 import importlib.util
 import json
@@ -14,16 +26,106 @@ from pathlib import Path
 
 import pytest
 import requests
-from calls import Call
 
 from diabetes.settings import APP_NAME
+from tests.calls import Call
 from tests.processes import clean_environment, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 FAST_PARAMS = "params/train.yaml tests/params/fast.yaml"
+# What a test may need beyond the venv, one marker each (pyproject.toml says
+# what each covers); the fast tier is the tests that need none.
+NEEDS = ("model", "pm2", "server", "database", "dask", "container")
+FAST = "fast"
+
+# The make targets that train, serve or start something, by what they need.
+# `make -q`, which only says whether a target is up to date, runs none.
+MAKE_TARGETS_NEEDS = {
+    "model": {"train", "scripts", "db", "sweep", "bigdata", "bench-train"},
+    "pm2": {"serve", "rollback", "status", "logs", "monit", "postman"},
+    "server": {"lab", "bench", "reliability"},
+    "container": {"image", "run-image", "base-image", "stack", "stack-status", "stack-down"},
+}
+
+# The test being set up or run: whom a fixture of a wider scope is made for.
+# (Not while one is torn down: a session's fixtures end after its last test.)
+_running_test: pytest.Item | None = None
+
+
+def needs_of(item: pytest.Item) -> set[str]:
+    return {need for need in NEEDS if item.get_closest_marker(need)}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """Marks the fast tier before `-m` selects from it."""
+    for item in items:
+        if not needs_of(item):
+            item.add_marker(FAST)
+        elif any(mark.name == FAST for mark in item.own_markers):
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but needs {', '.join(sorted(needs_of(item)))}")
+
+
+@contextmanager
+def running(item: pytest.Item):
+    global _running_test
+    _running_test = item
+    try:
+        yield
+    finally:
+        _running_test = None
+
+
+def declared_needs(item: pytest.Item, fixture_name: str) -> tuple[str, ...]:
+    """What the fixture of that name that the test gets (its module's, else
+    this file's) declares with @needs."""
+    fixture = getattr(item.module, fixture_name, None) or globals().get(fixture_name)
+    return getattr(fixture, "needs", ())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with running(item):
+        # Before any fixture runs: a refusal must not be cached as the failure
+        # of a session's fixture, which later tests request too.
+        wanted = {need for fixture_name in item.fixturenames for need in declared_needs(item, fixture_name)}
+        if wanted:
+            require(*sorted(wanted, key=NEEDS.index))
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with running(item):
+        return (yield)
+
+
+def require(*wanted: str):
+    """Fails the running test unless it is marked with each of `wanted`: the
+    helper that calls this trains a model, runs PM2, starts a server...,
+    which no test of the fast tier may."""
+    if _running_test is None:
+        return  # a teardown, or no test at all (bench/ uses the helpers too)
+    missing = [f"@pytest.mark.{need}" for need in wanted if need not in needs_of(_running_test)]
+    if missing:
+        pytest.fail(f"{_running_test.nodeid} must be marked {' and '.join(missing)}: it needs it", pytrace=False)
+
+
+def needs(*wanted: str):
+    """Declares what a fixture needs, under its @pytest.fixture: a test that
+    requests it (itself or through other fixtures) must be marked with each."""
+
+    def declare(fixture_function):
+        fixture_function.needs = wanted
+        return fixture_function
+
+    return declare
 
 
 def make(*arguments, env=None, check=True, timeout=300, project=PROJECT) -> subprocess.CompletedProcess:
+    """A make target, as a user runs it."""
+    if "-q" not in arguments:
+        require(*(need for need, targets in MAKE_TARGETS_NEEDS.items() if targets & set(arguments)))
     result = subprocess.run(
         ["make", "--no-print-directory", "-C", str(project), *arguments],
         env=env or clean_environment(),
@@ -45,6 +147,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+@needs("model")
 def trained(workspace) -> dict:
     """`make train` with the fast parameter set: the make variables that place
     its outputs (the generated scripts too, and the releases beside the
@@ -60,6 +163,7 @@ def trained(workspace) -> dict:
 
 
 @pytest.fixture(scope="session")
+@needs("model")
 def scripts(workspace):
     """`make scripts` into the tests' own folder: the project's scripts/ may be
     what a running service was built from."""
@@ -122,6 +226,7 @@ def in_process(served_module, limits) -> Target:
 
 
 @pytest.fixture(scope="session")
+@needs("pm2")
 def service(workspace, trained):
     """`make serve` in a PM2 home of the tests' own, on a free port. On the
     way out, `make stop` must leave no PM2 daemon and no server behind."""
@@ -162,6 +267,7 @@ def service_of_its_own(trained, workspace: Path, **settings):
     service: a copy of the fast run's models, its own PM2 home, logs, scripts
     and port, `settings` in the environment of `make serve`; `make stop` on
     the way out."""
+    require("model", "pm2")
     models_dir = workspace / "models"
     shutil.copytree(trained["models_dir"], models_dir, symlinks=True)
     port = free_port()
@@ -221,7 +327,13 @@ def over_http(service, limits) -> Target:
     session.close()
 
 
-@pytest.fixture(scope="session", params=["in_process", "over_http"])
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("in_process", marks=pytest.mark.model),
+        pytest.param("over_http", marks=[pytest.mark.model, pytest.mark.pm2]),
+    ],
+)
 def target(request) -> Target:
     return request.getfixturevalue(request.param)
 

@@ -8,8 +8,8 @@ import subprocess
 from contextlib import contextmanager
 
 import pytest
-from conftest import PROJECT
 
+from tests.conftest import PROJECT, require
 from tests.processes import clean_environment
 
 ENGINE = PROJECT / "container" / "engine"
@@ -22,6 +22,7 @@ def engine_environment(**settings) -> dict:
 
 
 def engine(*arguments, check=True, timeout=60) -> subprocess.CompletedProcess:
+    require("container")
     result = subprocess.run(
         [str(ENGINE), *arguments], env=engine_environment(), capture_output=True, text=True, timeout=timeout
     )

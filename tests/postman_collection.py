@@ -1,6 +1,6 @@
 """Generate the Postman collection from the tests' catalog of calls.
 
-    python tests/postman_collection.py   (or `make collection`)
+    python -m tests.postman_collection   (or `make collection`)
 
 writes postman/<app name>.postman_collection.json: one request per call of
 tests/calls.py, each with pm.test checks of its status and body. The tests
@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from calls import BAD_CALLS, GOOD_CALLS, NO_BODY, Call
-
 from diabetes.settings import APP_NAME, notebook_defaults
+from tests.calls import BAD_CALLS, GOOD_CALLS, NO_BODY, Call
 
 COLLECTION = Path(f"postman/{APP_NAME}.postman_collection.json")
 

@@ -14,17 +14,17 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 import yaml
-from calls import BAD_CALLS, BINARY_ROW, GOOD_CALLS, NO_BODY, Call
-from compressed import CODINGS, compressed, zip_bomb
-from conftest import PROJECT, Target, json_of
 from openapi_spec_validator import validate as validate_openapi
-from reference import ReferenceModel, reference_model
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES, CSV_HEADER, V2_INFER
 from diabetes.features import FEATURE_NAMES
 from diabetes.open_inference import V2_INFERENCE_HEADER_CONTENT_LENGTH
 from diabetes.settings import notebook_defaults
+from tests.calls import BAD_CALLS, BINARY_ROW, GOOD_CALLS, NO_BODY, Call
+from tests.compressed import CODINGS, compressed, zip_bomb
+from tests.conftest import PROJECT, Target, json_of
 from tests.processes import clean_environment
+from tests.reference import ReferenceModel, reference_model
 
 V2_SPEC = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())
 
@@ -46,6 +46,7 @@ def reference(target, trained) -> ReferenceModel:
     return reference_model(trained["models_dir"] / target.version)
 
 
+@pytest.mark.model
 def test_the_reference_model_gives_every_row_the_training_runs_prediction(trained, data_set):
     model = reference_model((trained["models_dir"] / "latest").resolve())
     model.assert_probabilities(data_set[model.names].values.tolist(), data_set["probability"])
@@ -146,6 +147,7 @@ def test_a_405_says_which_methods_are_allowed(target):
     assert status == 405 and "POST" in headers["Allow"]
 
 
+@pytest.mark.model
 def test_errors_carry_the_same_cors_headers_as_answers(in_process):
     client_origin = {"Origin": "http://localhost:3000"}
     for call in (GOOD_CALLS[1], BAD_CALLS[0]):
@@ -155,6 +157,7 @@ def test_errors_carry_the_same_cors_headers_as_answers(in_process):
         assert headers["Access-Control-Allow-Origin"] == "http://localhost:3000", status
 
 
+@pytest.mark.model
 def test_a_foreign_browser_origin_is_not_allowed_by_default(in_process):
     _, headers, _ = in_process.send(
         "POST",
@@ -165,6 +168,7 @@ def test_a_foreign_browser_origin_is_not_allowed_by_default(in_process):
     assert "Access-Control-Allow-Origin" not in headers
 
 
+@pytest.mark.model
 def test_csv_that_the_csv_reader_cannot_read_answers_a_400(in_process):
     status, _, body = in_process.send(
         "POST", "/predict", ('"' + "x" * 200000 + '"').encode(), {"Content-Type": "text/csv"}
@@ -172,6 +176,7 @@ def test_csv_that_the_csv_reader_cannot_read_answers_a_400(in_process):
     assert status == 400 and json_of(body)["code"] == "invalid_csv"
 
 
+@pytest.mark.model
 def test_an_unexpected_failure_answers_a_generic_json_500_without_internals(served_module, caplog):
     """A real failure inside XGBoost: a booster trained on 3 features, asked about 8 (a batch large
     enough to go to XGBoost; load_bundle refuses such a model, so only a test can build it)."""
@@ -194,6 +199,7 @@ def test_an_unexpected_failure_answers_a_generic_json_500_without_internals(serv
 
 
 # ---- the model's answers on every route, for every row -----------------------------------
+@pytest.mark.model
 def test_the_article_route_answers_the_notebooks_prediction_for_every_row(in_process, data_set):
     served = [
         post(in_process, ARTICLE_PATH, json={"data": ",".join(map(str, row))})["prediction"]
@@ -301,6 +307,7 @@ def app_with_threshold(served_module, limits, threshold: float) -> Target:
     return Target(send, bundle.version, limits)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("way", ["records", "csv", "V2 FP32", "V2 binary FP32"])
 def test_a_probability_exactly_at_the_threshold_is_labelled_1_and_one_float_below_it_0(served_module, limits, way):
     rows = pd.DataFrame([ARTICLE_VALUES, BINARY_ROW, ARTICLE_VALUES], columns=list(FEATURE_NAMES))
@@ -312,6 +319,7 @@ def test_a_probability_exactly_at_the_threshold_is_labelled_1_and_one_float_belo
     assert batch_answer(app_with_threshold(served_module, limits, above), rows, way)["labels"] == [0, 0, 0]
 
 
+@pytest.mark.model
 def test_null_and_zero_both_mean_not_measured(in_process, trained):
     record = dict(zip(FEATURE_NAMES, ARTICLE_VALUES))
     probabilities = [
@@ -359,6 +367,7 @@ def test_as_many_rows_as_may_be_explained_are_explained_and_one_more_is_refused_
         assert unexplained[0] == 200 and len(json_of(unexplained[2])["predictions"]) == most + 1
 
 
+@pytest.mark.model
 def test_the_explanations_limit_is_the_apps_max_explain_rows(served_module):
     client = served_module.create_app(served_module.bundle, max_explain_rows=2).test_client()
     three = {"instances": [ARTICLE_VALUES, BINARY_ROW, ARTICLE_VALUES]}
@@ -371,6 +380,7 @@ def test_the_explanations_limit_is_the_apps_max_explain_rows(served_module):
     assert "at most 2 rows" in explain["description"]
 
 
+@pytest.mark.model
 def test_diabetes_max_explain_rows_in_the_environment_sets_the_served_scripts_limit(scripts, trained):
     """The generated script run as gunicorn's workers import it, with the variable set."""
     program = f"""
@@ -395,6 +405,7 @@ print("answered", json.dumps([serve.settings["max_explain_rows"], answer]))
     assert "at most 2 are explained per request: send fewer rows, or drop explain" in answer["error"]
 
 
+@pytest.mark.model
 def test_the_served_script_reads_every_parameter_of_the_notebook_as_a_setting(served_module):
     assert set(served_module.settings) == set(notebook_defaults())
 
@@ -614,6 +625,8 @@ def test_the_docs_page_loads_every_asset_from_the_app_itself(target):
         assert status == 200 and len(body) > 100, asset
 
 
+@pytest.mark.model
+@pytest.mark.pm2
 def test_a_fuzzer_driven_by_the_openapi_document_finds_no_server_error_and_no_broken_answer(
     over_http, service, tmp_path
 ):
@@ -754,6 +767,7 @@ def app_allowing(served_module, limits):
     return app
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("origins, headers, expected", CORS_CASES.values(), ids=CORS_CASES.keys())
 def test_a_browser_page_may_read_the_answer_only_from_an_allowed_origin(app_allowing, origins, headers, expected):
     """The service's own answers (flask-cors on the app), for allowed,

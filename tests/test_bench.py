@@ -16,7 +16,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PROJECT, make
+
+from tests.conftest import PROJECT, make, needs
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2, pytest.mark.server]
 
 # The service counts twice: on the article's route, and as `service_v2` on the V2 route beside MLServer.
 SERVERS = ("article", "service", "service_v2", "ceiling", "mlserver")
@@ -53,6 +56,7 @@ QUICK_RUN_SECONDS = 900
 
 
 @pytest.fixture(scope="module")
+@needs("server")
 def quick_run(tmp_path_factory, trained) -> dict:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed: apt-get install -y wrk")

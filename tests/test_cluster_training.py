@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 import requests
 import xgboost as xgb
-from conftest import FAST_PARAMS, PROJECT, make
 from sklearn.metrics import roc_auc_score
 
 from diabetes import cluster_training, trainers, training
 from diabetes.data import DataSourceError, read_training_data
 from diabetes.features import FEATURE_NAMES, LABEL_NAME, to_model_input
 from diabetes.prediction import load_bundle
+from tests.conftest import FAST_PARAMS, PROJECT, make, needs
 from tests.dask_cluster import ExternalDaskCluster
 from tests.processes import clean_environment, free_port, kill_process_group
 
@@ -42,6 +42,7 @@ def bigdata(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+@needs("dask")
 def external_cluster(tmp_path_factory):
     with ExternalDaskCluster(workers=2, log_dir=tmp_path_factory.mktemp("dask-logs")) as cluster:
         yield cluster
@@ -76,6 +77,8 @@ def trained_on_cluster(external_cluster, bigdata, tmp_path_factory):
     return folder
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_make_bigdata_writes_partitions_whose_labels_follow_the_real_rows(bigdata):
     files = sorted(bigdata.glob("*.parquet"))
     assert len(files) == 2, "500 000 rows per partition"
@@ -96,6 +99,8 @@ def test_make_bigdata_writes_partitions_whose_labels_follow_the_real_rows(bigdat
     assert roc_auc_score(real[LABEL_NAME], real_probability) > 0.8
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_two_external_workers_train_a_million_rows_through_the_notebook(trained_on_cluster, external_cluster):
     latest = trained_on_cluster / "models" / "latest"
     bundle = load_bundle(latest)
@@ -128,6 +133,9 @@ def test_the_histogram_auc_is_the_exact_auc_to_within_its_bound():
     assert abs(cluster_training.binned_roc_auc(positive, negative) - roc_auc_score(label, probability)) <= bound
 
 
+@pytest.mark.model
+@pytest.mark.dask
+@pytest.mark.pm2
 def test_the_model_trained_on_the_cluster_is_served_by_make_serve(trained_on_cluster, tmp_path):
     models_dir = trained_on_cluster / "models"
     port = free_port()
@@ -156,6 +164,8 @@ def test_the_model_trained_on_the_cluster_is_served_by_make_serve(trained_on_clu
         make("stop", *variables, env=env, check=False)
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_a_worker_killed_while_boosting_fails_the_run_clearly_and_publishes_nothing(bigdata, tmp_path):
     # Deep trees and many rounds, so that the boosting is still going when the worker dies.
     with ExternalDaskCluster(workers=2, log_dir=tmp_path / "dask-logs") as cluster:
@@ -181,6 +191,8 @@ def test_a_worker_killed_while_boosting_fails_the_run_clearly_and_publishes_noth
     assert executed["metadata"]["papermill"]["exception"], "the run's record shows where it stopped"
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_partitions_read_from_sql_by_read_sql_table_are_the_csv_rows(tmp_path):
     db = tmp_path / "diabetes.sqlite"
     make("db", f"DB={db}")
@@ -192,6 +204,8 @@ def test_partitions_read_from_sql_by_read_sql_table_are_the_csv_rows(tmp_path):
     assert from_sql.sha256 == from_csv.sha256, "the same rows in one partition each"
 
 
+@pytest.mark.model
+@pytest.mark.dask
 @pytest.mark.parametrize(
     "data_url, data_query, expected",
     [
@@ -206,6 +220,8 @@ def test_a_source_the_cluster_cannot_read_is_a_clear_error(tmp_path, data_url, d
         cluster_training.read_training_partitions(data_url.format(tmp=tmp_path), data_query)
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_one_model_measured_again_and_again_on_the_cluster_gives_the_same_figures(external_cluster):
     # The notebook measures the model, then the uncalibrated one: the same model when calibration is off.
     cluster = cluster_training.connect(external_cluster.address)
@@ -220,6 +236,8 @@ def test_one_model_measured_again_and_again_on_the_cluster_gives_the_same_figure
     assert all(measured == figures[0] for measured in figures)
 
 
+@pytest.mark.model
+@pytest.mark.dask
 def test_both_trainers_take_the_data_set_through_the_same_steps_to_the_same_figures(external_cluster):
     csv = str(PROJECT / "data/pima-indians-diabetes.data.csv")
     parameters = training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1)

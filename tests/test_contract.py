@@ -16,7 +16,6 @@ from dataclasses import asdict
 import numpy as np
 import orjson
 import pytest
-from conftest import PROJECT
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,7 @@ from diabetes.features import FEATURES, FEW_ROWS
 from diabetes.number_checks import instances_text_holds_numbers_only
 from diabetes.open_inference import split_body
 from diabetes.request_body import LimitedBody, read_body
+from tests.conftest import PROJECT
 
 NAMES = [feature.name for feature in FEATURES]
 ROWS = [[1, 106, 70, 28, 135, 34.2, 0.142, 22], [6, 148, 72, 35, 0, 33.6, 0.627, 50]]

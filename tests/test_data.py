@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes.data import DataSourceError, read_training_data, redacted, write_table
+from tests.conftest import FAST_PARAMS, PROJECT, make, needs
 from tests.processes import clean_environment, free_port
 
 CSV = PROJECT / "data" / "pima-indians-diabetes.data.csv"
@@ -23,6 +23,7 @@ PASSWORD = "not-in-any-file"
 
 
 @pytest.fixture(scope="module")
+@needs("model")
 def sqlite_db(tmp_path_factory) -> Path:
     """`make db`, into a folder of the tests."""
     db = tmp_path_factory.mktemp("db") / "diabetes.sqlite"
@@ -54,6 +55,7 @@ def assert_same_model(version: Path, reference: Path):
     return ours
 
 
+@pytest.mark.model
 def test_make_db_holds_the_csv_rows_under_the_same_hash(sqlite_db):
     from_csv, from_sqlite = read_training_data(str(CSV)), read_training_data(f"sqlite:///{sqlite_db}")
     assert len(from_sqlite.rows) == 768
@@ -62,6 +64,7 @@ def test_make_db_holds_the_csv_rows_under_the_same_hash(sqlite_db):
     assert from_sqlite.query == "SELECT * FROM pima_diabetes ORDER BY row_id"
 
 
+@pytest.mark.model
 def test_the_hash_names_the_rows_and_changes_with_them(sqlite_db):
     everything = read_training_data(f"sqlite:///{sqlite_db}")
     fewer = read_training_data(
@@ -80,6 +83,7 @@ def test_a_password_never_reaches_the_recorded_source():
     assert "s3cret" not in redacted("postgresql+psycopg://trainer@db.example/clinic?password=s3cret")
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "url, query, expected",
     [
@@ -111,6 +115,7 @@ def test_a_bad_source_is_a_clear_error(sqlite_db, tmp_path, url, query, expected
     assert expected in str(error.value)
 
 
+@pytest.mark.model
 def test_training_from_sqlite_gives_the_model_and_metrics_of_the_csv(trained, sqlite_db, tmp_path):
     train_from(tmp_path, f"data_url: sqlite:///{sqlite_db}\n")
     version = (tmp_path / "models" / "latest").resolve()
@@ -121,6 +126,7 @@ def test_training_from_sqlite_gives_the_model_and_metrics_of_the_csv(trained, sq
     assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == metadata["data"]["sha256"]
 
 
+@pytest.mark.model
 def test_a_bad_query_fails_in_the_data_cell_and_publishes_nothing(sqlite_db, tmp_path):
     result = train_from(tmp_path, f"data_url: sqlite:///{sqlite_db}\ndata_query: SELECT * FROM patients\n", check=False)
     assert result.returncode != 0
@@ -151,6 +157,7 @@ def as_postgres(*command, timeout=60):
 
 
 @pytest.fixture(scope="module")
+@needs("database")
 def postgres():
     """A PostgreSQL server of the tests' own: a temporary data folder, a free
     port on 127.0.0.1, a password; stopped and deleted at the end."""
@@ -192,6 +199,8 @@ def postgres():
         shutil.rmtree(folder)
 
 
+@pytest.mark.model
+@pytest.mark.database
 def test_training_from_postgresql_gives_the_model_and_metrics_of_the_csv(trained, postgres, tmp_path, monkeypatch):
     # The password comes from libpq's environment, never from a file or the URL.
     monkeypatch.setenv("PGPASSWORD", PASSWORD)
@@ -215,6 +224,7 @@ def test_training_from_postgresql_gives_the_model_and_metrics_of_the_csv(trained
         assert PASSWORD not in (version / record).read_text()
 
 
+@pytest.mark.database
 def test_a_wrong_password_is_refused_with_the_servers_reason(postgres, tmp_path):
     with pytest.raises(DataSourceError, match="password authentication failed"):
         started = time.monotonic()

@@ -19,14 +19,16 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as triton
-from conftest import make, pm2, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes import edge
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
+from tests.conftest import make, pm2, service_of_its_own
 from tests.processes import process_tree, pss_mib, wait_until
 from tests.wrk import run_wrk, write_wrk_script
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 EDGE_APP = f"{APP_NAME}-edge"
 MAX_CONNECTIONS_PER_CLIENT = 64

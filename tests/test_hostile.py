@@ -17,15 +17,17 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PROJECT, make, pm2, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
-from slow_clients import idle_and_slow_connections, worst_latency
 
 from diabetes import edge
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.model_store import LATEST_LINK, point_link
 from diabetes.observability import BOOKKEEPING_SECONDS
+from tests.conftest import PROJECT, make, pm2, pm2_app, service_of_its_own
 from tests.processes import clean_environment, free_port
+from tests.slow_clients import idle_and_slow_connections, worst_latency
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 API_KEY = "k3y-" + uuid.uuid4().hex
 # A variable of the shell that runs `make serve`, which PM2 must not pass on.

@@ -20,13 +20,13 @@ import uuid
 
 import pytest
 import requests
-from conftest import PROJECT, make
-from slow_clients import slow_article_call
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
+from tests.conftest import PROJECT, make
 from tests.containers import build_lock, engine, engine_environment
 from tests.processes import free_port
+from tests.slow_clients import slow_article_call
 
 IMAGE = f"localhost/{APP_NAME}-test"
 # The image `make image IMAGE_WITH_TRAINING_ROWS=1` builds, with the model version's training record.
@@ -168,6 +168,8 @@ def test_every_package_the_image_installs_is_pinned_in_requirements_txt():
     assert [name for name in wanted if normalized(name) not in pinned] == []
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_image_is_labelled_with_its_release_runs_as_a_non_root_user_and_checks_its_readiness(
     image, model_version, release
 ):
@@ -185,6 +187,8 @@ def test_the_image_is_labelled_with_its_release_runs_as_a_non_root_user_and_chec
     assert "DIABETES_HOST=0.0.0.0" in config["Env"]
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_image_carries_the_release_as_sealed(container, trained, release):
     """The same files as the release `make serve` checked, hash for hash, and
     nothing else: the release check passes in the image."""
@@ -215,6 +219,8 @@ def entries_in(name: str, *folders: str) -> dict[str, tuple[str, str, str, str]]
     return {path: tuple(rest) for path, *rest in map(str.split, listing.splitlines())}
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_image_holds_none_of_the_training_rows_and_its_release_is_roots_and_read_only(container, release):
     """What serving needs of the model, and nothing of its training record:
     no rows anywhere in the app, and the release's files 0444, folders 0555,
@@ -253,6 +259,8 @@ def test_the_image_holds_none_of_the_training_rows_and_its_release_is_roots_and_
     assert wrong == {}
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_services_user_can_change_nothing_in_its_release(container):
     attempts = {
         "add a file": "touch /app/releases/current/package/flask.py",
@@ -265,6 +273,8 @@ def test_the_services_user_can_change_nothing_in_its_release(container):
         assert attempt.returncode != 0, f"the service's user could {what}"
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_articles_call_and_a_v2_call_answer_from_the_host(container, model_version):
     article = article_call(container["port"])
     assert article.status_code == 200, article.text
@@ -284,6 +294,8 @@ def test_the_articles_call_and_a_v2_call_answer_from_the_host(container, model_v
     assert outputs["probability"]["data"][0] == pytest.approx(article.json()["prediction"], abs=1e-6)
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_images_healthcheck_finds_the_service_healthy(container):
     assert engine("healthcheck", "run", container["name"], check=False).returncode == 0
 
@@ -295,6 +307,8 @@ def is_json_object(line: str) -> bool:
         return False
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_the_access_log_is_json_lines_on_stdout_and_pm2_and_gunicorn_write_to_stderr(container):
     request_ids = [f"image-test-{uuid.uuid4().hex}" for _ in range(3)]
     for request_id in request_ids:
@@ -324,6 +338,8 @@ def test_the_access_log_is_json_lines_on_stdout_and_pm2_and_gunicorn_write_to_st
     assert any("Booting worker" in line for line in stderr)
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_a_gunicorn_worker_killed_inside_the_container_is_replaced(container):
     master, workers = gunicorn_processes(container["name"])
     killed_at = time.monotonic()
@@ -339,6 +355,8 @@ def test_a_gunicorn_worker_killed_inside_the_container_is_replaced(container):
     assert article_call(container["port"]).status_code == 200
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_podman_stop_lets_a_request_in_flight_finish_and_the_container_exits_0(container):
     answer = {}
     in_flight = threading.Thread(target=lambda: answer.update(status=slow_article_call(container["port"], 2)))
@@ -356,6 +374,8 @@ def test_podman_stop_lets_a_request_in_flight_finish_and_the_container_exits_0(c
     assert stop_seconds < STOP_TIMEOUT
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_a_model_version_mounted_by_make_run_image_is_served_in_place_of_the_releases(
     image, trained, model_version, tmp_path
 ):
@@ -398,6 +418,8 @@ def test_a_model_version_mounted_by_make_run_image_is_served_in_place_of_the_rel
         output.close()
 
 
+@pytest.mark.model
+@pytest.mark.container
 def test_make_image_with_training_rows_carries_them_for_the_services_user_alone(
     image, image_variables, model_version, release
 ):

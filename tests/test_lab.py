@@ -11,14 +11,17 @@ import time
 
 import pytest
 import requests
-from conftest import PROJECT
 
+from tests.conftest import PROJECT, needs
 from tests.processes import clean_environment, free_port
+
+pytestmark = pytest.mark.server
 
 STARTUP_SECONDS = 300  # includes installing JupyterLab on first use
 
 
 @pytest.fixture(scope="module")
+@needs("server")
 def lab(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("lab") / "lab.log"

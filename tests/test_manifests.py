@@ -30,13 +30,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import PROJECT
 
 from diabetes.contract import Contract
 from diabetes.features import FEATURES
 from diabetes.gunicorn_config import EDGE_DRAIN_SECONDS
 from diabetes.openapi import openapi_document
 from diabetes.settings import APP_NAME, host_name_of, notebook_defaults, override_from_environment, trusted_host_names
+from tests.conftest import PROJECT
 
 KUBERNETES_VERSION = "1.34"
 DEPLOY = PROJECT / "deploy" / "kubernetes"

@@ -14,6 +14,8 @@ from diabetes.features import FEATURE_NAMES, FEW_ROWS, to_model_input
 from diabetes.model_store import MODEL_FILE, ModelRefused
 from diabetes.prediction import load_bundle
 
+pytestmark = pytest.mark.model
+
 
 @pytest.fixture(scope="module", params=["folded", "not folded"])
 def bundle_and_rows(trained, request):

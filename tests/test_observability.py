@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from calls import Call
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import Histogram
@@ -16,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH, ARTICLE_VALUES
 from diabetes.observability import BOOKKEEPING_SECONDS, LATENCY, PredictionLog, observe_all
 from diabetes.settings import APP_NAME, SettingRefused
+from tests.calls import Call
 
 ARTICLE_CALL = Call("", "POST", ARTICLE_PATH, 200, json=ARTICLE_BODY)
 
@@ -103,6 +103,8 @@ def test_every_answer_says_how_long_each_stage_took(target):
     assert [part.split(";")[0] for part in timing.split(", ")] == ["parse", "validate", "predict", "serialize"]
 
 
+@pytest.mark.model
+@pytest.mark.pm2
 def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
     over_http.send(
         "POST",
@@ -120,6 +122,8 @@ def test_the_access_log_is_json_lines_with_the_request_id(over_http, service):
     assert entry["duration_ms"] > 0
 
 
+@pytest.mark.model
+@pytest.mark.pm2
 def test_the_access_log_names_a_utf8_path_as_the_client_wrote_it(over_http, service):
     over_http.send("GET", "/caf%C3%A9-%E2%80%A8", None, {"X-Request-ID": "utf8-path-in-the-log"})
     log = service["pm2_home"].parent / "logs" / f"{APP_NAME}.out.log"
@@ -131,6 +135,8 @@ def test_the_access_log_names_a_utf8_path_as_the_client_wrote_it(over_http, serv
     assert entry["path"] == "/caf\u00e9-\u2028" and entry["status"] == 404
 
 
+@pytest.mark.model
+@pytest.mark.pm2
 def test_every_line_the_service_writes_on_its_standard_output_is_json(over_http, service):
     """Nothing printed at import or start (master or workers) slips in between the request lines."""
     over_http.send("POST", ARTICLE_PATH, json.dumps(ARTICLE_BODY).encode(), {"Content-Type": "application/json"})
@@ -148,6 +154,7 @@ def guarded(served_module):
     return served_module.create_app(served_module.bundle, api_key="s3cret-for-tests").test_client()
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "path, body",
     [
@@ -168,6 +175,7 @@ def test_with_an_api_key_set_prediction_routes_need_it(guarded, path, body):
     assert guarded.post(path, json=body, headers={"Authorization": "Bearer s3cret-for-tests"}).status_code == 200
 
 
+@pytest.mark.model
 @pytest.mark.parametrize(
     "path",
     ["/v2/health/live", "/v2/health/ready", "/v2/models/diabetes/ready", "/metadata", "/openapi.json", "/metrics"],
@@ -176,6 +184,7 @@ def test_with_an_api_key_set_probes_and_descriptions_stay_open(guarded, path):
     assert guarded.get(path).status_code == 200
 
 
+@pytest.mark.model
 def test_the_prediction_log_keeps_each_requests_inputs_and_outputs(served_module, tmp_path):
     log = tmp_path / "predictions.jsonl"
     client = served_module.create_app(served_module.bundle, prediction_log=str(log)).test_client()
@@ -195,6 +204,7 @@ def test_the_prediction_log_keeps_each_requests_inputs_and_outputs(served_module
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
 
 
+@pytest.mark.model
 def test_the_prediction_log_is_rotated_past_its_size_cap(served_module, tmp_path):
     log = tmp_path / "predictions.jsonl"
     client = served_module.create_app(
@@ -262,6 +272,7 @@ def test_a_prediction_log_on_a_device_is_left_as_the_device_is():
     assert stat.S_IMODE(os.stat("/dev/full").st_mode) == before
 
 
+@pytest.mark.model
 def test_a_prediction_log_on_a_full_disk_drops_lines_and_answers_all_the_same(served_module):
     client = served_module.create_app(served_module.bundle, prediction_log="/dev/full").test_client()
 

@@ -14,14 +14,16 @@ import pandas as pd
 import pytest
 import requests
 import tritonclient.http as triton
-from calls import BINARY_ROW, BINARY_ROW_FP32
-from conftest import PROJECT, json_of
-from reference import reference_model
 from tritonclient.utils import InferenceServerException
 
 from diabetes.api_examples import V2_INFER
 from diabetes.features import FEATURE_NAMES
 from diabetes.open_inference import V2_INFERENCE_HEADER_CONTENT_LENGTH as HEADER
+from tests.calls import BINARY_ROW, BINARY_ROW_FP32
+from tests.conftest import PROJECT, json_of
+from tests.reference import reference_model
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 DATA_SET = PROJECT / "data" / "pima-indians-diabetes.data.csv"
 

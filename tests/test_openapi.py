@@ -8,7 +8,6 @@ from dataclasses import asdict
 
 import pytest
 import yaml
-from conftest import PROJECT
 from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_openapi
@@ -19,6 +18,7 @@ from diabetes.errors import ErrorCode
 from diabetes.features import FEATURES
 from diabetes.open_inference import MODEL_NAME, V2_INPUT_DATATYPES, V2_OUTPUTS
 from diabetes.openapi import openapi_document
+from tests.conftest import PROJECT
 
 PROTOCOL = yaml.safe_load((PROJECT / "diabetes" / "specs" / "oip-v2-rest.yaml").read_text())
 MAX_ROWS = 50

@@ -15,15 +15,17 @@ import uuid
 
 import pytest
 import requests
-from conftest import PROJECT, pm2, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.observability import BOOKKEEPING_SECONDS
 from diabetes.pm2_metrics import LATENCY_BUCKET_SAMPLE, REFRESH_SECONDS, WINDOW_SECONDS, quantile_of_buckets
 from diabetes.settings import APP_NAME
+from tests.conftest import PROJECT, pm2, pm2_app, require, service_of_its_own
 from tests.processes import clean_environment, free_port, memory_of_tree
 from tests.wrk import run_wrk, write_wrk_script
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2, pytest.mark.server]
 
 RELEASE = "test-release-" + uuid.uuid4().hex[:8]
 LOAD_SECONDS = 12
@@ -206,6 +208,7 @@ def master_tasks(pid: int) -> int:
 def start_master(scripts, trained, port, channel: socket.socket | None = None) -> subprocess.Popen:
     """The endpoint script run directly, as PM2 runs it: it becomes a gunicorn
     master; `channel` stands for PM2's IPC socket."""
+    require("server")
     env = clean_environment(DIABETES_PORT=str(port), DIABETES_MODEL_DIR=str(trained["models_dir"] / "latest"))
     env.pop("NODE_CHANNEL_FD", None)
     if channel is not None:

@@ -19,14 +19,18 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import FAST_PARAMS, PROJECT, pm2, service_of_its_own
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.model_store import LATEST_LINK, METADATA_FILE, MODEL_FILE, PRIVATE_FILES
 from diabetes.settings import APP_NAME
+from tests.conftest import FAST_PARAMS, PROJECT, pm2, service_of_its_own
 from tests.processes import clean_environment, free_port
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trying files as another user takes root")
+pytestmark = [
+    pytest.mark.model,
+    pytest.mark.pm2,
+    pytest.mark.skipif(os.geteuid() != 0, reason="trying files as another user takes root"),
+]
 
 NOBODY = 65534
 # Copied into the version by `make train` after the notebook has published it.

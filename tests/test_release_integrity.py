@@ -28,13 +28,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PROJECT, make, pm2, pm2_app, service_of_its_own
 
 from diabetes import serving, versions
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
+from tests.conftest import PROJECT, make, pm2, pm2_app, service_of_its_own
 from tests.processes import process_tree, wait_until
 from tests.wrk import run_wrk, write_wrk_script
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 PYTHON = str(PROJECT / ".venv" / "bin" / "python")
 # The plants that run at an interpreter's start, and in a worker.

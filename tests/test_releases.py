@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 
 import pytest
 import requests
-from conftest import PROJECT, make, pm2_app
 
 from diabetes import versions
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
+from tests.conftest import PROJECT, make, pm2_app
 from tests.processes import clean_environment, free_port, process_tree
 from tests.wrk import run_wrk, write_wrk_script
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(
     ".git",

@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import FAST_PARAMS, PROJECT, make, pm2_app, service_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
-from slow_clients import idle_and_slow_connections, slow_and_held_bodies, slow_article_call, worst_latency
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
+from tests.conftest import FAST_PARAMS, PROJECT, make, pm2_app, service_of_its_own
 from tests.processes import process_tree
+from tests.slow_clients import idle_and_slow_connections, slow_and_held_bodies, slow_article_call, worst_latency
 from tests.wrk import run_wrk, write_wrk_script
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 LONG = os.environ.get("RELIABILITY") == "long"
 SOAK_SECONDS = 60 if LONG else 5

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from conftest import PROJECT
+
+from tests.conftest import PROJECT
 
 NOTEBOOKS = sorted((PROJECT / "notebooks").glob("*.ipynb"))
 
@@ -20,6 +21,7 @@ def test_each_notebook_has_a_parameters_cell(notebook):
     assert any("parameters" in cell["metadata"].get("tags", []) for cell in cells)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("name", ["train", "serve"])
 def test_each_script_is_generated_with_a_header_naming_its_notebook(scripts, name):
     header = (scripts / f"{name}.py").read_text().splitlines()[:4]
@@ -27,11 +29,13 @@ def test_each_script_is_generated_with_a_header_naming_its_notebook(scripts, nam
     assert any("DO NOT EDIT" in line for line in header)
 
 
+@pytest.mark.model
 def test_notebook_only_cells_are_left_out_of_the_scripts(scripts):
     assert "test_client" not in (scripts / "serve.py").read_text()
     assert "plt.show" not in (scripts / "train.py").read_text()
 
 
+@pytest.mark.model
 def test_the_generated_endpoint_script_imports_without_starting_a_server(served_module):
     assert (
         served_module.app.url_map.bind("localhost").match("/katana-ml/api/v1.0/diabetes", method="POST")[0]
@@ -41,13 +45,13 @@ def test_the_generated_endpoint_script_imports_without_starting_a_server(served_
 
 
 def test_the_committed_postman_collection_is_the_one_the_catalog_generates():
-    from postman_collection import COLLECTION, render
+    from tests.postman_collection import COLLECTION, render
 
     assert (PROJECT / COLLECTION).read_text() == render(), "run `make collection` and commit the result"
 
 
 def test_the_catalog_holds_at_least_40_bad_calls_covering_every_route():
-    from calls import BAD_CALLS, GOOD_CALLS
+    from tests.calls import BAD_CALLS, GOOD_CALLS
 
     assert len(BAD_CALLS) >= 40
     routes = {call.path.split("?")[0] for call in GOOD_CALLS}

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import test_data
 import yaml
-from conftest import FAST_PARAMS, make
 
 from diabetes.credentials import REDACTED, REDACTED_URLS, CredentialError, connect_url, redacted
 from diabetes.data import DataSourceError, read_training_data, write_table
 from diabetes.observability import access_log, keep_books
+from tests import test_data
+from tests.conftest import FAST_PARAMS, make, needs
 from tests.processes import clean_environment
 
 CSV = test_data.CSV
@@ -81,6 +81,7 @@ def train_from(tmp_path: Path, data_url: str, env=None, check=True):
 
 
 @pytest.fixture(scope="module")
+@needs("model")
 def sqlite_db(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("db") / "diabetes.sqlite"
     make("db", f"DB={db}")
@@ -208,6 +209,7 @@ def test_a_redacted_url_connects_only_with_the_url_its_run_was_handed():
 # ---- make train from SQLite: every query form, and a reference ----------------------
 
 
+@pytest.mark.model
 def test_no_file_of_the_run_holds_a_credential(sqlite_run):
     folder = sqlite_run["folder"]
     version = (folder / "models" / "latest").resolve()
@@ -217,6 +219,7 @@ def test_no_file_of_the_run_holds_a_credential(sqlite_run):
     assert leaks(SQLITE_SECRETS, folder / "models", folder / "runs") == []
 
 
+@pytest.mark.model
 def test_the_run_records_and_prints_the_source_redacted(sqlite_run):
     version = (sqlite_run["folder"] / "models" / "latest").resolve()
     source = json.loads((version / "metadata.json").read_text())["data"]["source"]
@@ -230,6 +233,8 @@ def test_the_run_records_and_prints_the_source_redacted(sqlite_run):
     assert in_text(SQLITE_SECRETS, sqlite_run["output"]) == [], "make train's log"
 
 
+@pytest.mark.model
+@pytest.mark.server
 def test_no_answer_of_the_service_holds_a_credential(sqlite_run, scripts, capfd, monkeypatch):
     version = (sqlite_run["folder"] / "models" / "latest").resolve()
     app = served_app(scripts, version)
@@ -257,6 +262,8 @@ def test_no_answer_of_the_service_holds_a_credential(sqlite_run, scripts, capfd,
 # ---- PostgreSQL: the authority's password, by value and by reference -----------------
 
 
+@pytest.mark.model
+@pytest.mark.database
 def test_a_password_in_the_url_reaches_postgresql_and_no_file(postgres, tmp_path):
     ssl_secret = "s3cret-sslpassword-unused"
     url = postgres["url"].replace("postgres@", f"postgres:{test_data.PASSWORD}@") + f"?sslpassword={ssl_secret}"
@@ -269,6 +276,8 @@ def test_a_password_in_the_url_reaches_postgresql_and_no_file(postgres, tmp_path
     assert in_text(secrets, result.stdout + result.stderr) == []
 
 
+@pytest.mark.model
+@pytest.mark.database
 def test_a_password_by_reference_reaches_postgresql_and_is_recorded_as_the_reference(postgres, tmp_path, monkeypatch):
     password_file = tmp_path / "password"
     password_file.write_text(test_data.PASSWORD + "\n")
@@ -323,6 +332,7 @@ def secret_sweep(tmp_path_factory, sqlite_db) -> dict:
     }
 
 
+@pytest.mark.model
 def test_no_file_of_a_sweep_holds_a_credential(secret_sweep):
     sweep_dir = secret_sweep["dir"]
     for record in ("results.csv", "report.html", "report.ipynb", "sweep.yaml", "best.yaml"):
@@ -331,6 +341,7 @@ def test_no_file_of_a_sweep_holds_a_credential(secret_sweep):
     assert in_text(secret_sweep["secrets"], secret_sweep["output"]) == [], "make sweep's output"
 
 
+@pytest.mark.model
 def test_a_sweep_runs_with_its_credentials_and_shows_them_redacted(secret_sweep):
     results = pd.read_csv(secret_sweep["dir"] / "results.csv", dtype={"run": str}).set_index("run")
     assert results.loc["001", "status"] == "ok" and results.loc["own", "status"] == "ok"

@@ -10,12 +10,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import requests
-from conftest import PROJECT, make, pm2, pm2_app
-from reference import reference_model
 
 from diabetes.features import FEATURE_NAMES
 from diabetes.settings import APP_NAME
+from tests.conftest import PROJECT, make, pm2, pm2_app
+from tests.reference import reference_model
+
+pytestmark = [pytest.mark.model, pytest.mark.pm2]
 
 ROUTE = "/katana-ml/api/v1.0/diabetes"
 

@@ -8,7 +8,6 @@ import os
 import subprocess
 
 import pytest
-from conftest import PROJECT
 from flask import Flask
 from flask_cors import CORS
 
@@ -24,6 +23,7 @@ from diabetes.settings import (
     service_settings,
     trusted_host_names,
 )
+from tests.conftest import PROJECT
 
 NOBODY = 65534  # a user and group other than the test's own
 DEFAULTS = {"port": 5000, "ratio": 0.5, "debug": False, "host": "127.0.0.1"}

@@ -22,13 +22,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.settings import APP_NAME
+from tests.conftest import FAST_PARAMS, PROJECT, make, needs
 from tests.containers import build_lock, engine_environment
 from tests.processes import free_port
 from tests.wrk import run_wrk, write_wrk_script
+
+pytestmark = [pytest.mark.model, pytest.mark.container]
 
 NODES = PROJECT / "deploy" / "swarm" / "nodes"
 STACK = "diabetes-test"
@@ -73,6 +75,7 @@ def docker(stack, *arguments, check=True, timeout=120) -> str:
 
 
 @pytest.fixture(scope="module")
+@needs("container")
 def swarm():
     """The manager and one worker node; everything of theirs gone on the way out."""
     swarm_dir = Path(tempfile.mkdtemp(prefix="swarm-", dir="/tmp"))

@@ -24,9 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PROJECT
 
+from tests.conftest import PROJECT, needs
 from tests.processes import clean_environment
+
+pytestmark = pytest.mark.container
 
 NODES = PROJECT / "deploy" / "swarm" / "nodes"
 STATE = PROJECT / "build" / "swarm-test"
@@ -128,6 +130,7 @@ def busybox_rootfs() -> bytes:
 
 
 @pytest.fixture(scope="module")
+@needs("container")
 def swarm():
     missing = missing_tools()
     if missing:

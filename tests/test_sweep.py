@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from conftest import PROJECT, make
 
 from diabetes.prediction import load_bundle
 from diabetes.sweep import SweepError, check_names, parameter_sets
+from tests.conftest import PROJECT, make
 
 FAST_BASE = ["params/train.yaml", "tests/params/fast.yaml"]
 
@@ -32,6 +32,7 @@ def small_sweep(tmp_path_factory):
     return {"result": result, "dir": (tmp_path / "sweeps" / "latest").resolve(), "tmp": tmp_path}
 
 
+@pytest.mark.model
 def test_a_sweep_writes_one_row_per_run_and_a_failed_run_is_a_row(small_sweep):
     results = pd.read_csv(small_sweep["dir"] / "results.csv", dtype={"run": str})
     assert list(results["run"]) == ["001", "002", "broken"]
@@ -45,6 +46,7 @@ def test_a_sweep_writes_one_row_per_run_and_a_failed_run_is_a_row(small_sweep):
         assert (small_sweep["dir"] / "runs" / run / "train.ipynb").exists(), "each executed notebook is kept"
 
 
+@pytest.mark.model
 def test_a_sweep_shows_its_progress_and_publishes_nothing(small_sweep):
     output = small_sweep["result"].stdout
     assert "[  3/3]" in output and "best 0." in output and "s left" in output
@@ -52,6 +54,7 @@ def test_a_sweep_shows_its_progress_and_publishes_nothing(small_sweep):
     assert not (small_sweep["tmp"] / "models").exists()
 
 
+@pytest.mark.model
 def test_the_report_ranks_the_runs_and_names_the_winner(small_sweep):
     results = pd.read_csv(small_sweep["dir"] / "results.csv", dtype={"run": str})
     winner = results.sort_values("cv_roc_auc_mean", ascending=False).iloc[0]
@@ -63,6 +66,7 @@ def test_the_report_ranks_the_runs_and_names_the_winner(small_sweep):
     assert best == {"max_depth": int(winner["max_depth"])}
 
 
+@pytest.mark.model
 def test_publish_best_trains_the_winner_through_make_train(tmp_path):
     spec = sweep_file(tmp_path, {"learning_rate": [0.2]})
     make(

@@ -6,15 +6,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes import training
 from diabetes.data import read_training_data
 from diabetes.features import FEATURE_NAMES, FEW_ROWS, LABEL_NAME, to_model_input
 from diabetes.model_store import publish_version
 from diabetes.prediction import load_bundle
+from tests.conftest import FAST_PARAMS, PROJECT, make
 
 
+@pytest.mark.model
 def test_training_publishes_a_loadable_model_with_its_metadata(trained):
     latest = trained["models_dir"] / "latest"
     bundle = load_bundle(latest)
@@ -34,6 +35,7 @@ def test_training_publishes_a_loadable_model_with_its_metadata(trained):
     assert 1 <= bundle.booster.num_boosted_rounds() == metadata.trees <= 60
 
 
+@pytest.mark.model
 def test_the_metadata_reports_cv_test_intervals_calibration_and_the_article(trained):
     metadata = load_bundle(trained["models_dir"] / "latest").metadata
     metrics = metadata.metrics
@@ -51,6 +53,7 @@ def test_the_metadata_reports_cv_test_intervals_calibration_and_the_article(trai
     assert "78.74%" in card.versus_article and "0.5" in card.threshold and "TreeSHAP" in card.explanation
 
 
+@pytest.mark.model
 def test_the_version_keeps_a_snapshot_of_its_rows_and_their_out_of_fold_predictions(trained):
     latest = (trained["models_dir"] / "latest").resolve()
     data = load_bundle(latest).metadata.data
@@ -108,6 +111,7 @@ def test_bootstrap_intervals_hold_the_figure_and_narrow_with_more_rows():
     assert large[1] - large[0] < small[1] - small[0]
 
 
+@pytest.mark.model
 def test_the_run_record_is_kept_beside_the_model(trained):
     latest = trained["models_dir"] / "latest"
     executed = json.loads((latest / "train.ipynb").read_text())
@@ -122,6 +126,7 @@ def test_the_run_record_is_kept_beside_the_model(trained):
     assert "<html" in (latest / "train.html").read_text()[:1000].lower()
 
 
+@pytest.mark.model
 def test_the_published_model_predicts_what_the_notebook_predicted(trained):
     latest = trained["models_dir"] / "latest"
     predictions = pd.read_csv(latest / "predictions.csv")
@@ -130,12 +135,14 @@ def test_the_published_model_predicts_what_the_notebook_predicted(trained):
     assert abs(served - predictions["probability"]).max() < 1e-6
 
 
+@pytest.mark.model
 def test_a_second_make_train_with_nothing_changed_trains_nothing(trained):
     variables = trained["variables"]
     result = make("train", *[f"{name}={value}" for name, value in variables.items()])
     assert "papermill" not in result.stdout
 
 
+@pytest.mark.model
 def test_a_run_below_min_auc_fails_and_publishes_nothing(trained, tmp_path):
     models_dir = trained["models_dir"]
     before = (models_dir / "latest").resolve()
@@ -158,6 +165,7 @@ def test_a_run_below_min_auc_fails_and_publishes_nothing(trained, tmp_path):
     assert (tmp_path / "runs" / "train.ipynb").exists(), "the failed run's record should be kept"
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("parameters", ["max_dept: 3\n", "min_AUC: 0.5\n"])
 def test_an_unknown_parameter_name_fails_before_training(tmp_path, parameters):
     typo = tmp_path / "typo.yaml"
@@ -174,6 +182,7 @@ def test_an_unknown_parameter_name_fails_before_training(tmp_path, parameters):
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.model
 def test_make_models_shows_cv_auc_accuracy_with_its_interval_beside_the_article_and_brier(trained):
     listing = make("models", f"MODELS_DIR={trained['models_dir']}").stdout
     metrics = load_bundle(trained["models_dir"] / "latest").metadata.metrics

@@ -7,11 +7,13 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import PROJECT
 
 from diabetes.model_store import CURRENT_LINK, METADATA_FILE, MODEL_FILE, point_link
 from diabetes.release_layout import parts
 from diabetes.versions import describe_models, folders_in, linked, main
+from tests.conftest import PROJECT
+
+pytestmark = pytest.mark.model
 
 # A metadata.json as training writes it, for a version that needs no model.
 SAMPLE_METADATA = PROJECT / "tests" / "metadata" / "format-2.json"

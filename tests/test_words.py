@@ -13,9 +13,9 @@ import sys
 import time
 
 import pytest
-from conftest import PROJECT, make
 
 from diabetes.notebook_imports import modules_imported_by
+from tests.conftest import PROJECT, make
 
 PACKAGE = PROJECT / "diabetes"
 TRAINING_NOTEBOOK = PROJECT / "notebooks" / "train.ipynb"

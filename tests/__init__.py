@@ -1,0 +1,1 @@
+"""The tests, and the helpers that they and bench/ import by their full name (tests.processes, ...)."""
