@@ -9,13 +9,13 @@ import shutil
 import typing
 
 import pytest
-from conftest import FAST_PARAMS, PROJECT, make
 
 from diabetes import model_metadata, versions
 from diabetes.model_metadata import FORMAT, METADATA_FILE, MetadataRefused, ModelMetadata
 from diabetes.model_store import ModelRefused, publish_version
 from diabetes.prediction import load_bundle
 from diabetes.versions import describe_models, main
+from tests.conftest import FAST_PARAMS, PROJECT, make
 
 # What the copy of the project leaves out: the copy links the project's own.
 LEFT_OUT_OF_THE_COPY = shutil.ignore_patterns(".git", ".venv", "node_modules", "build", "scripts")
@@ -42,6 +42,7 @@ def version_copy(trained, tmp_path):
 
 
 # ---- training: the contract is checked before anything is published -------------
+@pytest.mark.model
 @pytest.mark.parametrize(
     "line, planted, problems",
     [
@@ -85,6 +86,7 @@ def test_a_key_renamed_in_the_training_notebook_fails_make_train_naming_it_and_p
     assert not (tmp_path / "models").exists(), "a refused metadata must publish nothing"
 
 
+@pytest.mark.model
 def test_publishing_a_record_with_a_value_of_the_wrong_type_writes_nothing(trained, published, tmp_path):
     bundle = load_bundle(trained["models_dir"] / "latest")
     added_by_publishing = ("format", "version", "model_file", "model_sha256", "trained_at", "feature_names")
@@ -103,6 +105,7 @@ def test_a_metadata_file_of_format_2_as_training_wrote_it_is_read_as_it_is():
     assert metadata.format == 2 and metadata.as_json() == document
 
 
+@pytest.mark.model
 def test_training_writes_the_current_format_and_reads_back_what_it_wrote(trained, published):
     metadata = load_bundle(trained["models_dir"] / "latest").metadata
     assert published["format"] == metadata.format == FORMAT
@@ -111,6 +114,7 @@ def test_training_writes_the_current_format_and_reads_back_what_it_wrote(trained
 
 
 # ---- serving: the contract is checked at every load ---------------------------
+@pytest.mark.model
 @pytest.mark.parametrize(
     "change, problem",
     [
@@ -131,6 +135,7 @@ def test_a_version_whose_metadata_breaks_the_contract_is_refused_naming_the_key(
     assert problem in str(refused.value) and str(copy) in str(refused.value)
 
 
+@pytest.mark.model
 def test_a_version_written_before_the_contract_that_holds_all_of_it_is_served(version_copy, capsys):
     copy, rewrite = version_copy
     rewrite(lambda document: {key: value for key, value in document.items() if key != "format"})
@@ -156,6 +161,7 @@ def first_format(document: dict) -> dict:
     }
 
 
+@pytest.mark.model
 def test_a_version_older_than_the_contract_is_refused_saying_what_it_lacks(version_copy, capsys):
     copy, rewrite = version_copy
     rewrite(first_format)
@@ -182,6 +188,7 @@ def test_every_field_of_the_contract_is_typed_and_documented_in_one_line():
             assert hint is not typing.Any, f"{kind.__name__}.{name} is not typed"
 
 
+@pytest.mark.model
 def test_a_release_is_not_staged_from_a_version_whose_metadata_breaks_the_contract(version_copy, tmp_path):
     copy, rewrite = version_copy
     rewrite(lambda document: {**document, "threshold": "0.5"})

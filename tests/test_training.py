@@ -76,7 +76,7 @@ def test_cross_validated_early_stopping_stops_where_the_mean_held_out_loss_is_lo
     assert same.folds == cv.folds, "the same folds and parameters should give the same figures"
 
 
-def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(trained, tmp_path):
+def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(tmp_path):
     rows = read_training_data(PROJECT / "data/pima-indians-diabetes.data.csv").rows
     X, y = to_model_input(rows[list(FEATURE_NAMES)].to_numpy()), rows[LABEL_NAME].to_numpy()
     booster = training.fit(training.booster_parameters(2, 0.1, 0.8, 1.0, 1.0, 1.0, seed=0, threads=1), X, y, 40)
@@ -86,9 +86,9 @@ def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(train
     assert np.abs(calibrated.inplace_predict(X, predict_type="margin") - (slope * margin + intercept)).max() < 1e-4
 
     sample = [1, 106, 70, 28, 135, 34.2, 0.142, 22]
-    # The trained version's metadata, but for the model's own trees and sample.
+    # A training run's metadata (tests/metadata/format-2.json), but for this model's trees and sample.
     metadata = {
-        **json.loads((trained["models_dir"] / "latest" / "metadata.json").read_text()),
+        **json.loads((PROJECT / "tests" / "metadata" / "format-2.json").read_text()),
         "trees": 40,
         "sample": {"values": sample, "probability": float(calibrated.inplace_predict(to_model_input(sample))[0])},
     }
