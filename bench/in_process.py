@@ -60,7 +60,7 @@ def leaf_count(node: dict) -> int:
 def model_size(bundle) -> dict:
     trees = [json.loads(tree) for tree in bundle.booster.get_dump(dump_format="json")]
     return {
-        "trees": bundle.metadata["trees"],
+        "trees": bundle.metadata.trees,
         "trees_in_booster": len(trees),
         "max_depth": max(map(tree_depth, trees)),
         "leaves": sum(map(leaf_count, trees)),
@@ -71,7 +71,7 @@ def measure(model_dir: Path, budget_seconds: float) -> dict:
     bundle = load_bundle(model_dir)
     # Loaded as the article's pickle was made (bench.run), with XGBoost's default threads.
     classifier = XGBClassifier()
-    classifier.load_model(model_dir / bundle.metadata["model_file"])
+    classifier.load_model(model_dir / bundle.metadata.model_file)
     batch_of_one = [ARTICLE_VALUES]
     rows = data_rows()
     one_at_a_time = np.array([bundle.predict_proba([values])[0] for values in rows], dtype=np.float64)

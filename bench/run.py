@@ -69,6 +69,7 @@ from bench.servers import (
 )
 from bench.stack import stack_servers
 from diabetes.api_examples import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
+from diabetes.model_metadata import read as read_metadata
 from diabetes.settings import notebook_defaults
 from tests.processes import free_port, run_bounded
 from tests.wrk import WRK_THREADS, run_wrk, write_wrk_script
@@ -336,7 +337,7 @@ def benchmark(
 ) -> dict:
     models = models_to_serve(workdir, models_dir)
     model_dir = (models / "current").resolve()
-    model_version = json.loads((model_dir / "metadata.json").read_text())["version"]
+    model_version = read_metadata(model_dir).version
     pickle_path = write_article_pickle(model_dir / "model.ubj", workdir / "article-model.pkl")
     log("one row in process: the bundle, XGBoost, the article's path")
     in_process = measure_in_process(model_dir, workdir, plan.in_process_seconds)

@@ -16,6 +16,7 @@ Training a model
     notebook_imports  the modules a notebook imports: the Makefile's prerequisites of a model
 
 Model versions and releases
+    model_metadata    metadata.json's contract: every key typed, checked at publish and load
     model_store       model versions on disk, the latest and current links, checked loads
     versions          model versions and releases: built, checked, listed, switched, rolled back
     release_layout    where a release keeps its script, package, model, settings and manifest

@@ -114,8 +114,9 @@ class Contract:
     explains: bool = False  # the rows are to be explained too: max_rows is the explanations' limit (`explaining`)
 
     @classmethod
-    def from_metadata(cls, metadata: dict, max_rows: int) -> "Contract":
-        return cls(tuple(metadata["features"]), metadata["version"], metadata["threshold"], max_rows)
+    def from_metadata(cls, metadata, max_rows: int) -> "Contract":
+        """The contract of a model's diabetes.model_metadata.ModelMetadata."""
+        return cls(tuple(metadata.as_json()["features"]), metadata.version, metadata.threshold, max_rows)
 
     def explaining(self, max_rows: int) -> "Contract":
         """The contract of a request that asks for explanations: the same,

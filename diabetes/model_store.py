@@ -10,7 +10,9 @@ version being served.
                                                 loads and passes its sample check)
 
 Models are stored in XGBoost's own format (never pickled) and are refused when
-the file does not match the sha256 recorded in its metadata.
+the file does not match the sha256 recorded in its metadata. The metadata is
+the model's contract with the service (diabetes.model_metadata): checked when
+a version is published, and again when it is loaded.
 
 A version's files that hold patients' rows or predictions for them
 (`PRIVATE_FILES`: the training rows, the test and out-of-fold predictions, the
@@ -30,10 +32,12 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+from diabetes import model_metadata
 from diabetes.features import FEATURE_NAMES
+from diabetes.model_metadata import FORMAT, MetadataRefused, ModelMetadata
 
 MODEL_FILE = "model.ubj"
-METADATA_FILE = "metadata.json"
+METADATA_FILE = model_metadata.METADATA_FILE
 CURRENT_LINK = "current"
 LATEST_LINK = "latest"
 # Files of a version that hold patients' rows or predictions for them, kept
@@ -55,8 +59,15 @@ def new_version_id(model_bytes: bytes) -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{sha256_of(model_bytes)[:8]}"
 
 
-def publish_version(booster, metadata: dict, models_dir, extra_files=()) -> Path:
+def publish_version(booster, record: dict, models_dir, extra_files=()) -> Path:
     """Write a new version of an XGBoost booster and make it the latest one.
+
+    `record` is what training computed of the model's metadata: every key of
+    `ModelMetadata` but those this adds (the format, version, model file and
+    its sha256, the training time, the feature names). The whole is parsed
+    into the contract and checked as the service will check it before
+    anything is written: MetadataRefused names the key that is wrong, and
+    nothing is published.
 
     The version folder is complete before it gets its final name, and the
     link is swapped with a rename: a reader sees the old version or the new
@@ -68,14 +79,22 @@ def publish_version(booster, metadata: dict, models_dir, extra_files=()) -> Path
     models_dir = Path(models_dir)
     model_bytes = bytes(booster.save_raw(raw_format="ubj"))
     version = new_version_id(model_bytes)
-    metadata = {**metadata, "version": version, "model_file": MODEL_FILE, "model_sha256": sha256_of(model_bytes)}
+    metadata = published_metadata(
+        record,
+        format=FORMAT,
+        version=version,
+        model_file=MODEL_FILE,
+        model_sha256=sha256_of(model_bytes),
+        trained_at=model_metadata.now(),
+        feature_names=list(FEATURE_NAMES),
+    )
 
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = models_dir / f".{version}.partial"
     staging.mkdir(mode=0o700)
     os.chmod(staging, 0o700)  # whatever the umask (mkdir's mode is only narrowed by it)
     (staging / MODEL_FILE).write_bytes(model_bytes)
-    (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    model_metadata.write(metadata, staging)
     for name, write in extra_files:
         path = staging / name
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
@@ -88,6 +107,22 @@ def publish_version(booster, metadata: dict, models_dir, extra_files=()) -> Path
     return version_dir
 
 
+def published_metadata(record: dict, **published) -> ModelMetadata:
+    """Training's record and the publication's own fields, as the contract,
+    checked; MetadataRefused says which key is wrong and that nothing was published."""
+    try:
+        # As JSON holds it: numpy's numbers become JSON's, tuples arrays.
+        document = json.loads(json.dumps({**record, **published}))
+        metadata = ModelMetadata.parse(document)
+        check_metadata(metadata)
+    except (MetadataRefused, ModelRefused, TypeError, ValueError) as error:
+        raise MetadataRefused(
+            f"the training run's metadata does not hold the model's contract (diabetes/model_metadata.py), "
+            f"nothing was published: {error}"
+        ) from error
+    return metadata
+
+
 def point_link(models_dir, link: str, version: str):
     """Make `models_dir/link` name `version`, atomically."""
     models_dir = Path(models_dir)
@@ -97,33 +132,34 @@ def point_link(models_dir, link: str, version: str):
     next_link.rename(models_dir / link)
 
 
-def load_metadata(model_dir) -> dict:
-    return json.loads((Path(model_dir) / METADATA_FILE).read_text())
+def load_metadata(model_dir) -> ModelMetadata:
+    """The contract of the version in `model_dir`; MetadataRefused (a
+    ValueError) names the key that is missing or wrong."""
+    return model_metadata.read(model_dir)
 
 
-def check_metadata(metadata: dict):
+def check_metadata(metadata: ModelMetadata):
     """Refuse metadata that the service would misread: features in another
     order than the model's, a threshold outside (0, 1), a model file that is
     not a plain name in the version's folder."""
-    if tuple(metadata.get("feature_names", ())) != FEATURE_NAMES:
+    if tuple(metadata.feature_names) != FEATURE_NAMES:
         raise ModelRefused(
-            f"the model expects features {metadata.get('feature_names')}, this code sends {list(FEATURE_NAMES)}"
+            f"the model expects features {metadata.feature_names}, this code sends {list(FEATURE_NAMES)}"
         )
-    described = tuple(feature.get("name") for feature in metadata.get("features", ()))
+    described = tuple(feature.name for feature in metadata.features)
     if described != FEATURE_NAMES:
         raise ModelRefused(
             f"the metadata describes features {list(described)}, in another order than the "
             f"model's {list(FEATURE_NAMES)}"
         )
-    threshold = metadata.get("threshold")
-    if type(threshold) not in (int, float) or not 0 < threshold < 1:
-        raise ModelRefused(f"threshold {threshold!r} is not a probability strictly between 0 and 1")
-    model_file = metadata.get("model_file")
-    if not isinstance(model_file, str) or Path(model_file).name != model_file or model_file in ("", ".", ".."):
+    if not 0 < metadata.threshold < 1:
+        raise ModelRefused(f"threshold {metadata.threshold!r} is not a probability strictly between 0 and 1")
+    model_file = metadata.model_file
+    if Path(model_file).name != model_file or model_file in ("", ".", ".."):
         raise ModelRefused(f"model_file {model_file!r} is not a plain file name")
 
 
-def read_checked_model(model_dir) -> tuple[Path, dict, bytes]:
+def read_checked_model(model_dir) -> tuple[Path, ModelMetadata, bytes]:
     """A version folder (or a link to one) resolved, its checked metadata and
     its model file's bytes, refused unless they match the recorded sha256."""
     # Resolved once: a promotion that switches the link while this reads must
@@ -132,9 +168,9 @@ def read_checked_model(model_dir) -> tuple[Path, dict, bytes]:
     try:
         metadata = load_metadata(model_dir)
         check_metadata(metadata)
-        model_bytes = (model_dir / metadata["model_file"]).read_bytes()
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        model_bytes = (model_dir / metadata.model_file).read_bytes()
+    except (OSError, ValueError) as error:
         raise ModelRefused(f"cannot read the model in {model_dir}: {error}") from error
-    if sha256_of(model_bytes) != metadata.get("model_sha256"):
-        raise ModelRefused(f"{model_dir / metadata['model_file']} does not match the sha256 in its metadata")
+    if sha256_of(model_bytes) != metadata.model_sha256:
+        raise ModelRefused(f"{model_dir / metadata.model_file} does not match the sha256 in its metadata")
     return model_dir, metadata, model_bytes

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 
+from diabetes import model_metadata
 from diabetes.release_layout import MANIFEST_FILE, MODEL_DIR
 
 CHANNEL_FD_VARIABLE = "NODE_CHANNEL_FD"
@@ -186,9 +187,8 @@ def model_version(model_dir: str | None) -> str:
     if not model_dir:
         return NOT_KNOWN
     try:
-        with open(os.path.join(model_dir, "metadata.json"), "rb") as file:
-            return str(json.load(file)["version"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return model_metadata.read(model_dir).version
+    except (OSError, ValueError):
         return NOT_KNOWN
 
 

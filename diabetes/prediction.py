@@ -15,6 +15,7 @@ from treelite.gtil.gtil import GTILConfig
 
 from diabetes.additive_trees import AdditiveTrees, fold_trees
 from diabetes.features import FEATURE_NAMES, FEW_ROWS, to_model_input, to_model_input_rows
+from diabetes.model_metadata import ModelMetadata
 from diabetes.model_store import ModelRefused, read_checked_model
 
 _FLOAT32_POINTER = ctypes.POINTER(ctypes.c_float)
@@ -60,12 +61,12 @@ class ModelBundle:
     otherwise the same trees in Treelite (the fast path for a few rows)."""
 
     booster: xgb.Booster
-    metadata: dict
+    metadata: ModelMetadata
     additive_trees: AdditiveTrees | None = None
 
     @property
     def version(self) -> str:
-        return self.metadata["version"]
+        return self.metadata.version
 
     @cached_property
     def small_batch_predictor(self) -> "TreelitePredictor":
@@ -73,8 +74,8 @@ class ModelBundle:
 
     def sample_check_passes(self) -> bool:
         """Does the model give the sample row the probability its training run recorded?"""
-        sample = self.metadata["sample"]
-        return abs(float(self.predict_proba([sample["values"]])[0]) - sample["probability"]) <= 1e-6
+        sample = self.metadata.sample
+        return abs(float(self.predict_proba([sample.values])[0]) - sample.probability) <= 1e-6
 
     def predict_proba(self, rows) -> np.ndarray:
         """Probability of diabetes (class 1) for each row of 8 raw values."""

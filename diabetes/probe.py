@@ -62,7 +62,7 @@ def main(argv):
     if args.print_url:
         print(url)
         return 0
-    version = load_metadata(args.expect_model)["version"] if args.expect_model else None
+    version = load_metadata(args.expect_model).version if args.expect_model else None
     try:
         api_key = read_api_key(settings["api_key"], settings["api_key_file"])
         answer = wait_for_answer(url, args.timeout, version, api_key)

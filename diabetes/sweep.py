@@ -46,7 +46,7 @@ import papermill
 import yaml
 
 from diabetes import credentials
-from diabetes.model_store import point_link
+from diabetes.model_store import load_metadata, point_link
 
 PROJECT = Path(__file__).resolve().parents[1]
 NOTEBOOK = str(PROJECT / "notebooks" / "train.ipynb")
@@ -134,12 +134,12 @@ def run_one(name: str, parameters: dict, base: list, run_dir: Path, timeout: flo
             env=credentials.environment(hidden, {**os.environ, "OMP_NUM_THREADS": "1"}),
         )
         if result.returncode == 0:
-            metadata = json.loads((run_dir / "models" / "latest" / "metadata.json").read_text())
+            metadata = load_metadata(run_dir / "models" / "latest")
             row.update(
                 status="ok",
-                trees=metadata["trees"],
+                trees=metadata.trees,
                 model_dir=str((run_dir / "models" / "latest").resolve()),
-                **{metric: metadata["metrics"].get(metric) for metric in METRICS},
+                **{metric: getattr(metadata.metrics, metric) for metric in METRICS},
             )
         else:
             row["error"] = notebook_error(run_dir / "train.ipynb") or result.stderr.strip().splitlines()[-1]

@@ -48,6 +48,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from diabetes.model_metadata import ModelMetadata
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK, METADATA_FILE, ModelRefused, load_metadata, point_link
 from diabetes.release_layout import (
     MANIFEST_FILE,
@@ -156,22 +157,20 @@ def describe_models(models_dir: Path) -> str:
     for version in folders_in(models_dir):
         try:
             figures = model_figures(load_metadata(models_dir / version))
-        except (OSError, ValueError, KeyError, TypeError) as error:
+        except (OSError, ValueError) as error:
             figures = f"unreadable: {error}"
         marks = [link for link, named in (("current", current), ("latest", latest)) if named == version]
         lines.append(f"{'*' if version == current else ' '} {version:<28}{figures}  {' '.join(marks)}")
     return "\n".join(lines)
 
 
-def model_figures(metadata: dict) -> str:
-    metrics = metadata["metrics"]
-    cv_auc = "-"
-    if "cv_roc_auc_std" in metrics:
-        cv_auc = f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}"
-    interval = metrics.get("test_accuracy_interval")
-    accuracy = f"{metrics['test_accuracy']:.2%}" + (f" [{interval[0]:.2%}, {interval[1]:.2%}]" if interval else "")
-    brier = f"{metrics['test_brier']:.4f}" if "test_brier" in metrics else "-"
-    return f"{cv_auc:<17}{metrics['test_roc_auc']:>8.4f}  {accuracy:<42}{brier:>6}{metadata['trees']:>7}"
+def model_figures(metadata: ModelMetadata) -> str:
+    metrics = metadata.metrics
+    cv_auc = f"{metrics.cv_roc_auc_mean:.4f} ± {metrics.cv_roc_auc_std:.4f}"
+    low, high = metrics.test_accuracy_interval
+    accuracy = f"{metrics.test_accuracy:.2%} [{low:.2%}, {high:.2%}]"
+    brier = f"{metrics.test_brier:.4f}"
+    return f"{cv_auc:<17}{metrics.test_roc_auc:>8.4f}  {accuracy:<42}{brier:>6}{metadata.trees:>7}"
 
 
 # ---- Releases: listing, checking, switching ------------------------------------------
@@ -303,14 +302,14 @@ def stage(releases_dir: Path, script: Path, notebook: Path, package: Path, model
     copy_serving_model(model, staging / MODEL_DIR)
     (staging / SETTINGS_FILE).write_text(json.dumps(resolved_settings(notebook), indent=2) + "\n")
     metadata = verified_model_copy(staging / MODEL_DIR)
-    if metadata["version"] != model.name:
-        raise Refused(f"folder {model.name} holds model version {metadata['version']}")
+    if metadata.version != model.name:
+        raise Refused(f"folder {model.name} holds model version {metadata.version}")
     commit, dirty = git_state(Path.cwd())
     source = {
         "commit": commit,
         "dirty": dirty,
-        "model_version": metadata["version"],
-        "model_sha256": metadata["model_sha256"],
+        "model_version": metadata.version,
+        "model_sha256": metadata.model_sha256,
         "sources": {"script": str(script), "notebook": str(notebook), "package": str(package), "model": str(model)},
         "dependency_locks": {name: sha256_of_file(name) for name in DEPENDENCY_LOCKS if Path(name).exists()},
     }
@@ -346,7 +345,7 @@ def resolved_settings(notebook: Path) -> dict:
 
 def model_file_name(model_dir: Path) -> str:
     """The model file a version's metadata names, as a plain name in its folder."""
-    return Path(load_metadata(model_dir)["model_file"]).name
+    return Path(load_metadata(model_dir).model_file).name
 
 
 def copy_serving_model(version_dir: Path, destination: Path):
@@ -357,7 +356,7 @@ def copy_serving_model(version_dir: Path, destination: Path):
     shutil.copy2(version_dir / METADATA_FILE, destination / METADATA_FILE)
     try:
         model_file = model_file_name(version_dir)
-    except (ValueError, KeyError, TypeError) as error:
+    except ValueError as error:
         raise Refused(f"cannot read {version_dir / METADATA_FILE}: {error}") from error
     if model_file in ("", ".", "..", METADATA_FILE):
         raise Refused(f"{version_dir / METADATA_FILE} names no model file")
@@ -371,7 +370,7 @@ def training_record(release_dir: Path) -> list[str]:
     model_dir = release_dir / MODEL_DIR
     try:
         model_file = model_file_name(model_dir)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         model_file = None
     return sorted(
         path.relative_to(release_dir).as_posix()
@@ -380,16 +379,17 @@ def training_record(release_dir: Path) -> list[str]:
     )
 
 
-def verified_model_copy(model_dir: Path) -> dict:
-    """The metadata of a copied model version whose file matches its sha256
-    (read without XGBoost, which is slow to import: the checks load it)."""
+def verified_model_copy(model_dir: Path) -> ModelMetadata:
+    """The metadata of a copied model version, which holds the model's
+    contract, and whose file matches its sha256 (read without XGBoost, which
+    is slow to import: the checks load it)."""
     try:
         metadata = load_metadata(model_dir)
-        model_file = model_dir / Path(metadata["model_file"]).name
-        if sha256_of_file(str(model_file)) != metadata["model_sha256"]:
+        model_file = model_dir / Path(metadata.model_file).name
+        if sha256_of_file(str(model_file)) != metadata.model_sha256:
             raise Refused(f"{model_file} does not match the sha256 in its metadata")
         return metadata
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError) as error:
         raise Refused(f"cannot read the model in {model_dir}: {error}") from error
 
 

@@ -1,6 +1,7 @@
 """The API, on every route: through Flask's test client on the generated
 script's app, and over HTTP against the PM2-served service (`target`)."""
 
+import dataclasses
 import gzip
 import json as json_module
 import re
@@ -296,7 +297,7 @@ def app_with_threshold(served_module, limits, threshold: float) -> Target:
     """An app around the served model, with its threshold set to `threshold`."""
     bundle = served_module.bundle
     client = served_module.create_app(
-        bundle.__class__(bundle.booster, {**bundle.metadata, "threshold": threshold})
+        bundle.__class__(bundle.booster, dataclasses.replace(bundle.metadata, threshold=threshold))
     ).test_client()
 
     def send(method, path, body, headers):

@@ -105,17 +105,17 @@ def test_two_external_workers_train_a_million_rows_through_the_notebook(trained_
     latest = trained_on_cluster / "models" / "latest"
     bundle = load_bundle(latest)
     metadata = bundle.metadata
-    assert metadata["cluster"]["scheduler"] == external_cluster.address
-    assert metadata["cluster"]["workers"] == 2 and metadata["cluster"]["threads"] == 2
-    assert metadata["cluster"]["partitions"] == 2 and metadata["cluster"]["rows"] == ROWS
-    test_rows = metadata["cluster"]["test_rows"]
+    assert metadata.cluster.scheduler == external_cluster.address
+    assert metadata.cluster.workers == 2 and metadata.cluster.threads == 2
+    assert metadata.cluster.partitions == 2 and metadata.cluster.rows == ROWS
+    test_rows = metadata.cluster.test_rows
     assert abs(test_rows - 0.33 * ROWS) <= 2 * 2, "a stratified third per partition, to a row per label"
-    assert metadata["cluster"]["training_rows"] + test_rows == ROWS
-    assert metadata["data"]["rows"] == ROWS and metadata["data"]["snapshot"] is None
-    assert metadata["metrics"]["test_roc_auc"] >= metadata["parameters"]["min_auc"]
-    low, high = metadata["metrics"]["test_accuracy_interval"]
-    assert low < metadata["metrics"]["test_accuracy"] < high and high - low < 0.01, "a third of a million rows"
-    assert 1 <= bundle.booster.num_boosted_rounds() == metadata["trees"] <= 40
+    assert metadata.cluster.training_rows + test_rows == ROWS
+    assert metadata.data.rows == ROWS and metadata.data.snapshot is None
+    assert metadata.metrics.test_roc_auc >= metadata.parameters.min_auc
+    low, high = metadata.metrics.test_accuracy_interval
+    assert low < metadata.metrics.test_accuracy < high and high - low < 0.01, "a third of a million rows"
+    assert 1 <= bundle.booster.num_boosted_rounds() == metadata.trees <= 40
     # Both workers boosted: XGBoost gave each a rank in the training's communicator.
     logs = "".join(path.read_text() for path in external_cluster.log_dir.glob("worker-*.log"))
     assert re.search(r"got rank 0", logs) and re.search(r"got rank 1", logs)

@@ -36,7 +36,7 @@ MAX_ROWS = 50
 @pytest.fixture(scope="module")
 def contract() -> Contract:
     features = [{**asdict(feature), "training_min": 0.0, "training_max": 200.0} for feature in FEATURES]
-    return Contract.from_metadata({"features": features, "version": "1", "threshold": 0.5}, max_rows=MAX_ROWS)
+    return Contract(tuple(features), "1", 0.5, max_rows=MAX_ROWS)
 
 
 def records(rows):

@@ -323,7 +323,7 @@ def probes(container: dict) -> dict:
 def documented_routes() -> dict:
     """The service's OpenAPI document's paths (the model's card does not change them)."""
     features = [{**asdict(feature), "training_min": 0.0, "training_max": 1.0} for feature in FEATURES]
-    contract = Contract.from_metadata({"features": features, "version": "v-test", "threshold": 0.5}, max_rows=10)
+    contract = Contract(tuple(features), "v-test", 0.5, max_rows=10)
     return openapi_document(contract)["paths"]
 
 

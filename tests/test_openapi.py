@@ -31,7 +31,7 @@ def contract() -> Contract:
         {**asdict(feature), "training_min": float(number), "training_max": float(100 + number)}
         for number, feature in enumerate(FEATURES)
     ]
-    return Contract.from_metadata({"features": features, "version": "v-test", "threshold": 0.4}, max_rows=MAX_ROWS)
+    return Contract(tuple(features), "v-test", 0.4, max_rows=MAX_ROWS)
 
 
 @pytest.fixture(scope="module")

@@ -79,8 +79,8 @@ def test_publish_best_trains_the_winner_through_make_train(tmp_path):
         timeout=600,
     )
     published = load_bundle(tmp_path / "models" / "latest")
-    assert published.metadata["parameters"]["learning_rate"] == 0.2
-    assert published.metadata["parameters"]["min_auc"] == 0.7, "the gate of the base parameters, not the sweep's"
+    assert published.metadata.parameters.learning_rate == 0.2
+    assert published.metadata.parameters.min_auc == 0.7, "the gate of the base parameters, not the sweep's"
     executed = json.loads((tmp_path / "runs" / "train.ipynb").read_text())
     assert executed["metadata"]["papermill"]["parameters"]["learning_rate"] == 0.2
 

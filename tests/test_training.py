@@ -22,44 +22,44 @@ def test_training_publishes_a_loadable_model_with_its_metadata(trained):
     metadata = bundle.metadata
 
     assert latest.is_symlink() and latest.resolve().name == bundle.version
-    assert metadata["feature_names"] == list(FEATURE_NAMES)
-    assert 0.7 <= metadata["metrics"]["test_roc_auc"] <= 1
-    assert 0 < metadata["metrics"]["test_accuracy"] <= 1
-    assert metadata["metrics"]["cv_roc_auc_std"] >= 0
-    assert metadata["parameters"]["n_estimators"] == 60, "the fast parameter file was not applied"
-    assert metadata["parameters"]["cv_folds"] == 2 and metadata["parameters"]["cv_repeats"] == 1
-    assert metadata["data"]["source"] == "data/pima-indians-diabetes.data.csv" and metadata["data"]["query"] is None
-    assert metadata["data"]["sha256"] == read_training_data(PROJECT / "data/pima-indians-diabetes.data.csv").sha256
-    assert set(metadata["library_versions"]) >= {"python", "xgboost", "scikit-learn", "pandas", "numpy"}
-    assert all(f["training_min"] <= f["training_max"] for f in metadata["features"])
-    assert 1 <= bundle.booster.num_boosted_rounds() == metadata["trees"] <= 60
+    assert metadata.feature_names == list(FEATURE_NAMES)
+    assert 0.7 <= metadata.metrics.test_roc_auc <= 1
+    assert 0 < metadata.metrics.test_accuracy <= 1
+    assert metadata.metrics.cv_roc_auc_std >= 0
+    assert metadata.parameters.n_estimators == 60, "the fast parameter file was not applied"
+    assert metadata.parameters.cv_folds == 2 and metadata.parameters.cv_repeats == 1
+    assert metadata.data.source == "data/pima-indians-diabetes.data.csv" and metadata.data.query is None
+    assert metadata.data.sha256 == read_training_data(PROJECT / "data/pima-indians-diabetes.data.csv").sha256
+    assert set(metadata.library_versions) >= {"python", "xgboost", "scikit-learn", "pandas", "numpy"}
+    assert all(f.training_min <= f.training_max for f in metadata.features)
+    assert 1 <= bundle.booster.num_boosted_rounds() == metadata.trees <= 60
 
 
 @pytest.mark.model
 def test_the_metadata_reports_cv_test_intervals_calibration_and_the_article(trained):
     metadata = load_bundle(trained["models_dir"] / "latest").metadata
-    metrics = metadata["metrics"]
+    metrics = metadata.metrics
     for name in ("roc_auc", "accuracy", "brier", "log_loss"):
-        assert metrics[f"cv_{name}_std"] >= 0 and f"cv_{name}_mean" in metrics
+        assert getattr(metrics, f"cv_{name}_std") >= 0 and 0 < getattr(metrics, f"cv_{name}_mean")
     for name in ("roc_auc", "accuracy"):
-        low, high = metrics[f"test_{name}_interval"]
-        assert low <= metrics[f"test_{name}"] <= high and high - low > 0.02
-    assert 0 < metrics["test_brier"] < 0.25 and 0 < metrics["test_brier_uncalibrated"] < 0.25
-    assert set(metadata["calibration"]["cv_brier"]) == {"none", "platt", "isotonic"}
-    assert metadata["calibration"]["method"] in ("none", "platt")
-    assert metadata["comparison"]["article"]["trees"] >= 1
-    assert metadata["threshold"] == metadata["parameters"]["threshold"] == 0.5
-    card = metadata["model_card"]
-    assert "78.74%" in card["versus_article"] and "0.5" in card["threshold"] and "TreeSHAP" in card["explanation"]
+        low, high = getattr(metrics, f"test_{name}_interval")
+        assert low <= getattr(metrics, f"test_{name}") <= high and high - low > 0.02
+    assert 0 < metrics.test_brier < 0.25 and 0 < metrics.test_brier_uncalibrated < 0.25
+    assert set(metadata.calibration.cv_brier) == {"none", "platt", "isotonic"}
+    assert metadata.calibration.method in ("none", "platt")
+    assert metadata.comparison["article"].trees >= 1
+    assert metadata.threshold == metadata.parameters.threshold == 0.5
+    card = metadata.model_card
+    assert "78.74%" in card.versus_article and "0.5" in card.threshold and "TreeSHAP" in card.explanation
 
 
 @pytest.mark.model
 def test_the_version_keeps_a_snapshot_of_its_rows_and_their_out_of_fold_predictions(trained):
     latest = (trained["models_dir"] / "latest").resolve()
-    data = load_bundle(latest).metadata["data"]
-    snapshot = latest / data["snapshot"]
-    assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == data["sha256"]
-    assert len(pd.read_csv(snapshot)) == data["rows"] == 768
+    data = load_bundle(latest).metadata.data
+    snapshot = latest / data.snapshot
+    assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == data.sha256
+    assert len(pd.read_csv(snapshot)) == data.rows == 768
     out_of_fold = pd.read_csv(latest / "cv_predictions.csv")
     assert len(out_of_fold) == 514 and out_of_fold["probability"].between(0, 1).all()
 
@@ -86,10 +86,9 @@ def test_platt_scaling_folded_into_the_trees_is_served_alike_by_every_path(tmp_p
     assert np.abs(calibrated.inplace_predict(X, predict_type="margin") - (slope * margin + intercept)).max() < 1e-4
 
     sample = [1, 106, 70, 28, 135, 34.2, 0.142, 22]
+    # A training run's metadata (tests/metadata/format-2.json), but for this model's trees and sample.
     metadata = {
-        "feature_names": list(FEATURE_NAMES),
-        "features": [{"name": name} for name in FEATURE_NAMES],
-        "threshold": 0.5,
+        **json.loads((PROJECT / "tests" / "metadata" / "format-2.json").read_text()),
         "trees": 40,
         "sample": {"values": sample, "probability": float(calibrated.inplace_predict(to_model_input(sample))[0])},
     }
@@ -186,10 +185,10 @@ def test_an_unknown_parameter_name_fails_before_training(tmp_path, parameters):
 @pytest.mark.model
 def test_make_models_shows_cv_auc_accuracy_with_its_interval_beside_the_article_and_brier(trained):
     listing = make("models", f"MODELS_DIR={trained['models_dir']}").stdout
-    metrics = load_bundle(trained["models_dir"] / "latest").metadata["metrics"]
+    metrics = load_bundle(trained["models_dir"] / "latest").metadata.metrics
     header, line = listing.splitlines()[0], next(line for line in listing.splitlines() if "latest" in line)
     assert "CV AUC" in header and "article 78.74%" in header and "Brier" in header
-    low, high = metrics["test_accuracy_interval"]
-    assert f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}" in line
-    assert f"{metrics['test_accuracy']:.2%} [{low:.2%}, {high:.2%}]" in line
-    assert f"{metrics['test_brier']:.4f}" in line
+    low, high = metrics.test_accuracy_interval
+    assert f"{metrics.cv_roc_auc_mean:.4f} ± {metrics.cv_roc_auc_std:.4f}" in line
+    assert f"{metrics.test_accuracy:.2%} [{low:.2%}, {high:.2%}]" in line
+    assert f"{metrics.test_brier:.4f}" in line

@@ -15,6 +15,9 @@ from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.model
 
+# A metadata.json as training writes it, for a version that needs no model.
+SAMPLE_METADATA = PROJECT / "tests" / "metadata" / "format-2.json"
+
 
 @pytest.fixture()
 def two_versions(trained, tmp_path):
@@ -74,8 +77,9 @@ def test_a_version_whose_folder_and_metadata_disagree_is_refused(two_versions, c
 def metadata_only_version(models_dir, version, test_accuracy):
     """A version folder holding the metadata a listing reads (no model: nothing here loads it)."""
     (models_dir / version).mkdir(parents=True)
-    metrics = {"test_accuracy": test_accuracy, "test_roc_auc": 0.8, "cv_roc_auc_mean": 0.8, "cv_roc_auc_std": 0.01}
-    (models_dir / version / METADATA_FILE).write_text(json.dumps({"version": version, "metrics": metrics, "trees": 7}))
+    metadata = json.loads(SAMPLE_METADATA.read_text())
+    metrics = {**metadata["metrics"], "test_accuracy": test_accuracy}
+    (models_dir / version / METADATA_FILE).write_text(json.dumps({**metadata, "version": version, "metrics": metrics}))
 
 
 def test_one_command_line_lists_model_versions_and_releases(tmp_path, capsys):
