@@ -109,6 +109,11 @@ def process_exists(pid: int | None) -> bool:
 
 def process_tree(root_pid: int) -> list[int]:
     """The root and all its descendants (a gunicorn master and its workers)."""
+    if root_pid <= 1:
+        # PM2 says 0 for an app that is not running: the "descendants" of
+        # 0 or of init are every process of the machine, the tests' own
+        # included, and a test that kills them would kill them all.
+        raise ValueError(f"no process tree of pid {root_pid}: the process is not running")
     children = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
