@@ -11,7 +11,7 @@ its releases and its image never carry MLflow:
     build/tracking-venv/bin/python -m diabetes.tracking train build/models/latest
     build/tracking-venv/bin/python -m diabetes.tracking sweep build/sweeps/latest
     build/tracking-venv/bin/python -m diabetes.tracking champion build/models/current
-    build/tracking-venv/bin/python -m diabetes.tracking ui --port 5050
+    build/tracking-venv/bin/python -m diabetes.tracking ui --port 5050 [--store sqlite:///other.db]
 
 Where it logs is the training notebook's parameter `tracking_uri`, read from
 the executed notebook: by default a SQLite store under build/ (relative paths
@@ -249,13 +249,23 @@ def default_tracking_uri() -> str:
     return resolved_uri(notebook_parameters(NOTEBOOK)["tracking_uri"])
 
 
-def ui(port: int):
-    """MLflow's UI on the notebook's default store, on 127.0.0.1 only."""
-    uri = default_tracking_uri()
+def ui(port: int, store: str = ""):
+    """MLflow's UI on a SQLite store (by default the notebook's), on 127.0.0.1 only."""
+    uri = resolved_uri(store) if store else default_tracking_uri()
     Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     print(f"MLflow's UI on {uri}: http://127.0.0.1:{port}", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    command += ["--default-artifact-root", local_artifacts(uri), "--host", "127.0.0.1", "--port", str(port)]
+    command += [
+        "--default-artifact-root",
+        local_artifacts(uri),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # GenAI's job workers: not used here
     os.execv(sys.executable, command)
 
 
@@ -264,8 +274,8 @@ STEPS = {"train": log_training, "sweep": log_sweep, "champion": set_champion}
 
 def main(argv) -> int:
     if argv[:1] == ["ui"]:
-        port = int(argv[argv.index("--port") + 1]) if "--port" in argv else 5050
-        ui(port)
+        options = dict(zip(argv[1::2], argv[2::2]))
+        ui(int(options.get("--port", 5050)), options.get("--store", ""))
     if len(argv) != 2 or argv[0] not in STEPS:
         print(__doc__, file=sys.stderr)
         return 2
