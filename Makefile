@@ -52,6 +52,8 @@ BENCH_VENV   := build/bench-venv
 # tracking_uri says; make mlflow shows the local store on port MLFLOW_PORT.
 TRACKING_VENV := build/tracking-venv
 MLFLOW_PORT   := 5050
+# make mlflow's store: empty, the training notebook's default tracking_uri.
+MLFLOW_STORE  :=
 # The container image (make image): its name, tagged with the id of the
 # release it carries (the one `make serve` checked and serves) and `latest`.
 IMAGE        = $(APP)
@@ -240,7 +242,7 @@ check: lint
 
 ## mlflow   MLflow's UI on the local store (runs of make train and make sweep, the registry) on 127.0.0.1:MLFLOW_PORT
 mlflow: $(TRACKING_VENV_OK)
-	$(TRACKING_VENV)/bin/python -m diabetes.tracking ui --port $(MLFLOW_PORT)
+	$(TRACKING_VENV)/bin/python -m diabetes.tracking ui --port $(MLFLOW_PORT) $(if $(MLFLOW_STORE),--store $(MLFLOW_STORE))
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
 test: setup wrk postgresql haproxy docker busybox-static chromium lint
@@ -454,7 +456,8 @@ $(NODE_OK): package.json package-lock.json
 # not a target: the model is. A failed gate publishes nothing. papermill writes
 # the parameters into the executed notebook (and so train.html and the model's
 # copy): diabetes.credentials gives it every data URL redacted, and the URL
-# itself only in the environment of this run (diabetes/credentials.py).
+# itself only in the environment of this run (diabetes/credentials.py). Then
+# MLflow logs the run from those records (diabetes/tracking.py; a warning at worst).
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv | $(VENV_OK)
 	@# The executed notebook shows training rows: its copies are the user's alone.
 	@install -d -m 700 $(RUNS_DIR)
