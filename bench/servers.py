@@ -346,8 +346,8 @@ class EdgeConstantServer(ChildProcessServer):
 class MlflowServer(ChildProcessServer):
     """`mlflow models serve` on the registered model's champion (the version
     `current` serves, logged by `make train` with MLflow's XGBoost flavour),
-    from the tracking venv, with MLflow's defaults (one worker; it answers
-    class labels, not probabilities)."""
+    from the tracking venv, with MLflow's defaults (one worker; the booster's
+    probability for the raw row)."""
 
     key = "mlflow"
     label = "mlflow models serve (defaults)"
@@ -381,7 +381,9 @@ class MlflowServer(ChildProcessServer):
         ]
 
     def environment(self):
-        return {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
+        # MLflow starts its scoring server as `uvicorn`, found on PATH.
+        path = f"{self.tracking_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri, "PATH": path}
 
 
 class ServiceUnderPM2(Server):
