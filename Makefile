@@ -119,7 +119,8 @@ BENCH_VENV_OK := $(BENCH_VENV)/.installed
 TRACKING_VENV_OK := $(TRACKING_VENV)/.installed
 # A step of diabetes/tracking.py (train, sweep, champion) in the tracking venv.
 # It never fails: tracking never blocks training or a release.
-track = if [ -e $(TRACKING_VENV_OK) ]; then $(TRACKING_VENV)/bin/python -m diabetes.tracking $(1); \
+track = if [ -e $(TRACKING_VENV_OK) ]; then $(TRACKING_VENV)/bin/python -m diabetes.tracking $(1) \
+            || echo "tracking: WARNING, $(TRACKING_VENV)'s python failed: not tracked" >&2; \
           else echo "tracking: WARNING, no $(TRACKING_VENV) (make setup installs it): not tracked" >&2; fi
 NODE_OK   := node_modules/.installed
 # podman (or docker) with the options this machine needs (see the script).

@@ -164,6 +164,9 @@ def log_training(version_dir) -> str:
 
     with mlflow.start_run(run_name=f"train {version_dir.name}") as run:
         metadata = log_version(mlflow, version_dir, notebook, version_dir / "train.html")
+        already = registered_version(mlflow.MlflowClient(), metadata.version)
+        if already is not None:  # the step run again by hand: one registered version per published one
+            return f"run {run.info.run_id}; {metadata.version} was registered already (version {already.version})"
         booster = xgboost.Booster(model_file=str(version_dir / metadata.model_file))
         info = xgboost_flavour.log_model(
             booster,
