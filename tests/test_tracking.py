@@ -7,9 +7,7 @@ page in headless Chromium; and a server that does not answer."""
 import json
 import os
 import signal
-import socket
 import subprocess
-import time
 
 import pytest
 import requests
@@ -19,7 +17,7 @@ from diabetes.api_examples import ARTICLE_BODY, ARTICLE_PATH
 from diabetes.model_metadata import read as read_metadata
 from diabetes.tracking import TRACKING_VENV, WINNER_TAG, notebook_parameters
 from tests.conftest import FAST_PARAMS, PROJECT, make, needs
-from tests.processes import clean_environment, free_port
+from tests.processes import clean_environment, free_port, port_is_open, wait_until
 
 TRACKING_PYTHON = TRACKING_VENV / "bin" / "python"
 CHROMIUM_FLAGS = [
@@ -201,14 +199,9 @@ def test_make_mlflow_shows_the_experiment_and_its_runs_in_headless_chromium(trac
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and ui.poll() is None, "make mlflow did not start"
-                time.sleep(0.5)
+        assert wait_until(lambda: port_is_open(port) or ui.poll() is not None, 90) and ui.poll() is None, (
+            f"make mlflow did not start:\n{log.read_text()[-3000:]}"
+        )
         page = f"http://127.0.0.1:{port}/#/experiments/1/runs"
         chromium = ["chromium", *CHROMIUM_FLAGS]
         dom = subprocess.run(
