@@ -47,6 +47,13 @@ LAB_FLAGS    :=
 QUICK        :=
 # MLServer, the benchmark's peer on the V2 route, in a venv of its own.
 BENCH_VENV   := build/bench-venv
+# MLflow, in a venv of its own (requirements-tracking.txt), never the service's:
+# make train and make sweep log their runs where the training notebook's
+# tracking_uri says; make mlflow shows the local store on port MLFLOW_PORT.
+TRACKING_VENV := build/tracking-venv
+MLFLOW_PORT   := 5050
+# make mlflow's store: empty, the training notebook's default tracking_uri.
+MLFLOW_STORE  :=
 # The container image (make image): its name, tagged with the id of the
 # release it carries (the one `make serve` checked and serves) and `latest`.
 IMAGE        = $(APP)
@@ -109,6 +116,12 @@ DEPLOYED  := $(RELEASES_DIR)/.deployed
 VENV_OK   := $(VENV)/.installed
 TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
 BENCH_VENV_OK := $(BENCH_VENV)/.installed
+TRACKING_VENV_OK := $(TRACKING_VENV)/.installed
+# A step of diabetes/tracking.py (train, sweep, champion) in the tracking venv.
+# It never fails: tracking never blocks training or a release.
+track = if [ -e $(TRACKING_VENV_OK) ]; then $(TRACKING_VENV)/bin/python -m diabetes.tracking $(1) \
+            || echo "tracking: WARNING, $(TRACKING_VENV)'s python failed: not tracked" >&2; \
+          else echo "tracking: WARNING, no $(TRACKING_VENV) (make setup installs it): not tracked" >&2; fi
 NODE_OK   := node_modules/.installed
 # podman (or docker) with the options this machine needs (see the script).
 ENGINE     := container/engine
@@ -140,14 +153,14 @@ export JUPYTER_PREFER_ENV_PATH := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # ---- Verbs --------------------------------------------------------------------
-.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection check test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train haproxy
+.PHONY: help setup train scripts serve stop status logs monit models releases rollback postman collection check test lint format bench reliability lab lock clean wrk db postgresql sweep bigdata bench-train haproxy mlflow chromium
 
 ## help     list the verbs (the default)
 help:
 	@sed -n 's/^## /make /p' $(MAKEFILE_LIST)
 
-## setup    install Python packages in .venv and the Node tools (pm2, newman) in node_modules; enable .githooks
-setup: $(VENV_OK) $(NODE_OK)
+## setup    install Python packages in .venv, MLflow in build/tracking-venv, the Node tools (pm2, newman) in node_modules; enable .githooks
+setup: $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK)
 	@# In a git checkout, the project's hooks: commit-msg refuses a subject of 72 characters or more.
 	@if [ "$$(git rev-parse --show-toplevel 2> /dev/null)" = "$(CURDIR)" ]; then git config core.hooksPath .githooks; fi
 
@@ -165,6 +178,7 @@ bigdata: $(VENV_OK)
 sweep: $(VENV_OK)
 	@mkdir -p $(SWEEPS_DIR)
 	$(PYTHON) -m diabetes.sweep $(SWEEP) --sweeps-dir $(SWEEPS_DIR)
+	@$(call track,sweep $(SWEEPS_DIR)/latest)
 	@if [ "$(PUBLISH)" = best ]; then \
 	    $(MAKE) --no-print-directory train TRAIN_PARAMS="$$(cat $(SWEEPS_DIR)/latest/train-params)"; \
 	elif [ -n "$(PUBLISH)" ]; then echo "PUBLISH=$(PUBLISH): only PUBLISH=best is known" >&2; exit 2; fi
@@ -196,6 +210,7 @@ releases: $(VENV_OK)
 ## rollback serve the release before the current one, code and model together (checked first; reloads without downtime)
 rollback: $(VENV_OK) $(NODE_OK)
 	$(VERSIONS) releases rollback $(RELEASES_DIR) --models-dir $(MODELS_DIR)
+	@$(call track,champion $(MODELS_DIR)/current)
 	@if $(PM2) describe $(APP) > /dev/null 2>&1; then $(PM2) sendSignal SIGHUP $(APP) > /dev/null; \
 	    $(PYTHON) -m diabetes.probe --timeout 60 --expect-model $(call release_part,$(RELEASES_DIR)/current,model); fi
 
@@ -226,8 +241,12 @@ collection: $(VENV_OK)
 check: lint
 	$(PYTHON) -m pytest -m fast
 
+## mlflow   MLflow's UI on the local store (runs of make train and make sweep, the registry) on 127.0.0.1:MLFLOW_PORT
+mlflow: $(TRACKING_VENV_OK)
+	$(TRACKING_VENV)/bin/python -m diabetes.tracking ui --port $(MLFLOW_PORT) $(if $(MLFLOW_STORE),--store $(MLFLOW_STORE))
+
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
-test: setup wrk postgresql haproxy docker busybox-static lint
+test: setup wrk postgresql haproxy docker busybox-static chromium lint
 	$(PYTHON) -m pytest
 
 ## lint     ruff's checks and its formatting, of the code and the notebooks (make format applies both)
@@ -381,6 +400,10 @@ wrk:
 	    apt-get update -qq && apt-get install -y -qq wrk > /dev/null; \
 	  else echo "install wrk first: sudo apt-get install wrk"; exit 1; fi; }
 
+# Headless Chromium, which opens make mlflow's page in the tests, from Debian's packages.
+chromium:
+	@command -v chromium > /dev/null || { $(call apt_install,chromium); }
+
 # The service's edge (diabetes/edge.py), from Debian's packages.
 haproxy:
 	@command -v haproxy > /dev/null || { $(call apt_install,haproxy); }
@@ -418,6 +441,14 @@ $(BENCH_VENV_OK): bench/requirements-mlserver.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -r $<
 	touch $@
 
+# MLflow for tracking: every package pinned (requirements-tracking.txt says how to re-pin).
+$(TRACKING_VENV_OK): requirements-tracking.txt
+	rm -rf $(TRACKING_VENV)
+	python3 -m venv $(TRACKING_VENV)
+	$(TRACKING_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRACKING_VENV)/bin/python -m pip install --quiet --no-deps -r $<
+	touch $@
+
 $(NODE_OK): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -426,7 +457,8 @@ $(NODE_OK): package.json package-lock.json
 # not a target: the model is. A failed gate publishes nothing. papermill writes
 # the parameters into the executed notebook (and so train.html and the model's
 # copy): diabetes.credentials gives it every data URL redacted, and the URL
-# itself only in the environment of this run (diabetes/credentials.py).
+# itself only in the environment of this run (diabetes/credentials.py). Then
+# MLflow logs the run from those records (diabetes/tracking.py; a warning at worst).
 $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.csv | $(VENV_OK)
 	@# The executed notebook shows training rows: its copies are the user's alone.
 	@install -d -m 700 $(RUNS_DIR)
@@ -435,6 +467,7 @@ $(MODEL): notebooks/train.ipynb $(TRAIN_PARAMS) data/pima-indians-diabetes.data.
 	    notebooks/train.ipynb $(RUNS_DIR)/train.ipynb $(addprefix -f ,$(TRAIN_PARAMS)) -p models_dir $(MODELS_DIR)
 	$(NBCONVERT) --to html --log-level=WARN $(RUNS_DIR)/train.ipynb
 	install -m 600 $(RUNS_DIR)/train.ipynb $(RUNS_DIR)/train.html $(MODELS_DIR)/latest/
+	@$(call track,train $(MODELS_DIR)/latest)
 
 # The model's other prerequisites: the package's modules that the training
 # notebook and the recipe's tools import, directly or through one another.
@@ -475,6 +508,7 @@ $(DEPLOYED): $(SCRIPTS_DIR)/serve.py $(MODEL) $(wildcard diabetes/*.py) diabetes
 	    $(PAPERMILL) --cwd $(STAGED) $(call release_part,$(STAGED),notebook) $(RUNS_DIR)/serve.ipynb
 	PYTHONPATH=$(call release_part,$(abspath $(STAGED)),package) $(PYTHON) -P -m diabetes.versions releases seal \
 	    $(RELEASES_DIR) --passed "endpoint notebook under papermill" --models-dir $(MODELS_DIR)
+	@$(call track,champion $(MODELS_DIR)/current)
 	@# (Any pm2 command starts a daemon: none is asked unless one runs.)
 	@if [ -e $(PM2_HOME)/pm2.pid ] && $(PM2) describe $(APP) > /dev/null 2>&1; then \
 	    $(PM2) sendSignal SIGHUP $(APP) > /dev/null; fi

@@ -8,7 +8,8 @@ it (PM2, the HAProxy edge, gunicorn), the same edge and gunicorn stack
 answering a constant (the ceiling), main as it was before the edge (a git
 worktree of that commit, its own `make serve`), HAProxy alone answering a
 constant (the machine's limit for HTTP), MLServer when installed, with
---mlflow `mlflow models serve` when MLflow is installed, and the stack
+--mlflow `mlflow models serve` of the registered model's champion when
+the tracking venv is installed (build/tracking-venv, `make setup`), and the stack
 (`make stack`, 2 replicas) on a two-node swarm of the benchmark's own, with
 its replicas on two nodes and on one (bench.stack). Every round starts,
 loads and stops each server in turn, so that noise on the machine hits all of
@@ -22,7 +23,6 @@ and results.md to build/bench/, with the project's targets, and prints the table
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -71,6 +71,7 @@ from bench.stack import stack_servers
 from diabetes.api_examples import ARTICLE_PATH, ARTICLE_VALUES, V2_INFER
 from diabetes.model_metadata import read as read_metadata
 from diabetes.settings import notebook_defaults
+from diabetes.tracking import TRACKING_VENV, default_tracking_uri
 from tests.processes import free_port, run_bounded
 from tests.wrk import WRK_THREADS, run_wrk, write_wrk_script
 
@@ -274,11 +275,12 @@ def peers(
     else:
         servers.append(MlserverServer(workdir, model_dir / "model.ubj", executable, mlserver_threads))
     if with_mlflow:
-        if importlib.util.find_spec("mlflow") is None:
-            skipped.append("mlflow: not installed in this environment")
-            log("skipped mlflow models serve: mlflow is not installed in this environment")
+        mlflow = TRACKING_VENV / "bin" / "mlflow"
+        if not mlflow.exists():
+            skipped.append(f"mlflow: not installed in {TRACKING_VENV} (`make setup` installs it there)")
+            log(f"skipped mlflow models serve: {skipped[-1]}")
         else:
-            servers.append(MlflowServer(workdir, model_dir / "model.ubj"))
+            servers.append(MlflowServer(workdir, TRACKING_VENV, default_tracking_uri()))
     return servers, skipped
 
 
@@ -436,7 +438,7 @@ def benchmark(
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one short round: a smoke run, not figures to compare")
-    parser.add_argument("--mlflow", action="store_true", help="add `mlflow models serve` if MLflow is installed")
+    parser.add_argument("--mlflow", action="store_true", help="add `mlflow models serve` of the champion")
     parser.add_argument(
         "--mlserver-venv", type=Path, default=BENCH_VENV, help="the venv of MLServer (skipped when it has none)"
     )

@@ -22,6 +22,7 @@ from diabetes.features import FEATURE_NAMES
 from diabetes.model_store import CURRENT_LINK, LATEST_LINK
 from diabetes.release_layout import SCRIPT_FILE
 from diabetes.settings import APP_NAME, ENVIRONMENT_PREFIX
+from diabetes.tracking import CHAMPION, REGISTERED_MODEL
 from tests.processes import (
     LOCALHOST,
     clean_environment,
@@ -343,8 +344,10 @@ class EdgeConstantServer(ChildProcessServer):
 
 
 class MlflowServer(ChildProcessServer):
-    """`mlflow models serve` on the same model, with MLflow's defaults (one
-    worker; it answers class labels, not probabilities)."""
+    """`mlflow models serve` on the registered model's champion (the version
+    `current` serves, logged by `make train` with MLflow's XGBoost flavour),
+    from the tracking venv, with MLflow's defaults (one worker; the booster's
+    probability for the raw row)."""
 
     key = "mlflow"
     label = "mlflow models serve (defaults)"
@@ -357,18 +360,18 @@ class MlflowServer(ChildProcessServer):
     }
     start_timeout = 120
 
-    def __init__(self, workdir: Path, model_file: Path):
+    def __init__(self, workdir: Path, tracking_venv: Path, tracking_uri: str):
         super().__init__(workdir)
-        self.model_file = model_file
-        self.mlflow_model = self.workdir / "mlflow-model"
+        self.tracking_venv = tracking_venv
+        self.tracking_uri = tracking_uri
 
     def command(self):
         return [
-            str(Path(sys.executable).parent / "mlflow"),
+            str(self.tracking_venv / "bin" / "mlflow"),
             "models",
             "serve",
             "-m",
-            str(self.mlflow_model),
+            f"models:/{REGISTERED_MODEL}@{CHAMPION}",
             "--env-manager",
             "local",
             "--host",
@@ -377,22 +380,10 @@ class MlflowServer(ChildProcessServer):
             str(self.port),
         ]
 
-    def start(self):
-        if not self.mlflow_model.exists():
-            save = (
-                "import sys, mlflow.xgboost, xgboost\n"
-                "model = xgboost.XGBClassifier()\n"
-                "model.load_model(sys.argv[1])\n"
-                "mlflow.xgboost.save_model(model, sys.argv[2])\n"
-            )
-            result = run_bounded(
-                [sys.executable, "-c", save, str(self.model_file), str(self.mlflow_model)],
-                timeout=180,
-                cwd=self.workdir,
-            )
-            if result.returncode != 0:
-                raise ServerFailed(f"could not save the model for MLflow:\n{result.stderr[-2000:]}")
-        super().start()
+    def environment(self):
+        # MLflow starts its scoring server as `uvicorn`, found on PATH.
+        path = f"{self.tracking_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri, "PATH": path}
 
 
 class ServiceUnderPM2(Server):

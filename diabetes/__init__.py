@@ -14,6 +14,7 @@ Training a model
     params            refuses a parameter file that names a parameter the notebook lacks
     credentials       data URLs' credentials: recorded redacted, handed only to the run
     notebook_imports  the modules a notebook imports: the Makefile's prerequisites of a model
+    tracking          each run and published version in MLflow, champion following current
 
 Model versions and releases
     model_metadata    metadata.json's contract: every key typed, checked at publish and load

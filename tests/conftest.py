@@ -43,7 +43,7 @@ FAST = "fast"
 MAKE_TARGETS_NEEDS = {
     "model": {"train", "scripts", "db", "sweep", "bigdata", "bench-train"},
     "pm2": {"serve", "rollback", "status", "logs", "monit", "postman"},
-    "server": {"lab", "bench", "reliability"},
+    "server": {"lab", "bench", "reliability", "mlflow"},
     "container": {"image", "run-image", "base-image", "stack", "stack-status", "stack-down"},
 }
 

@@ -107,14 +107,16 @@ def project_copy(tmp_path):
     copy = tmp_path / "project"
     for folder in ("diabetes", "notebooks", "params", "data"):
         shutil.copytree(PROJECT / folder, copy / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("Makefile", "requirements.txt", "pyproject.toml", "package.json", "package-lock.json"):
+    read = ("Makefile", "requirements.txt", "requirements-tracking.txt", "pyproject.toml", "package.json")
+    for name in (*read, "package-lock.json"):
         shutil.copy(PROJECT / name, copy / name)
     for path in copy.rglob("*"):
         os.utime(path, (HOUR_AGO, HOUR_AGO))
-    for made, when in ((".venv/.installed", INSTALLED), ("node_modules/.installed", INSTALLED)):
-        (copy / made).parent.mkdir()
+    installed = (".venv/.installed", "build/tracking-venv/.installed", "node_modules/.installed")
+    for made in installed:
+        (copy / made).parent.mkdir(parents=True)
         (copy / made).touch()
-        os.utime(copy / made, (when, when))
+        os.utime(copy / made, (INSTALLED, INSTALLED))
     model_made(copy)
     return copy
 
