@@ -336,6 +336,7 @@ def benchmark(
     mlserver_venv: Path,
     mlserver_threads: int | None = None,
     models_dir: Path = PROJECT_MODELS,
+    with_stack: bool = True,
 ) -> dict:
     models = models_to_serve(workdir, models_dir)
     model_dir = (models / "current").resolve()
@@ -370,7 +371,7 @@ def benchmark(
     # cores whose speed drifts with the host's load. The stack's two variants
     # close the service's turn, one right after the other.
     stack_record = {}
-    with stack_servers(service, free_port(), skipped, stack_record) as stack:
+    with stack_servers(service, free_port(), skipped, stack_record, wanted=with_stack) as stack:
         units = [
             [ArticleServer(workdir, pickle_path)],
             [service, ceiling, *before_unit, *stack],
@@ -448,6 +449,9 @@ def main(argv=None) -> int:
         metavar="N",
         help="OMP_NUM_THREADS for MLServer's XGBoost (default: XGBoost's own, all cores)",
     )
+    parser.add_argument(
+        "--no-stack", action="store_true", help="leave out the stack on its swarm (bench.stack measures it alone)"
+    )
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT, help="where results.json and .md go")
     parser.add_argument(
         "--models-dir",
@@ -477,6 +481,7 @@ def main(argv=None) -> int:
             arguments.mlserver_venv,
             arguments.mlserver_threads,
             arguments.models_dir.resolve(),
+            with_stack=not arguments.no_stack,
         )
     except (ServerFailed, RuntimeError, subprocess.TimeoutExpired) as error:
         log(f"benchmark failed: {error}")

@@ -414,12 +414,12 @@ def _command_line(pid: int) -> str:
 
 
 @contextmanager
-def stack_servers(service: ServiceUnderPM2, port: int, skipped: list[str], record: dict):
+def stack_servers(service: ServiceUnderPM2, port: int, skipped: list[str], record: dict, wanted: bool = True):
     """The stack's two variants, deployed on a swarm of the benchmark's own
-    that is removed on the way out, whatever happened; none when the stack
-    cannot run here or does not come up (`skipped` says why). `record` gets
-    what was set up, and where each variant's replicas ran."""
-    reason = why_not_here()
+    that is removed on the way out, whatever happened; none when it is not
+    `wanted`, cannot run here or does not come up (`skipped` says why).
+    `record` gets what was set up, and where each variant's replicas ran."""
+    reason = why_not_here() if wanted else "left out (--no-stack)"
     if reason:
         skipped.append(f"stack: {reason}")
         log(f"skipped the stack: {reason}")
