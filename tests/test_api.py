@@ -641,7 +641,7 @@ def test_a_fuzzer_driven_by_the_openapi_document_finds_no_server_error_and_no_br
             "--max-examples",
             "25",
             "--max-time",
-            "40",
+            "20",
             "--workers",
             "2",
             "--request-timeout",
