@@ -116,6 +116,18 @@ def tracking_uri_of(notebook) -> str:
     return resolved_uri(str(notebook_parameters(notebook).get("tracking_uri", "")))
 
 
+def private_local_store(uri: str):
+    """A local store holds the version's rows, predictions and executed
+    notebook, as the version folder does: its owner's alone (0700 folders,
+    0600 files), whatever the umask. A server's store is its operator's to
+    keep so: every file a run logs is sent to it."""
+    os.umask(0o077)
+    if uri.startswith("sqlite:///"):
+        store = Path(uri[len("sqlite:///") :]).parent
+        store.mkdir(parents=True, exist_ok=True)
+        store.chmod(0o700)
+
+
 def start_tracking(uri: str):
     """MLflow, pointed at `uri` and the project's experiment (made if need be)."""
     for name, value in HTTP_DEFAULTS.items():
@@ -123,8 +135,7 @@ def start_tracking(uri: str):
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO lines on every `make train`
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    private_local_store(uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=local_artifacts(uri))
@@ -255,7 +266,7 @@ def default_tracking_uri() -> str:
 def ui(port: int, store: str = ""):
     """MLflow's UI on a SQLite store (by default the notebook's), on 127.0.0.1 only."""
     uri = resolved_uri(store) if store else default_tracking_uri()
-    Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    private_local_store(uri)
     print(f"MLflow's UI on {uri}: http://127.0.0.1:{port}", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += [

@@ -7,6 +7,7 @@ page in headless Chromium; and a server that does not answer."""
 import json
 import os
 import signal
+import stat
 import subprocess
 
 import pytest
@@ -127,6 +128,19 @@ def test_make_train_logs_every_parameter_metric_and_record_of_the_run(tracked):
     assert {f"model_version/{path.name}" for path in first.iterdir()} <= artifacts
     assert {"model_version/train.ipynb", "model_version/train.html", "model_version/model.ubj"} <= artifacts
     assert len([path for path in artifacts if path.startswith("plots/") and path.endswith(".png")]) >= 3
+
+
+@pytest.mark.model
+@pytest.mark.pm2
+def test_the_local_store_holding_the_rows_is_its_owners_alone(tracked):
+    """The store keeps copies of the version's rows, predictions and executed
+    notebook: kept as the version folder keeps them (issue 22), whatever the umask."""
+    store = tracked["tmp"] / "mlflow"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    records = [path for name in ("data.csv", "predictions.csv", "train.ipynb") for path in store.rglob(name)]
+    assert any(path.name == "data.csv" for path in records), "the run's rows were not logged"
+    for path in records:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 @pytest.mark.model
