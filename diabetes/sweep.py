@@ -218,7 +218,8 @@ def sweep(
     jobs = max(1, min(jobs or len(os.sched_getaffinity(0)), len(runs)))
     sweep_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     sweep_dir = Path(sweeps_dir) / sweep_id
-    (sweep_dir / "runs").mkdir(parents=True)
+    # Each run's executed notebook shows training rows: the runs are the user's alone.
+    (sweep_dir / "runs").mkdir(parents=True, mode=0o700)
     shown_spec = redacted_values(spec)
     (sweep_dir / "sweep.yaml").write_text(
         Path(sweep_file).read_text()

@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from diabetes import model_metadata
@@ -158,7 +159,21 @@ def log_version(mlflow, version_dir: Path, notebook: Path, html: Path | None):
             (Path(folder) / name).write_bytes(image)
         mlflow.log_artifacts(folder, "plots")
     mlflow.log_artifacts(str(version_dir), "model_version")
+    owners_alone(mlflow.get_artifact_uri())
     return metadata
+
+
+def owners_alone(artifact_uri: str):
+    """A local store's copies of a run's records keep no wider mode than the
+    owner's: MLflow copies a file's mode with it (an executed notebook of a
+    sweep, 0644 under the shell's umask, shows rows)."""
+    if not artifact_uri.startswith("file:"):
+        return
+    for folder, _, files in os.walk(urllib.parse.urlparse(artifact_uri).path):
+        os.chmod(folder, 0o700)
+        for name in files:
+            path = os.path.join(folder, name)
+            os.chmod(path, os.stat(path).st_mode & 0o700)
 
 
 def log_training(version_dir) -> str:
