@@ -289,6 +289,11 @@ def post_worker_init(worker):
 
     config = getattr(worker.wsgi, "config", {})
     worker.memory_cap = MemoryCap(config.get(WORKER_MEMORY_CAP_KEY, 0))
+    # The release was checked before the fork (pre_fork) and is imported now:
+    # from this line on, a change to its files no longer reaches this worker.
+    release = getattr(worker, "release", None)
+    if release:
+        worker.log.info("worker %d imported release %s and serves it", worker.pid, os.path.basename(release[1]))
 
 
 # Where the app (notebooks/serve.ipynb) puts its workers' memory cap, in bytes.

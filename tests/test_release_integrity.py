@@ -426,12 +426,21 @@ def load_while(service, tmp_path, action, seconds: int = 10) -> dict:
         timer.join()
 
 
-def wait_for_two_checked_workers(service, master: int, offset: int):
+def wait_for_two_checked_workers(service, master: int, offset: int, started: int = 1):
     """Once the plant is gone: the next worker gunicorn starts (within the
-    refused one's pause) checks the release, and serves."""
-    assert wait_until(
-        lambda: "matches its manifest" in logged_since(service, offset) and len(workers_of(master)) == 2, timeout=30
-    ), logged_since(service, offset)[-3000:]
+    refused one's pause) checks the release, imports it, and serves. Only
+    then may the next test plant: a worker checked but still importing would
+    import the plant."""
+
+    def started_and_serving() -> bool:
+        logged = logged_since(service, offset)
+        return (
+            logged.count("matches its manifest") >= started
+            and logged.count("and serves it") >= started
+            and len(workers_of(master)) == 2
+        )
+
+    assert wait_until(started_and_serving, timeout=30), logged_since(service, offset)[-3000:]
 
 
 @pytest.mark.parametrize("kind", ["link", "file"])
@@ -489,6 +498,7 @@ def test_a_reload_onto_a_current_release_with_a_plant_is_refused_and_the_workers
     offset = service["log"].stat().st_size
     pm2(service, "sendSignal", "SIGHUP", APP_NAME)
     assert wait_until(lambda: not set(workers) & set(workers_of(master)) and len(workers_of(master)) == 2, 30)
+    wait_for_two_checked_workers(service, master, offset, started=2)
     assert logged_since(service, offset).count(f"release {release.name} matches its manifest") >= 2
     assert answer(service) == before
 
