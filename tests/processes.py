@@ -63,8 +63,9 @@ def wait_until(condition, timeout: float, interval: float = 0.2) -> bool:
     return True
 
 
-def run_bounded(command, timeout: float, **options) -> subprocess.CompletedProcess:
-    """Run a command in a session of its own, for at most `timeout` seconds.
+def run_bounded(command, timeout: float, started=None, **options) -> subprocess.CompletedProcess:
+    """Run a command in a session of its own, for at most `timeout` seconds;
+    `started`, if given, is called with the process once it runs.
 
     On a timeout or an interruption the whole process group is killed, not
     only its leader: a killed `make` would leave papermill or pm2 running."""
@@ -72,6 +73,8 @@ def run_bounded(command, timeout: float, **options) -> subprocess.CompletedProce
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **options
     )
     try:
+        if started is not None:
+            started(process)
         stdout, stderr = process.communicate(timeout=timeout)
     except BaseException:
         kill_process_group(process.pid)

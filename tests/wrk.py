@@ -3,6 +3,8 @@ benchmark apply it: the request's body in a Lua script, and the figures that
 wrk's done() hook prints as one JSON line."""
 
 import json
+import signal
+import threading
 from pathlib import Path
 
 from tests.processes import LOCALHOST, run_bounded
@@ -65,9 +67,10 @@ def write_raw_wrk_script(path: Path, body: bytes, headers: dict[str, str]) -> Pa
     return path
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
-    """Load `url` for `seconds` with `connections` open connections; the
-    figures wrk's done() hook printed, with requests/s and latencies in ms."""
+def run_wrk(url: str, script: Path, connections: int, seconds: int, until: threading.Event | None = None) -> dict:
+    """Load `url` for `seconds` with `connections` open connections, or until
+    `until` is set if that comes first; the figures wrk's done() hook
+    printed, with requests/s and latencies in ms."""
     if not url.startswith(LOCALHOST_URL):
         raise ValueError(f"wrk loads {LOCALHOST} only, not {url}")
     command = [
@@ -80,7 +83,8 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
         str(script),
         url,
     ]
-    result = run_bounded(command, timeout=seconds + WRK_TIMEOUT_SECONDS + 20)
+    stopper = None if until is None else _stopped_on(until, seconds)
+    result = run_bounded(command, timeout=seconds + WRK_TIMEOUT_SECONDS + 20, started=stopper)
     lines = [line for line in result.stdout.splitlines() if line.startswith(_RESULT_MARKER)]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
@@ -96,3 +100,17 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict:
         # wrk's "status" errors are answers of 400 or more (its "Non-2xx or 3xx").
         "errors": {name: raw[name] for name in ("status", "connect", "read", "write", "timeout")},
     }
+
+
+def _stopped_on(until: threading.Event, seconds: int):
+    """What stops a running wrk when `until` is set: SIGINT, on which wrk
+    ends its load and still reports (its done() hook runs)."""
+
+    def watch(process):
+        def stop_when_set():
+            if until.wait(seconds):
+                process.send_signal(signal.SIGINT)
+
+        threading.Thread(target=stop_when_set, daemon=True).start()
+
+    return watch
