@@ -117,9 +117,14 @@ VENV_OK   := $(VENV)/.installed
 TRAIN_PROGRESS := $(if $(CI),--no-progress-bar,$(shell [ -t 2 ] && echo --progress-bar || echo --no-progress-bar))
 BENCH_VENV_OK := $(BENCH_VENV)/.installed
 TRACKING_VENV_OK := $(TRACKING_VENV)/.installed
-# A step of diabetes/tracking.py (train, sweep, champion) in the tracking venv.
-# It never fails: tracking never blocks training or a release.
-track = if [ -e $(TRACKING_VENV_OK) ]; then $(TRACKING_VENV)/bin/python -m diabetes.tracking $(1) \
+# A step of diabetes/tracking.py (train, sweep, champion) in the tracking venv,
+# installed first if the step would log (tracking is on by default, and a
+# fresh `make serve` trains). It never fails: tracking never blocks training
+# or a release.
+track = if [ ! -e $(TRACKING_VENV_OK) ] && $(PYTHON) -m diabetes.tracking wanted $(1); then \
+            echo "tracking: installing MLflow in $(TRACKING_VENV) (once)" >&2; \
+            $(MAKE) --no-print-directory $(TRACKING_VENV_OK) > /dev/null || true; fi; \
+          if [ -e $(TRACKING_VENV_OK) ]; then $(TRACKING_VENV)/bin/python -m diabetes.tracking $(1) \
             || echo "tracking: WARNING, $(TRACKING_VENV)'s python failed: not tracked" >&2; \
           else echo "tracking: WARNING, no $(TRACKING_VENV) (make setup installs it): not tracked" >&2; fi
 NODE_OK   := node_modules/.installed

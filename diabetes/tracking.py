@@ -12,6 +12,7 @@ its releases and its image never carry MLflow:
     build/tracking-venv/bin/python -m diabetes.tracking sweep build/sweeps/latest
     build/tracking-venv/bin/python -m diabetes.tracking champion build/models/current
     build/tracking-venv/bin/python -m diabetes.tracking ui --port 5050 [--store sqlite:///other.db]
+    python -m diabetes.tracking wanted train build/models/latest   # exit 0: it would log
 
 Where it logs is the training notebook's parameter `tracking_uri`, read from
 the executed notebook: by default a SQLite store under build/ (relative paths
@@ -219,7 +220,7 @@ def log_sweep(sweep_dir) -> str:
     sweep_dir = Path(sweep_dir).resolve()
     with open(sweep_dir / "results.csv", newline="") as file:
         rows = list(csv.DictReader(file))
-    uri = tracking_uri_of(rows[0]["notebook"])
+    uri = tracking_uri_of(step_notebook("sweep", sweep_dir))
     if not uri:
         return "tracking is off (tracking_uri is empty)"
     mlflow = start_tracking(uri)
@@ -301,10 +302,31 @@ def ui(port: int, store: str = ""):
 STEPS = {"train": log_training, "sweep": log_sweep, "champion": set_champion}
 
 
+def step_notebook(step: str, folder) -> Path:
+    """The executed training notebook whose `tracking_uri` a step logs to."""
+    folder = Path(folder).resolve()
+    if step == "sweep":
+        with open(folder / "results.csv", newline="") as file:
+            return Path(next(csv.DictReader(file))["notebook"])
+    return folder / "train.ipynb"
+
+
+def wanted(step: str, folder) -> bool:
+    """Whether a step would log anything (its notebook's `tracking_uri` is
+    not empty): the Makefile installs the tracking venv only then. Standard
+    library only, so that the service's venv can ask."""
+    try:
+        return bool(tracking_uri_of(step_notebook(step, folder)))
+    except (OSError, ValueError, KeyError, StopIteration, SyntaxError):
+        return False
+
+
 def main(argv) -> int:
     if argv[:1] == ["ui"]:
         options = dict(zip(argv[1::2], argv[2::2]))
         ui(int(options.get("--port", 5050)), options.get("--store", ""))
+    if len(argv) == 3 and argv[0] == "wanted" and argv[1] in STEPS:
+        return 0 if wanted(argv[1], argv[2]) else 1
     if len(argv) != 2 or argv[0] not in STEPS:
         print(__doc__, file=sys.stderr)
         return 2

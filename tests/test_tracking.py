@@ -9,6 +9,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -257,3 +258,21 @@ def test_an_unreachable_tracking_server_is_a_warning_and_the_model_is_still_publ
     )
     assert "tracking: WARNING, train not tracked" in result.stderr
     assert (tmp_path / "models" / "latest" / "model.ubj").exists()
+
+
+@pytest.mark.model
+@pytest.mark.pm2
+def test_a_step_wants_the_tracking_venv_only_where_its_notebook_tracks(tracked, trained):
+    """What the Makefile asks with the service's venv before it installs the
+    tracking venv: yes where the step's notebook has a tracking_uri, no
+    where it is empty (the fast parameters)."""
+
+    def wanted(step: str, folder) -> int:
+        command = [sys.executable, "-m", "diabetes.tracking", "wanted", step, str(folder)]
+        return subprocess.run(command, cwd=PROJECT, timeout=60).returncode
+
+    assert wanted("train", tracked["first"]) == 0
+    assert wanted("sweep", tracked["sweep_dir"]) == 0
+    assert wanted("champion", tracked["first"]) == 0
+    assert wanted("train", trained["models_dir"] / "latest") == 1
+    assert wanted("train", tracked["tmp"] / "no-such-version") == 1
