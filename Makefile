@@ -165,7 +165,9 @@ help:
 	@sed -n 's/^## /make /p' $(MAKEFILE_LIST)
 
 ## setup    install Python packages in .venv, MLflow in build/tracking-venv, the Node tools (pm2, newman) in node_modules; enable .githooks
-setup: $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK)
+# The installs, side by side: each waits mostly on unpacking and the network.
+setup:
+	@$(MAKE) --no-print-directory -j 3 $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK)
 	@# In a git checkout, the project's hooks: commit-msg refuses a subject of 72 characters or more.
 	@if [ "$$(git rev-parse --show-toplevel 2> /dev/null)" = "$(CURDIR)" ]; then git config core.hooksPath .githooks; fi
 
@@ -251,7 +253,9 @@ mlflow: $(TRACKING_VENV_OK)
 	$(TRACKING_VENV)/bin/python -m diabetes.tracking ui --port $(MLFLOW_PORT) $(if $(MLFLOW_STORE),--store $(MLFLOW_STORE))
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
-test: setup wrk postgresql haproxy docker busybox-static chromium lint
+test: wrk postgresql haproxy docker busybox-static chromium
+	@$(MAKE) --no-print-directory -j 4 $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK) $(BENCH_VENV_OK)
+	@$(MAKE) --no-print-directory setup lint
 	$(PYTHON) -m pytest
 
 ## lint     ruff's checks and its formatting, of the code and the notebooks (make format applies both)
