@@ -166,8 +166,9 @@ help:
 
 ## setup    install Python packages in .venv, MLflow in build/tracking-venv, the Node tools (pm2, newman) in node_modules; enable .githooks
 # The installs, side by side: each waits mostly on unpacking and the network.
+SETUP_INSTALLS := $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK)
 setup:
-	@$(MAKE) --no-print-directory -j 3 $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK)
+	@$(MAKE) --no-print-directory -j 3 $(SETUP_INSTALLS)
 	@# In a git checkout, the project's hooks: commit-msg refuses a subject of 72 characters or more.
 	@if [ "$$(git rev-parse --show-toplevel 2> /dev/null)" = "$(CURDIR)" ]; then git config core.hooksPath .githooks; fi
 
@@ -254,7 +255,7 @@ mlflow: $(TRACKING_VENV_OK)
 
 ## test     lint, then run the whole test suite (trains, serves under PM2, runs newman, a stack on a two-node swarm; cleans up)
 test: wrk postgresql haproxy docker busybox-static chromium
-	@$(MAKE) --no-print-directory -j 4 $(VENV_OK) $(TRACKING_VENV_OK) $(NODE_OK) $(BENCH_VENV_OK)
+	@$(MAKE) --no-print-directory -j 4 $(SETUP_INSTALLS) $(BENCH_VENV_OK)
 	@$(MAKE) --no-print-directory setup lint
 	$(PYTHON) -m pytest
 
